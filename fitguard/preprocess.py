@@ -1,0 +1,187 @@
+"""Pure preprocessing functions shared by the preprocess backend, the reference pipeline and training.
+
+Decode -> validate -> RGB uint8 HWC, then the classifier crop (per the backbone preset) and P quality
+patches cut at native resolution (quality must not be resampled away). Only numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from fitguard.contract import DEFAULT_PATCHES, INPUT_SIZE
+from fitguard.presets import Preset
+
+
+class BadImageError(ValueError):
+    """The input cannot be judged: it is not an image we can decode, or its size is out of bounds."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what the server accepts; each guards memory or time against hostile input."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000  # decompression bombs are refused before decoding
+    max_side: int = 16384
+    max_aspect: float = 32.0
+
+
+DEFAULT_LIMITS = Limits()
+
+_INTERPOLATION = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 array of shape (H, W, 3).
+
+    Applies EXIF orientation, takes the first frame of animations, flattens transparency onto white
+    and maps any mode (L, LA, P, RGBA, CMYK, I;16, I, F) to 8-bit RGB.
+
+    Raises:
+        BadImageError: empty, oversized, undecodable or absurdly shaped input, with the reason.
+    """
+    data = bytes(data)
+    if not data:
+        raise BadImageError("empty input: no image bytes")
+    if len(data) > limits.max_bytes:
+        raise BadImageError(f"input is {len(data)} bytes, more than the limit of {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            _check_size(img.size, limits)  # from the header, before any pixel is decoded
+            img.seek(0)
+            img.load()
+    except BadImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"decompression bomb refused: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise BadImageError("not a recognised image format (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(f"corrupt or truncated image: {exc}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not cost the verdict: keep the stored orientation
+        pass
+    return to_rgb(img)
+
+
+def _check_size(size: tuple[int, int], limits: Limits) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise BadImageError(f"image has no pixels ({w}x{h})")
+    if w * h > limits.max_pixels:
+        raise BadImageError(f"image is {w}x{h} = {w * h} pixels, more than the limit of {limits.max_pixels}")
+    if max(w, h) > limits.max_side:
+        raise BadImageError(f"image side {max(w, h)} exceeds the limit of {limits.max_side}")
+    if max(w, h) / min(w, h) > limits.max_aspect:
+        raise BadImageError(f"image aspect ratio {w}x{h} exceeds the limit of {limits.max_aspect}:1")
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Any PIL mode to an RGB uint8 (H, W, 3) array; transparency is composited onto white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
+    """Resize so the shorter side is ``size`` (torchvision ``Resize(int)`` semantics on PIL images)."""
+    h, w = rgb.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) == (w, h):
+        return rgb
+    img = Image.fromarray(rgb).resize((new_w, new_h), _INTERPOLATION[interpolation])
+    return np.asarray(img, dtype=np.uint8)
+
+
+def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    """torchvision ``CenterCrop`` offsets; pads with zeros if the image is smaller than ``size``."""
+    h, w = rgb.shape[:2]
+    if h < size or w < size:
+        pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+        rgb = np.pad(rgb, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        h, w = rgb.shape[:2]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return rgb[top : top + size, left : left + size]
+
+
+def classifier_crop(rgb: np.ndarray, preset: Preset) -> np.ndarray:
+    """The classifier input: resize, centre crop, HWC -> CHW uint8 of shape (3, crop, crop)."""
+    crop = center_crop(resize_shorter(rgb, preset.resize, preset.interpolation), preset.crop)
+    return np.ascontiguousarray(crop.transpose(2, 0, 1))
+
+
+def patch_grid(patches: int, height: int, width: int) -> tuple[int, int]:
+    """Rows and columns of the patch grid, following the image's aspect ratio."""
+    cols = max(1, min(patches, math.ceil(math.sqrt(patches * width / height))))
+    rows = math.ceil(patches / cols)
+    return rows, cols
+
+
+def iqa_patches(rgb: np.ndarray, patches: int = DEFAULT_PATCHES, size: int = INPUT_SIZE) -> np.ndarray:
+    """P patches of ``size`` x ``size`` at native resolution, centred on the cells of a grid.
+
+    Images smaller than a patch are upscaled (bicubic) until the shorter side equals ``size``; the
+    verdict still comes back. Deterministic: the same image always gives the same patches.
+
+    Returns:
+        uint8 array of shape (P, 3, size, size).
+    """
+    if patches < 1:
+        raise ValueError(f"patches must be >= 1, got {patches}")
+    h, w = rgb.shape[:2]
+    if min(h, w) < size:
+        rgb = resize_shorter(rgb, size, "bicubic")
+        h, w = rgb.shape[:2]
+    rows, cols = patch_grid(patches, h, w)
+    out = np.empty((patches, 3, size, size), dtype=np.uint8)
+    for i in range(patches):
+        r, c = divmod(i, cols)
+        cy, cx = (r + 0.5) * h / rows, (c + 0.5) * w / cols
+        top = min(max(int(round(cy - size / 2)), 0), h - size)
+        left = min(max(int(round(cx - size / 2)), 0), w - size)
+        out[i] = rgb[top : top + size, left : left + size].transpose(2, 0, 1)
+    return out
+
+
+def prepare(
+    data: bytes, preset: Preset, patches: int = DEFAULT_PATCHES, limits: Limits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded bytes -> (classifier input (3, 224, 224), IQA patches (P, 3, 224, 224)), both uint8."""
+    rgb = decode_image(data, limits)
+    return classifier_crop(rgb, preset), iqa_patches(rgb, patches)
+
+
+def encode_image(image: np.ndarray | Image.Image, format: str = "PNG", quality: int = 95) -> bytes:
+    """Encode an RGB array or PIL image to bytes (lossless PNG by default)."""
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    buf = io.BytesIO()
+    kwargs = {"quality": quality} if format.upper() in ("JPEG", "WEBP") else {}
+    img.save(buf, format=format, **kwargs)
+    return buf.getvalue()
