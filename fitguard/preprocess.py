@@ -6,6 +6,7 @@ patches cut at native resolution (quality must not be resampled away). Only nump
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import warnings
@@ -70,10 +71,9 @@ def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_
         raise BadImageError("not a recognised image format (JPEG, PNG, WebP, BMP, TIFF, GIF)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"corrupt or truncated image: {exc}") from None
-    try:
+    # Broken EXIF must not cost the verdict: keep the stored orientation.
+    with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF must not cost the verdict: keep the stored orientation
-        pass
     return to_rgb(img)
 
 
