@@ -1,0 +1,56 @@
+# Two commands do all setup on a fresh clone:
+#   make demo   build the offline repository once, serve it, classify sample photos
+#   make test   the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BACKBONE ?= efficientnet_lite0
+BUILD ?= build
+# torch is pinned for reproducible builds; pip takes these from the local wheel cache where there is one.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup system-deps build demo test test-fast report bench lint clean
+
+setup: $(VENV)/.installed system-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_PINS)
+	$(BIN)/python -m pip install -q -e '.[all]'
+	touch $@
+
+# WordNet 3.0 (offline Wu-Palmer similarity in the evaluation report) comes from Debian.
+system-deps:
+	@if ! dpkg -s wordnet-base >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null); \
+	  else echo "note: install Debian's wordnet-base for the WordNet plots (sudo apt-get install wordnet-base)"; fi; \
+	fi
+
+# The offline build: quality head, detector, verified ONNX export, Triton repository.
+build: setup
+	$(BIN)/fitguard build --backbone $(BACKBONE) --out $(BUILD)
+
+demo: build
+	$(BIN)/fitguard demo --build $(BUILD)
+
+test: build
+	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
+
+report: build
+	$(BIN)/fitguard evaluate --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \
+	  --detector $(BUILD)/detector.joblib --report $(BUILD)/report
+
+bench: build
+	$(BIN)/fitguard bench --model-repository $(BUILD)/model_repository --json $(BUILD)/bench.json \
+	  --plot $(BUILD)/bench.png
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(BUILD)

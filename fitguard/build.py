@@ -1,0 +1,110 @@
+"""``fitguard build``: the whole offline chain in one command.
+
+Quality head (DTNIQ-f on the synthetic set) -> detector data and SVM -> verified ONNX export -> Triton
+repository. Each step is skipped when its output exists and was made with the same arguments, so
+``make demo`` and ``make test`` build once. ``build.json`` records arguments, timings and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fitguard.contract import DEFAULT_PATCHES
+
+BUILD_FILE = "build.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard export --help)")
+    parser.add_argument("--photos", default=None, help="folder of reference photos (default: package-shipped)")
+    parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image")
+    parser.add_argument("--splits", type=int, default=10, help="IQA evaluation splits")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="build", help="build folder")
+    parser.add_argument("--force", action="store_true", help="rebuild every step")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = build(
+        Path(args.out),
+        backbone=args.backbone,
+        weights=args.weights,
+        photos=args.photos,
+        patches=args.patches,
+        splits=args.splits,
+        seed=args.seed,
+        force=args.force,
+    )
+    print(f"repository: {result['repository']}")
+    return 0
+
+
+def _stamp(args: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build(
+    out: Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = "default",
+    photos: str | None = None,
+    patches: int = DEFAULT_PATCHES,
+    splits: int = 10,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
+    from fitguard.export import export_repository
+    from fitguard.training.detector import train_detector
+    from fitguard.training.iqa import train_iqa
+
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / BUILD_FILE
+    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.exists() and not force else {}
+    record.setdefault("steps", {})
+    common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
+    head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
+
+    def step(name: str, output: Path, args: dict[str, Any], fn: Callable[[], Any]) -> None:
+        stamp = _stamp(args)
+        done = record["steps"].get(name, {})
+        if output.exists() and done.get("stamp") == stamp:
+            print(f"[build] {name}: up to date ({output})")
+            return
+        print(f"[build] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        record["steps"][name] = {
+            "stamp": stamp,
+            "output": str(output),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "result": result if isinstance(result, dict) else None,
+        }
+        record_path.write_text(json.dumps(record, indent=2, default=str))
+        print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
+
+    iqa_args = {**common, "splits": splits}
+    step("iqa", head, iqa_args, lambda: train_iqa(
+        backbone=backbone, weights=weights, dataset="synthetic", photos=photos, out=head,
+        patches=patches, splits=splits, seed=seed, cache_dir=out / "cache",
+    ))
+    det_args = {**iqa_args, "head": record["steps"]["iqa"]["stamp"]}
+    step("detector", detector, det_args, lambda: train_detector(
+        backbone=backbone, weights=weights, head=head, out=detector, images=photos,
+        patches=patches, seed=seed, cache_dir=out / "cache",
+    ))
+    exp_args = {**det_args, "detector": record["steps"]["detector"]["stamp"]}
+    step("export", repository / "manifest.json", exp_args, lambda: export_repository(
+        repository, backbone=backbone, weights=weights, head=head, detector=detector, patches=patches,
+    ))
+    record["repository"] = str(repository)
+    record_path.write_text(json.dumps(record, indent=2, default=str))
+    return record

@@ -1,0 +1,71 @@
+"""``fitguard demo``: the main job. Build once, serve the ensemble, classify sample photos.
+
+Each sample photo is sent as it is and in degraded versions (heavy blur, noise, JPEG), so the table
+shows the guard at work: the clean photo is classified and passed as fit, the degraded ones refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")
+DEGRADATIONS = (("gaussian_blur", 5), ("white_noise", 5), ("jpeg", 5))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--build", default="build", help="build folder (made by `fitguard build` if missing)")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone for a missing build")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--images", nargs="*", default=None, help="your own image files instead of the samples")
+
+
+def sample_images(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
+    """Sample photos and degraded versions, encoded as PNG (lossless, so only the degradation counts)."""
+    from fitguard.preprocess import encode_image
+    from fitguard.training.distortions import distort
+    from fitguard.training.photos import package_photos
+
+    images: list[tuple[str, bytes]] = []
+    for name, rgb in package_photos(names).items():
+        images.append((name, encode_image(rgb)))
+        for kind, level in DEGRADATIONS:
+            images.append((f"{name} + {kind.replace('_', ' ')} {level}", encode_image(distort(rgb, kind, level))))
+    return images
+
+
+def run(args: argparse.Namespace) -> int:
+    from fitguard.client import FitClient
+    from fitguard.serve import EmbeddedServer
+
+    repository = Path(args.build) / "model_repository"
+    if not (repository / "manifest.json").exists():
+        from fitguard.build import build
+
+        build(Path(args.build), backbone=args.backbone)
+    if args.images:
+        images = [(Path(p).name, Path(p).read_bytes()) for p in args.images]
+    else:
+        images = sample_images()
+
+    with EmbeddedServer(repository, http_port=0, grpc_port=0, metrics_port=0) as server:
+        url = server.grpc_url if args.protocol == "grpc" else server.http_url
+        print(f"fitguard ensemble served at {url} ({args.protocol}); classifying {len(images)} images\n")
+        with FitClient(url, protocol=args.protocol) as client:
+            results = client.classify_many([data for _, data in images])
+    width = max(len(name) for name, _ in images)
+    print(f"{'image':<{width}}  {'label':<22} {'conf':>5}  {'quality':>7}  verdict")
+    failed = 0
+    for (name, _), v in zip(images, results, strict=True):
+        if isinstance(v, Exception):
+            failed += 1
+            print(f"{name:<{width}}  error: {v}")
+            continue
+        verdict = "fit" if v.fit else "UNFIT"
+        print(f"{name:<{width}}  {v.label[:22]:<22} {v.confidence:>5.2f}  {v.quality:>7.3f}  {verdict}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(argparse.Namespace(build="build", backbone="efficientnet_lite0", protocol="grpc", images=None)))
