@@ -1,0 +1,91 @@
+"""Reference photos: the colour photos that ship with scikit-image and scikit-learn, or a user's folder.
+
+No download is needed for the package-shipped set, so training and tests run offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fitguard.preprocess import BadImageError, decode_image
+
+log = logging.getLogger(__name__)
+
+# skimage.data colour photographs (graphics such as colorwheel/logo and grey images are left out;
+# "cat" is the same picture as "chelsea").
+SKIMAGE_PHOTOS: tuple[str, ...] = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle",  # left view of skimage.data.stereo_motorcycle()
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
+SKLEARN_PHOTOS: tuple[str, ...] = ("china", "flower")
+PACKAGE_PHOTOS: tuple[str, ...] = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
+)
+
+
+def package_photos(names: tuple[str, ...] | list[str] | None = None) -> dict[str, np.ndarray]:
+    """The package-shipped colour photos (name -> RGB uint8 HWC), in :data:`PACKAGE_PHOTOS` order."""
+    names = tuple(PACKAGE_PHOTOS if names is None else names)
+    unknown = sorted(set(names) - set(PACKAGE_PHOTOS))
+    if unknown:
+        raise ValueError(f"unknown package photos {unknown}; known: {', '.join(PACKAGE_PHOTOS)}")
+    out: dict[str, np.ndarray] = {}
+    if any(n in SKIMAGE_PHOTOS for n in names):
+        from skimage import data
+
+        for name in names:
+            if name == "motorcycle":
+                out[name] = data.stereo_motorcycle()[0]
+            elif name in SKIMAGE_PHOTOS:
+                out[name] = getattr(data, name)()
+    if any(n in SKLEARN_PHOTOS for n in names):
+        from sklearn.datasets import load_sample_image
+
+        for name in names:
+            if name in SKLEARN_PHOTOS:
+                out[name] = load_sample_image(f"{name}.jpg")
+    return {n: np.ascontiguousarray(_as_rgb(out[n]), dtype=np.uint8) for n in names}
+
+
+def _as_rgb(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    return arr[:, :, :3]
+
+
+def folder_photos(folder: str | Path) -> dict[str, np.ndarray]:
+    """Every image under ``folder`` (recursively), decoded to RGB (grey, palette, alpha are converted).
+
+    Names are paths relative to ``folder`` without the suffix; files that do not decode are skipped
+    with a warning.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"photo folder {root} does not exist")
+    out: dict[str, np.ndarray] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        try:
+            rgb = decode_image(path.read_bytes())
+        except BadImageError as exc:
+            log.warning("skipping %s: %s", path, exc)
+            continue
+        out[path.relative_to(root).with_suffix("").as_posix()] = rgb
+    if not out:
+        raise FileNotFoundError(f"no readable images under {root}")
+    return out
+
+
+def load_photos(folder: str | Path | None = None) -> dict[str, np.ndarray]:
+    """Reference photos: the package-shipped colour photos, or every image under ``folder``."""
+    return package_photos() if folder is None else folder_photos(folder)
