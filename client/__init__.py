@@ -1,0 +1,46 @@
+"""fitguard client SDK: send images to a fitguard server, get class and fit verdicts.
+
+Needs only numpy, Pillow and tritonclient::
+
+    from fitguard.client import FitClient, expand_paths
+
+    with FitClient("localhost:8001") as client:
+        verdicts = client.classify_many(expand_paths(["photos/"]))  # or bytes, PIL images, arrays
+"""
+
+from .aio import AsyncFitClient
+from .errors import (
+    BadImage,
+    ContractMismatch,
+    FitguardError,
+    ModelNotReady,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+)
+from .images import IMAGE_EXTENSIONS, ImageInput, expand_paths
+from .retry import RetryPolicy
+from .sdk import FitClient, Result
+from .signature import ModelInfo
+from .verdict import Failure, TopClass, Verdict
+
+__all__ = [
+    "AsyncFitClient",
+    "BadImage",
+    "ContractMismatch",
+    "Failure",
+    "FitClient",
+    "FitguardError",
+    "IMAGE_EXTENSIONS",
+    "ImageInput",
+    "ModelInfo",
+    "ModelNotReady",
+    "Result",
+    "RetryPolicy",
+    "ServerError",
+    "ServerUnavailable",
+    "Timeout",
+    "TopClass",
+    "Verdict",
+    "expand_paths",
+]

@@ -1,0 +1,329 @@
+"""The asyncio client: :class:`AsyncFitClient`, the same surface as :class:`FitClient` with ``await``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from fitguard import contract
+
+from . import retry
+from .errors import BadImage, ModelNotReady
+from .images import ImageInput, source_name, to_bytes
+from .retry import RetryPolicy
+from .sdk import Result, _progress
+from .signature import ModelInfo, check_signature
+from .transport import (
+    OUTPUT_NAMES,
+    Connection,
+    Protocol_,
+    _model_version,
+    config_from_grpc,
+    image_tensor,
+    map_error,
+    metadata_from_grpc,
+)
+from .verdict import Failure, Verdict, verdicts_from_outputs
+
+
+class AsyncTransport(Protocol):
+    async def model_ready(self, model: str) -> bool: ...
+    async def model_metadata(self, model: str) -> dict[str, Any]: ...
+    async def model_config(self, model: str) -> dict[str, Any]: ...
+    async def models(self) -> list[str]: ...
+    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]: ...
+    async def close(self) -> None: ...
+
+
+class _AsyncBase:
+    """Shared by both asyncio transports: error mapping and the client-side timeout."""
+
+    conn: Connection
+    _client: Any
+
+    async def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.wait_for(fn(*args, **kwargs), self.conn.timeout)
+        except Exception as exc:
+            raise map_error(exc, self.conn, what) from exc
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class AsyncGrpcTransport(_AsyncBase):
+    def __init__(self, conn: Connection) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._grpc = grpcclient
+        self.conn = conn
+        self._client = grpcclient.InferenceServerClient(
+            conn.url,
+            ssl=conn.ssl,
+            root_certificates=conn.root_certificates,
+            private_key=conn.private_key,
+            certificate_chain=conn.certificate_chain,
+        )
+        self._kw: dict[str, Any] = {"headers": dict(conn.headers) or None, "client_timeout": conn.timeout}
+
+    async def model_ready(self, model: str) -> bool:
+        return bool(await self._call("model ready", self._client.is_model_ready, model, **self._kw))
+
+    async def model_metadata(self, model: str) -> dict[str, Any]:
+        meta = await self._call(
+            "model metadata", self._client.get_model_metadata, model, as_json=True, **self._kw
+        )
+        return metadata_from_grpc(meta)
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        cfg = await self._call("model config", self._client.get_model_config, model, as_json=True, **self._kw)
+        return config_from_grpc(cfg)
+
+    async def models(self) -> list[str]:
+        index = await self._call(
+            "repository index", self._client.get_model_repository_index, as_json=True, **self._kw
+        )
+        return sorted(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
+
+    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        inp = self._grpc.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
+        inp.set_data_from_numpy(image_tensor(payloads))
+        outputs = [self._grpc.InferRequestedOutput(n) for n in OUTPUT_NAMES]
+        result = await self._call("infer", self._client.infer, model, [inp], outputs=outputs, **self._kw)
+        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+
+
+class AsyncHttpTransport(_AsyncBase):
+    """aiohttp-based; binary tensor extension for inputs and outputs."""
+
+    def __init__(self, conn: Connection, conn_limit: int = 100) -> None:
+        import tritonclient.http.aio as httpclient
+
+        self._http = httpclient
+        self.conn = conn
+        self._client = httpclient.InferenceServerClient(
+            conn.url,
+            conn_limit=conn_limit,
+            conn_timeout=conn.timeout,
+            ssl=conn.ssl,
+            ssl_context=conn.http_ssl_context(),
+        )
+        self._kw: dict[str, Any] = {"headers": dict(conn.headers) or None}
+
+    async def model_ready(self, model: str) -> bool:
+        return bool(await self._call("model ready", self._client.is_model_ready, model, **self._kw))
+
+    async def model_metadata(self, model: str) -> dict[str, Any]:
+        return await self._call("model metadata", self._client.get_model_metadata, model, **self._kw)
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        return await self._call("model config", self._client.get_model_config, model, **self._kw)
+
+    async def models(self) -> list[str]:
+        index = await self._call("repository index", self._client.get_model_repository_index, **self._kw)
+        return sorted(m["name"] for m in index if m.get("state") == "READY")
+
+    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        inp = self._http.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
+        inp.set_data_from_numpy(image_tensor(payloads), binary_data=True)
+        outputs = [self._http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        result = await self._call("infer", self._client.infer, model, [inp], outputs=outputs, **self._kw)
+        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+
+
+def open_async_transport(conn: Connection) -> AsyncTransport:
+    return AsyncGrpcTransport(conn) if conn.protocol == "grpc" else AsyncHttpTransport(conn)
+
+
+async def _to_bytes(image: ImageInput) -> bytes:
+    if isinstance(image, bytes | bytearray | memoryview):
+        return bytes(image)
+    # Reading files and PNG-encoding arrays block; keep the event loop free.
+    return await asyncio.to_thread(to_bytes, image)
+
+
+class AsyncFitClient:
+    """asyncio twin of :class:`~fitguard.client.FitClient` (same arguments, same results).
+
+    >>> async with AsyncFitClient("localhost:8001") as client:   # doctest: +SKIP
+    ...     verdict = await client.classify("cat.jpg")
+
+    One connection multiplexes every concurrent request (gRPC channel or aiohttp pool).
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        protocol: Protocol_ = "grpc",
+        model: str = contract.ENSEMBLE,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        retry_deadline: float = 10.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        ssl_context: Any = None,
+        insecure: bool = False,
+        headers: dict[str, str] | None = None,
+        retry_policy: RetryPolicy | None = None,
+        transport_factory: Callable[[Connection], AsyncTransport] | None = None,
+    ) -> None:
+        self.connection = Connection(
+            url=url,
+            protocol=protocol,
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            ssl_context=ssl_context,
+            insecure=insecure,
+            headers=dict(headers or {}),
+        )
+        self.model = model
+        self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
+        self._factory = transport_factory or open_async_transport
+        self._transport: AsyncTransport | None = None
+        self._info: ModelInfo | None = None
+        self._lock: asyncio.Lock | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncFitClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._transport is not None:
+            transport, self._transport = self._transport, None
+            await transport.close()
+
+    def __repr__(self) -> str:
+        c = self.connection
+        return f"AsyncFitClient({c.url!r}, protocol={c.protocol!r}, model={self.model!r})"
+
+    def _get_transport(self) -> AsyncTransport:
+        if self._closed:
+            raise RuntimeError("this AsyncFitClient is closed")
+        if self._transport is None:  # created inside the running loop (aiohttp and grpc.aio need one)
+            self._transport = self._factory(self.connection)
+        return self._transport
+
+    async def connect(self) -> ModelInfo:
+        """Check readiness and the tensor contract (once); returns what the server reported."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._info is None:
+                self._info = await retry.acall(self._connect_once, self.retry_policy)
+        return self._info
+
+    async def _connect_once(self) -> ModelInfo:
+        t = self._get_transport()
+        if not await t.model_ready(self.model):
+            ready = await t.models()
+            raise ModelNotReady(
+                f"model {self.model!r} is not ready on {self.connection.url}; ready models: {', '.join(ready) or 'none'}"
+            )
+        return check_signature(
+            await t.model_metadata(self.model), await t.model_config(self.model), self.connection.url
+        )
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """What the server reported on connect (None before ``connect``)."""
+        return self._info
+
+    async def classify(self, image: ImageInput) -> Verdict:
+        """Classify one image (see :meth:`FitClient.classify`)."""
+        await self.connect()
+        source = source_name(image)
+        try:
+            payload = await _to_bytes(image)
+            return (await self._infer([payload], [source]))[0]
+        except BadImage as exc:
+            raise BadImage(exc.reason, source) from None
+
+    async def classify_many(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = 8,
+        concurrency: int = 4,
+        progress: bool = False,
+    ) -> list[Result]:
+        """Classify many images in input order (see :meth:`FitClient.classify_many`)."""
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be >= 1")
+        info = await self.connect()
+        items = list(images)
+        batch_size = min(batch_size, info.max_batch_size)
+        results: list[Result | None] = [None] * len(items)
+        gate = asyncio.Semaphore(concurrency)
+        bar = _progress(len(items)) if progress else None
+
+        async def work(indices: range) -> None:
+            async with gate:
+                batch = await self._classify_batch([items[i] for i in indices], indices)
+            for i, result in zip(indices, batch, strict=True):
+                results[i] = result
+            if bar is not None:
+                bar(len(indices))
+
+        tasks = [
+            asyncio.ensure_future(work(range(i, min(i + batch_size, len(items)))))
+            for i in range(0, len(items), batch_size)
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if bar is not None:
+                bar(0, close=True)
+        return results  # type: ignore[return-value]
+
+    async def _classify_batch(self, images: Sequence[ImageInput], indices: range) -> list[Result]:
+        out: list[Result | None] = [None] * len(images)
+        sources = [source_name(im) for im in images]
+        payloads: list[bytes] = []
+        sent: list[int] = []
+        for k, image in enumerate(images):
+            try:
+                payloads.append(await _to_bytes(image))
+                sent.append(k)
+            except BadImage as exc:
+                out[k] = Failure(indices[k], sources[k], BadImage(exc.reason, sources[k]))
+        if sent:
+            try:
+                verdicts: list[Result] = list(await self._infer(payloads, [sources[k] for k in sent]))
+            except BadImage:
+                # Triton fails the whole request for one bad image: isolate it by sending one by one.
+                verdicts = [
+                    await self._infer_one(p, indices[k], sources[k])
+                    for p, k in zip(payloads, sent, strict=True)
+                ]
+            for k, v in zip(sent, verdicts, strict=True):
+                out[k] = v
+        return out  # type: ignore[return-value]
+
+    async def _infer_one(self, payload: bytes, index: int, source: str | None) -> Result:
+        try:
+            return (await self._infer([payload], [source]))[0]
+        except BadImage as exc:
+            return Failure(index, source, BadImage(exc.reason, source))
+
+    async def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
+        async def attempt() -> list[Verdict]:
+            outputs, version = await self._get_transport().infer(self.model, payloads)
+            return verdicts_from_outputs(outputs, version, sources)
+
+        return await retry.acall(attempt, self.retry_policy)

@@ -1,0 +1,303 @@
+"""The synchronous client: :class:`FitClient`."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from typing import Any
+
+from fitguard import contract
+
+from . import retry
+from .errors import BadImage, FitguardError, ModelNotReady
+from .images import ImageInput, source_name, to_bytes
+from .retry import RetryPolicy
+from .signature import ModelInfo, check_signature
+from .transport import Connection, Protocol_, Transport, open_transport
+from .verdict import Failure, Verdict, verdicts_from_outputs
+
+Result = Verdict | Failure
+
+
+class _Pool:
+    """Transports for worker threads: one shared if thread-safe (gRPC), else one per concurrent user."""
+
+    def __init__(self, factory: Callable[[], Transport]) -> None:
+        self._factory = factory
+        self._idle: queue.SimpleQueue[Transport] = queue.SimpleQueue()
+        self._all: list[Transport] = []
+        self._lock = threading.Lock()
+        self._shared: Transport | None = None
+
+    @contextmanager
+    def get(self) -> Iterator[Transport]:
+        if self._shared is not None:
+            yield self._shared
+            return
+        try:
+            transport = self._idle.get_nowait()
+        except queue.Empty:
+            transport = self._factory()
+            with self._lock:
+                self._all.append(transport)
+                if getattr(transport, "thread_safe", False):
+                    self._shared = transport
+        try:
+            yield transport
+        finally:
+            self._idle.put(transport)
+
+    def close(self) -> None:
+        with self._lock:
+            transports, self._all, self._shared = self._all, [], None
+        for t in transports:
+            t.close()
+
+
+class FitClient:
+    """Classify images with a running fitguard server.
+
+    >>> with FitClient("localhost:8001") as client:          # doctest: +SKIP
+    ...     verdicts = client.classify_many(Path("photos").glob("*.jpg"))
+
+    Args:
+        url: ``host:port`` of the server (gRPC port 8001 or HTTP port 8000 by default).
+        protocol: ``"grpc"`` (default) or ``"http"`` (binary tensor extension).
+        model: the ensemble's name in the model repository.
+        timeout: seconds one request may take (connection and answer).
+        retries: retries after a failed attempt, for unavailable servers and timeouts only.
+        retry_deadline: total seconds spent retrying one request before giving up.
+        ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them
+            (certificate file paths); ``ssl_context`` (HTTP only) and ``insecure`` (HTTP: skip
+            hostname verification).
+        headers: extra headers (HTTP) or metadata (gRPC) on every request, e.g. authorisation.
+        retry_policy: full control over back-off (overrides ``retries`` / ``retry_deadline``).
+        transport_factory: replaces the tritonclient transport (tests, custom transports).
+
+    The client connects on ``__enter__`` or the first call: it checks that the model is ready and
+    that its metadata and config match the fitguard tensor contract (:class:`ContractMismatch`
+    otherwise), once. It is safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        protocol: Protocol_ = "grpc",
+        model: str = contract.ENSEMBLE,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        retry_deadline: float = 10.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        ssl_context: Any = None,
+        insecure: bool = False,
+        headers: dict[str, str] | None = None,
+        retry_policy: RetryPolicy | None = None,
+        transport_factory: Callable[[Connection], Transport] | None = None,
+    ) -> None:
+        self.connection = Connection(
+            url=url,
+            protocol=protocol,
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            ssl_context=ssl_context,
+            insecure=insecure,
+            headers=dict(headers or {}),
+        )
+        self.model = model
+        self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
+        factory = transport_factory or open_transport
+        self._transports = _Pool(lambda: factory(self.connection))
+        self._info: ModelInfo | None = None
+        self._connect_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> FitClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._transports.close()
+
+    def __repr__(self) -> str:
+        c = self.connection
+        return f"FitClient({c.url!r}, protocol={c.protocol!r}, model={self.model!r})"
+
+    def connect(self) -> ModelInfo:
+        """Check readiness and the tensor contract (once); returns what the server reported."""
+        if self._closed:
+            raise RuntimeError("this FitClient is closed")
+        with self._connect_lock:
+            if self._info is None:
+                self._info = retry.call(self._connect_once, self.retry_policy)
+        return self._info
+
+    def _connect_once(self) -> ModelInfo:
+        with self._transports.get() as t:
+            if not t.model_ready(self.model):
+                ready = t.models()
+                raise ModelNotReady(
+                    f"model {self.model!r} is not ready on {self.connection.url}; ready models: "
+                    f"{', '.join(ready) or 'none'}"
+                )
+            return check_signature(
+                t.model_metadata(self.model), t.model_config(self.model), self.connection.url
+            )
+
+    @property
+    def info(self) -> ModelInfo:
+        """Name, versions, platform and max batch size of the served model (connects if needed)."""
+        return self.connect()
+
+    # -- classification ----------------------------------------------------------------------------
+
+    def classify(self, image: ImageInput) -> Verdict:
+        """Classify one image.
+
+        Raises:
+            BadImage: the file cannot be read or the server refused the image (``.reason`` says why).
+            ServerUnavailable, Timeout: after the retries; ModelNotReady, ContractMismatch, ServerError.
+        """
+        self.connect()
+        source = source_name(image)
+        try:
+            payload = to_bytes(image)
+        except BadImage as exc:
+            raise BadImage(exc.reason, source) from None
+        try:
+            return self._infer([payload], [source])[0]
+        except BadImage as exc:
+            raise BadImage(exc.reason, source) from None
+
+    def classify_many(
+        self,
+        images: Iterable[ImageInput],
+        batch_size: int = 8,
+        concurrency: int = 4,
+        progress: bool = False,
+    ) -> list[Result]:
+        """Classify many images, ``concurrency`` requests in flight of up to ``batch_size`` images each.
+
+        Returns one result per input, in input order: a :class:`Verdict`, or a :class:`Failure` for an
+        image that could not be judged (unreadable file, or refused by the server as a bad image: the
+        other images in its batch are retried one by one and still get their verdicts). Both have
+        ``.ok`` and ``.source``.
+
+        Raises:
+            ServerUnavailable, Timeout (after retries), ModelNotReady, ContractMismatch, ServerError:
+            problems of the server rather than of one image stop the whole run.
+            TypeError: an input of an unsupported type.
+        """
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError("batch_size and concurrency must be >= 1")
+        info = self.connect()
+        items = list(images)
+        batch_size = min(batch_size, info.max_batch_size)
+        results: list[Result | None] = [None] * len(items)
+        batches = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+        bar = _progress(len(items)) if progress else None
+
+        def work(indices: range) -> None:
+            for i, result in zip(
+                indices, self._classify_batch([items[i] for i in indices], indices), strict=True
+            ):
+                results[i] = result
+            if bar is not None:
+                bar(len(indices))
+
+        try:
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fitguard") as pool:
+                futures = [pool.submit(work, b) for b in batches]
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in pending:
+                    f.cancel()
+                for f in futures:
+                    if f.done() and not f.cancelled() and f.exception() is not None:
+                        raise f.exception()  # type: ignore[misc]
+        finally:
+            if bar is not None:
+                bar(0, close=True)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _classify_batch(self, images: Sequence[ImageInput], indices: range) -> list[Result]:
+        out: list[Result | None] = [None] * len(images)
+        sources = [source_name(im) for im in images]
+        payloads: list[bytes] = []
+        sent: list[int] = []
+        for k, image in enumerate(images):
+            try:
+                payloads.append(to_bytes(image))
+                sent.append(k)
+            except BadImage as exc:
+                out[k] = Failure(indices[k], sources[k], BadImage(exc.reason, sources[k]))
+        if sent:
+            try:
+                verdicts: list[Result] = list(self._infer(payloads, [sources[k] for k in sent]))
+            except BadImage:
+                # Triton fails the whole request for one bad image: isolate it by sending one by one.
+                verdicts = [
+                    self._infer_one(p, indices[k], sources[k]) for p, k in zip(payloads, sent, strict=True)
+                ]
+            for k, v in zip(sent, verdicts, strict=True):
+                out[k] = v
+        return out  # type: ignore[return-value]
+
+    def _infer_one(self, payload: bytes, index: int, source: str | None) -> Result:
+        try:
+            return self._infer([payload], [source])[0]
+        except BadImage as exc:
+            return Failure(index, source, BadImage(exc.reason, source))
+
+    def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
+        def attempt() -> list[Verdict]:
+            with self._transports.get() as t:
+                outputs, version = t.infer(self.model, payloads)
+            return verdicts_from_outputs(outputs, version, sources)
+
+        return retry.call(attempt, self.retry_policy)
+
+
+def _progress(total: int) -> Callable[..., None]:
+    """A thread-safe progress callback: tqdm when installed, a plain stderr counter otherwise."""
+    lock = threading.Lock()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        bar = tqdm(total=total, unit="img", desc="fitguard")
+
+        def update(n: int, close: bool = False) -> None:
+            with lock:
+                bar.close() if close else bar.update(n)
+
+        return update
+    count = [0]
+
+    def update_plain(n: int, close: bool = False) -> None:
+        with lock:
+            count[0] += n
+            end = "\n" if close else ""
+            print(f"\rfitguard: {count[0]}/{total} images", end=end, file=sys.stderr, flush=True)
+
+    return update_plain
+
+
+__all__ = ["FitClient", "Result", "FitguardError"]

@@ -1,0 +1,76 @@
+"""Check a served model's metadata and config against the fitguard tensor contract, once, on connect."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fitguard import contract
+
+from .errors import ContractMismatch
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server reported about the model on connect."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    max_batch_size: int
+
+
+def _fmt(name: str, datatype: str, shape: list[int] | tuple[int, ...]) -> str:
+    return f"{name} {datatype} [{','.join(str(d) for d in shape)}]"
+
+
+def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url: str) -> ModelInfo:
+    """Compare the model against ``contract.ENSEMBLE_INPUTS/OUTPUTS``.
+
+    ``metadata`` and ``config`` are in the KServe v2 JSON form (shapes as ints, batch dimension
+    included as -1 in metadata). Raises :class:`ContractMismatch` listing every difference.
+    """
+    name = str(metadata.get("name", "?"))
+    max_batch = int(config.get("max_batch_size", 0) or 0)
+    problems: list[str] = []
+    if max_batch < 1:
+        problems.append("max_batch_size is 0 (the contract needs a leading batch dimension)")
+    for kind, expected, served in (
+        ("input", contract.ENSEMBLE_INPUTS, metadata.get("inputs", [])),
+        ("output", contract.ENSEMBLE_OUTPUTS, metadata.get("outputs", [])),
+    ):
+        by_name = {t["name"]: t for t in served}
+        for tensor in expected:
+            want_shape = [-1, *tensor.shape] if max_batch > 0 else list(tensor.shape)
+            got = by_name.get(tensor.name)
+            if got is None:
+                problems.append(f"{kind} {tensor.name} is missing")
+                continue
+            got_shape = [int(d) for d in got.get("shape", [])]
+            if got["datatype"] != tensor.datatype or got_shape != want_shape:
+                problems.append(
+                    f"{kind} {_fmt(tensor.name, got['datatype'], got_shape)} should be "
+                    f"{_fmt(tensor.name, tensor.datatype, want_shape)}"
+                )
+        if kind == "input":
+            extra = sorted(set(by_name) - {t.name for t in expected})
+            if extra:  # the client would not send them, so the server would refuse every request
+                problems.append(f"unexpected input(s) {', '.join(extra)}")
+    if problems:
+        served = "; ".join(
+            f"{k}s: "
+            + ", ".join(_fmt(t["name"], t["datatype"], t.get("shape", [])) for t in metadata.get(k, []))
+            for k in ("inputs", "outputs")
+        )
+        raise ContractMismatch(
+            f"model {name!r} at {url} does not match the fitguard tensor contract: "
+            + "; ".join(problems)
+            + f". The server has {served}."
+        )
+    return ModelInfo(
+        name=name,
+        versions=tuple(str(v) for v in metadata.get("versions", [])),
+        platform=str(metadata.get("platform", "")),
+        max_batch_size=max_batch,
+    )

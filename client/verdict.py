@@ -1,0 +1,123 @@
+"""What the server says about one image, as immutable typed records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fitguard import contract
+from fitguard.labels import imagenet_classes
+
+from .errors import FitguardError
+
+
+@dataclass(frozen=True, slots=True)
+class TopClass:
+    """One of the five most probable classes."""
+
+    class_id: int
+    wnid: str
+    label: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The fitguard verdict on one image.
+
+    ``fit`` is the detector's decision: True when the classifier's answer can be trusted for this
+    image. ``fit_score`` is its signed margin (>= 0 means fit; further from 0 means more certain).
+    ``quality`` is the predicted perceptual quality within ``quality_range`` (higher is better).
+    """
+
+    label: str
+    class_id: int
+    wnid: str
+    confidence: float
+    top5: tuple[TopClass, ...]
+    quality: float
+    fit: bool
+    fit_score: float
+    model_version: str
+    source: str | None = None
+    quality_range: tuple[float, float] = contract.QUALITY_RANGE
+    ok: bool = field(default=True, init=False, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the CLI's ``--json`` line)."""
+        return {
+            "source": self.source,
+            "label": self.label,
+            "class_id": self.class_id,
+            "wnid": self.wnid,
+            "confidence": self.confidence,
+            "top5": [
+                {"class_id": t.class_id, "wnid": t.wnid, "label": t.label, "probability": t.probability}
+                for t in self.top5
+            ],
+            "quality": self.quality,
+            "quality_range": list(self.quality_range),
+            "fit": self.fit,
+            "fit_score": self.fit_score,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An image that got no verdict in :meth:`FitClient.classify_many` (the others still did)."""
+
+    index: int
+    source: str | None
+    error: FitguardError
+    ok: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def reason(self) -> str:
+        return getattr(self.error, "reason", None) or str(self.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": type(self.error).__name__, "reason": self.reason}
+
+
+def _top(class_id: int, probability: float) -> TopClass:
+    c = imagenet_classes()[class_id]
+    return TopClass(c.index, c.wnid, c.name, probability)
+
+
+def verdicts_from_outputs(
+    outputs: Mapping[str, np.ndarray], model_version: str, sources: list[str | None]
+) -> list[Verdict]:
+    """Turn the ensemble's batched output tensors (leading dimension B) into B verdicts."""
+    class_ids = np.asarray(outputs[contract.CLASS_ID]).reshape(len(sources), -1)[:, 0]
+    top_ids = np.asarray(outputs[contract.TOP5_IDS]).reshape(len(sources), contract.TOP_K)
+    top_probs = np.asarray(outputs[contract.TOP5_PROBS], dtype=np.float64).reshape(
+        len(sources), contract.TOP_K
+    )
+    quality = np.asarray(outputs[contract.QUALITY_SCORE], dtype=np.float64).reshape(len(sources), -1)[:, 0]
+    fit = np.asarray(outputs[contract.FIT]).reshape(len(sources), -1)[:, 0]
+    score = np.asarray(outputs[contract.FIT_SCORE], dtype=np.float64).reshape(len(sources), -1)[:, 0]
+    verdicts = []
+    for i, source in enumerate(sources):
+        top5 = tuple(_top(int(c), float(p)) for c, p in zip(top_ids[i], top_probs[i], strict=True))
+        cls = _top(int(class_ids[i]), float(top_probs[i][0]))
+        # The detector's CLASS_ID is the argmax, i.e. TOP5_IDS[0]; take its probability from there.
+        confidence = next((t.probability for t in top5 if t.class_id == cls.class_id), cls.probability)
+        verdicts.append(
+            Verdict(
+                label=cls.label,
+                class_id=cls.class_id,
+                wnid=cls.wnid,
+                confidence=confidence,
+                top5=top5,
+                quality=float(quality[i]),
+                fit=bool(fit[i]),
+                fit_score=float(score[i]),
+                model_version=model_version,
+                source=source,
+            )
+        )
+    return verdicts

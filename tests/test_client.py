@@ -1,0 +1,491 @@
+"""Client SDK: unit tests over a scripted transport, then integration against the real embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fitguard.client import (
+    AsyncFitClient,
+    BadImage,
+    ContractMismatch,
+    Failure,
+    FitClient,
+    ModelNotReady,
+    RetryPolicy,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+    Verdict,
+    expand_paths,
+)
+from fitguard.client import retry as retry_mod
+from fitguard.client.images import to_bytes
+from fitguard.client.transport import Connection, map_error
+from PIL import Image
+
+from fitguard import contract
+from fitguard.labels import imagenet_classes
+
+# ---------------------------------------------------------------------------------------------------
+# A scripted transport: payload b"cls:<id>" answers class <id>; b"bad..." is refused like Triton refuses a
+# batch holding one undecodable image; failures can be queued to exercise the retry policy.
+
+
+def contract_metadata(name: str = "fitguard") -> dict[str, Any]:
+    def tensors(ts: tuple[contract.Tensor, ...]) -> list[dict[str, Any]]:
+        return [{"name": t.name, "datatype": t.datatype, "shape": [-1, *t.shape]} for t in ts]
+
+    return {
+        "name": name,
+        "versions": ["1"],
+        "platform": "ensemble",
+        "inputs": tensors(contract.ENSEMBLE_INPUTS),
+        "outputs": tensors(contract.ENSEMBLE_OUTPUTS),
+    }
+
+
+class FakeServer:
+    def __init__(self, *, max_batch_size: int = 16, delay: float = 0.0, seed: int = 0) -> None:
+        self.metadata = contract_metadata()
+        self.config: dict[str, Any] = {"max_batch_size": max_batch_size}
+        self.ready = True
+        self.delay = delay
+        self.rng = random.Random(seed)
+        self.failures: list[Exception] = []  # raised by the next infer calls, in order
+        self.batches: list[int] = []
+        self.connects = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.transports = 0
+        self.lock = threading.Lock()
+
+    def _enter(self) -> float:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return self.rng.uniform(0, self.delay)
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def answer(self, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        with self.lock:
+            self.batches.append(len(payloads))
+            if self.failures:
+                raise self.failures.pop(0)
+        if any(p.startswith(b"bad") for p in payloads):
+            raise BadImage("corrupt or truncated image: cannot identify image file")
+        ids = np.array([int(p.split(b":")[1]) for p in payloads], dtype=np.int64)
+        top = np.stack([(ids + k) % contract.NUM_CLASSES for k in range(contract.TOP_K)], axis=1)
+        probs = np.tile(np.array([0.6, 0.2, 0.1, 0.06, 0.04], dtype=np.float32), (len(ids), 1))
+        outputs = {
+            contract.CLASS_ID: ids[:, None],
+            contract.TOP5_IDS: top,
+            contract.TOP5_PROBS: probs,
+            contract.QUALITY_SCORE: (ids[:, None] / 1000).astype(np.float32),
+            contract.FIT: (ids[:, None] % 2 == 0),
+            contract.FIT_SCORE: (ids[:, None] / 100 - 1).astype(np.float32),
+        }
+        return outputs, "1"
+
+
+class FakeTransport:
+    thread_safe = False
+
+    def __init__(self, server: FakeServer, conn: Connection) -> None:
+        self.server, self.conn = server, conn
+        server.transports += 1
+
+    def model_ready(self, model: str) -> bool:
+        self.server.connects += 1
+        return self.server.ready and model == "fitguard"
+
+    def model_metadata(self, model: str) -> dict[str, Any]:
+        return self.server.metadata
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        return self.server.config
+
+    def models(self) -> list[str]:
+        return ["fitguard", "preprocess"]
+
+    def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        wait = self.server._enter()
+        try:
+            time.sleep(wait)
+            return self.server.answer(payloads)
+        finally:
+            self.server._leave()
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncFakeTransport:
+    def __init__(self, server: FakeServer, conn: Connection) -> None:
+        self.sync = FakeTransport(server, conn)
+
+    async def model_ready(self, model: str) -> bool:
+        return self.sync.model_ready(model)
+
+    async def model_metadata(self, model: str) -> dict[str, Any]:
+        return self.sync.model_metadata(model)
+
+    async def model_config(self, model: str) -> dict[str, Any]:
+        return self.sync.model_config(model)
+
+    async def models(self) -> list[str]:
+        return self.sync.models()
+
+    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+        wait = self.sync.server._enter()
+        try:
+            await asyncio.sleep(wait)
+            return self.sync.server.answer(payloads)
+        finally:
+            self.sync.server._leave()
+
+    async def close(self) -> None:
+        pass
+
+
+FAST = RetryPolicy(retries=3, backoff=0.01, max_backoff=0.05, deadline=2.0, jitter=0.0)
+
+
+def fake_client(server: FakeServer, model: str = "fitguard", policy: RetryPolicy = FAST) -> FitClient:
+    return FitClient(
+        "fake:1", model=model, retry_policy=policy, transport_factory=lambda conn: FakeTransport(server, conn)
+    )
+
+
+def fake_async_client(server: FakeServer, policy: RetryPolicy = FAST) -> AsyncFitClient:
+    return AsyncFitClient(
+        "fake:1", retry_policy=policy, transport_factory=lambda conn: AsyncFakeTransport(server, conn)
+    )
+
+
+def cls(i: int) -> bytes:
+    return b"cls:%d" % i
+
+
+# ---------------------------------------------------------------------------------------------------
+# Unit tests
+
+
+def test_verdict_is_typed_and_immutable() -> None:
+    with fake_client(FakeServer()) as client:
+        v = client.classify(cls(281))
+    c = imagenet_classes()[281]
+    assert isinstance(v, Verdict) and v.ok
+    assert (v.class_id, v.wnid, v.label) == (281, c.wnid, c.name)
+    assert v.confidence == pytest.approx(0.6)
+    assert [t.class_id for t in v.top5] == [281, 282, 283, 284, 285]
+    assert v.top5[1].label == imagenet_classes()[282].name
+    assert v.quality == pytest.approx(0.281) and v.quality_range == contract.QUALITY_RANGE
+    assert v.fit is False and v.fit_score == pytest.approx(1.81)
+    assert v.model_version == "1" and v.source is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.label = "dog"  # type: ignore[misc]
+    assert v.to_dict()["top5"][0]["class_id"] == 281
+
+
+def test_contract_mismatch_says_what_differs() -> None:
+    server = FakeServer()
+    server.metadata["inputs"][0]["datatype"] = "FP32"
+    server.metadata["outputs"] = [t for t in server.metadata["outputs"] if t["name"] != contract.FIT]
+    server.metadata["outputs"][0]["shape"] = [-1, 3]
+    with pytest.raises(ContractMismatch) as info, fake_client(server):
+        pass
+    msg = str(info.value)
+    assert "input IMAGE FP32 [-1,1] should be IMAGE BYTES [-1,1]" in msg
+    assert "output FIT is missing" in msg
+    assert "output CLASS_ID INT64 [-1,3] should be CLASS_ID INT64 [-1,1]" in msg
+    assert "'fitguard' at fake:1" in msg
+
+
+def test_contract_needs_batching() -> None:
+    server = FakeServer(max_batch_size=0)
+    with pytest.raises(ContractMismatch, match="max_batch_size is 0"):
+        fake_client(server).connect()
+
+
+def test_model_not_ready_lists_ready_models() -> None:
+    with pytest.raises(ModelNotReady, match="ready models: fitguard, preprocess"):
+        fake_client(FakeServer(), model="fitgaurd").classify(cls(1))
+
+
+def test_connects_once() -> None:
+    server = FakeServer()
+    with fake_client(server) as client:
+        for i in range(3):
+            client.classify(cls(i))
+        client.classify_many([cls(i) for i in range(20)])
+    assert server.connects == 1
+
+
+def test_retries_unavailable_then_succeeds() -> None:
+    server = FakeServer()
+    with fake_client(server) as client:
+        server.failures = [ServerUnavailable("down"), Timeout("slow")]
+        assert client.classify(cls(7)).class_id == 7
+    assert server.batches == [1, 1, 1]
+
+
+def test_backoff_schedule_is_exponential_and_capped() -> None:
+    policy = RetryPolicy(retries=5, backoff=0.1, max_backoff=0.3, deadline=60, jitter=0.0)
+    slept: list[float] = []
+    calls = []
+
+    def fn() -> int:
+        calls.append(1)
+        raise ServerUnavailable("down")
+
+    with pytest.raises(ServerUnavailable):
+        retry_mod.call(fn, policy, sleep=slept.append)
+    assert slept == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
+    assert len(calls) == 6
+
+
+def test_retry_time_is_bounded_by_deadline() -> None:
+    server = FakeServer()
+    policy = RetryPolicy(retries=1000, backoff=0.02, max_backoff=0.1, deadline=0.5)
+    with fake_client(server, policy=policy) as client:
+        server.failures = [ServerUnavailable("down")] * 1000
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailable):
+            client.classify(cls(1))
+        elapsed = time.monotonic() - start
+    assert 0.2 < elapsed < 0.8
+    assert 3 < len(server.batches) < 100
+
+
+@pytest.mark.parametrize("error", [BadImage("not an image"), ServerError("boom"), ContractMismatch("x")])
+def test_no_retry_on_other_errors(error: Exception) -> None:
+    server = FakeServer()
+    with fake_client(server) as client:
+        server.failures = [error]
+        with pytest.raises(type(error)):
+            client.classify(cls(1))
+    assert server.batches == [1]
+
+
+def test_bad_image_carries_reason_and_source(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"bad jpeg")
+    with fake_client(FakeServer()) as client, pytest.raises(BadImage) as info:
+        client.classify(path)
+    assert info.value.reason == "corrupt or truncated image: cannot identify image file"
+    assert info.value.source == str(path) and str(path) in str(info.value)
+
+
+def test_classify_many_keeps_order_with_requests_in_flight() -> None:
+    server = FakeServer(delay=0.02, seed=1)
+    ids = list(range(0, 1000, 7))
+    with fake_client(server) as client:
+        results = client.classify_many([cls(i) for i in ids], batch_size=5, concurrency=6)
+    assert [r.class_id for r in results] == ids
+    assert max(server.batches) == 5 and sum(server.batches) == len(ids)
+    assert server.max_in_flight > 1  # requests overlapped
+    assert server.transports <= 6  # HTTP-style transports are reused across batches
+
+
+def test_batch_size_is_clamped_to_server_max() -> None:
+    server = FakeServer(max_batch_size=4)
+    with fake_client(server) as client:
+        results = client.classify_many([cls(i) for i in range(10)], batch_size=64, concurrency=1)
+    assert server.batches == [4, 4, 2]
+    assert [r.class_id for r in results] == list(range(10))
+
+
+def test_bad_image_in_batch_is_isolated(tmp_path: Path) -> None:
+    server = FakeServer()
+    missing = tmp_path / "missing.png"
+    images: list[Any] = [cls(1), b"bad bytes", cls(3), missing, cls(5)]
+    with fake_client(server) as client:
+        results = client.classify_many(images, batch_size=8)
+    assert [r.ok for r in results] == [True, False, True, False, True]
+    assert [r.class_id for r in results if isinstance(r, Verdict)] == [1, 3, 5]
+    bad, unreadable = results[1], results[3]
+    assert isinstance(bad, Failure) and bad.index == 1 and "cannot identify" in bad.reason
+    assert (
+        isinstance(unreadable, Failure)
+        and unreadable.source == str(missing)
+        and "cannot read" in unreadable.reason
+    )
+    # One batch of the 4 readable images, refused; then each retried alone.
+    assert server.batches == [4, 1, 1, 1, 1]
+
+
+def test_server_failure_stops_the_run() -> None:
+    server = FakeServer()
+    with fake_client(server) as client:
+        server.failures = [ServerUnavailable("down")] * 100
+        with pytest.raises(ServerUnavailable):
+            client.classify_many([cls(i) for i in range(40)], batch_size=4, concurrency=2)
+
+
+def test_unsupported_input_is_a_type_error() -> None:
+    with fake_client(FakeServer()) as client, pytest.raises(TypeError, match="cannot classify a int"):
+        client.classify(42)  # type: ignore[arg-type]
+
+
+def test_async_client_same_surface() -> None:
+    server = FakeServer(delay=0.01, seed=2)
+    ids = list(range(0, 300, 3))
+
+    async def main() -> tuple[Verdict, list[Any], list[Any]]:
+        async with fake_async_client(server) as client:
+            one = await client.classify(cls(9))
+            many = await client.classify_many([cls(i) for i in ids], batch_size=3, concurrency=8)
+            mixed = await client.classify_many([cls(1), b"bad", cls(2)], batch_size=8)
+        return one, many, mixed
+
+    one, many, mixed = asyncio.run(main())
+    assert one.class_id == 9
+    assert [r.class_id for r in many] == ids and server.max_in_flight > 1
+    assert [r.ok for r in mixed] == [True, False, True]
+
+
+def test_async_retry_and_no_retry_on_bad_input() -> None:
+    server = FakeServer()
+
+    async def main() -> None:
+        async with fake_async_client(server) as client:
+            server.failures = [ServerUnavailable("down")]
+            assert (await client.classify(cls(4))).class_id == 4
+            with pytest.raises(BadImage):
+                await client.classify(b"bad")
+
+    asyncio.run(main())
+    assert server.batches == [1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs, error mapping, connection options
+
+
+def test_every_input_kind_becomes_bytes(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    rgb = photos["chelsea"]
+    png = to_bytes(rgb)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), rgb)  # arrays travel losslessly
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(to_bytes(Image.fromarray(rgb))))), rgb)
+    path = tmp_path / "cat.jpg"
+    Image.fromarray(rgb).save(path, quality=90)
+    raw = path.read_bytes()
+    assert to_bytes(path) == raw and to_bytes(str(path)) == raw  # files are sent as they are
+    assert to_bytes(io.BytesIO(raw)) == raw and to_bytes(bytearray(raw)) == raw
+    with path.open("rb") as f:
+        assert to_bytes(f) == raw
+    assert to_bytes(rgb[:, :, 0]).startswith(b"\x89PNG")  # greyscale HW arrays too
+    with pytest.raises(BadImage, match="uint8"):
+        to_bytes(rgb.astype(np.float32))
+    with pytest.raises(BadImage, match="shape"):
+        to_bytes(np.zeros((2, 3, 4, 5), np.uint8))
+    with path.open("r") as text, pytest.raises(TypeError, match="binary"):
+        to_bytes(text)  # type: ignore[arg-type]
+
+
+def test_expand_paths_recurses_into_folders(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/1.JPG", "a/b/2.png", "a/notes.txt", "3.webp"):
+        (tmp_path / name).write_bytes(b"x")
+    found = expand_paths([tmp_path / "a", tmp_path / "3.webp"])
+    assert found == [tmp_path / "a/1.JPG", tmp_path / "a/b/2.png", tmp_path / "3.webp"]
+
+
+def test_error_mapping() -> None:
+    from tritonclient.utils import InferenceServerException as E
+
+    conn = Connection("h:1", timeout=2)
+    cases = [
+        (E("failed to connect to all addresses", "StatusCode.UNAVAILABLE"), ServerUnavailable),
+        (E("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED"), Timeout),
+        (E("Request for unknown model: 'x' is not found", "StatusCode.NOT_FOUND"), ModelNotReady),
+        (E("Request for unknown model: 'x' is not found", "400"), ModelNotReady),
+        (E("corrupt image", "StatusCode.INVALID_ARGUMENT"), BadImage),
+        (E("corrupt image", "400"), BadImage),
+        (E("out of memory", "StatusCode.INTERNAL"), ServerError),
+        (ConnectionRefusedError(111, "Connection refused"), ServerUnavailable),
+        (TimeoutError("timed out"), Timeout),
+    ]
+    for exc, kind in cases:
+        assert type(map_error(exc, conn, "infer")) is kind, exc
+    assert map_error(E("corrupt image", "400"), conn, "infer").reason == "corrupt image"  # type: ignore[attr-defined]
+
+
+def test_connection_options() -> None:
+    conn = Connection("https://triton.example:8443/", protocol="http")
+    assert conn.url == "triton.example:8443" and conn.ssl
+    with pytest.raises(ValueError, match="protocol"):
+        Connection("h:1", protocol="tcp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ssl_context"):
+        Connection("h:1", protocol="grpc", ssl_context=object())  # type: ignore[arg-type]
+    conn = Connection(
+        "h:1",
+        protocol="http",
+        ssl=True,
+        root_certificates="ca.pem",
+        certificate_chain="c.pem",
+        private_key="k.pem",
+    )
+    assert conn.http_ssl_options() == {"ca_certs": "ca.pem", "certfile": "c.pem", "keyfile": "k.pem"}
+
+
+def test_tls_and_headers_reach_tritonclient(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tritonclient.grpc as grpcclient
+
+    seen: dict[str, Any] = {}
+
+    class Recorder:
+        def __init__(self, url: str, **kwargs: Any) -> None:
+            seen.update(url=url, **kwargs)
+
+        def is_model_ready(self, model: str, **kwargs: Any) -> bool:
+            seen["ready_kwargs"] = kwargs
+            return False
+
+        def get_model_repository_index(self, **kwargs: Any) -> dict[str, Any]:
+            return {"models": [{"name": "fitguard", "state": "UNAVAILABLE"}]}
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(grpcclient, "InferenceServerClient", Recorder)
+    client = FitClient(
+        "h:1", ssl=True, root_certificates="ca.pem", headers={"authorization": "Bearer t"}, timeout=3
+    )
+    with pytest.raises(ModelNotReady, match="ready models: none"):
+        client.connect()
+    assert seen["url"] == "h:1" and seen["ssl"] is True and seen["root_certificates"] == "ca.pem"
+    assert seen["ready_kwargs"] == {"headers": {"authorization": "Bearer t"}, "client_timeout": 3}
+
+
+def test_client_imports_without_torch() -> None:
+    code = """
+import sys
+for name in ("torch", "torchvision", "onnxruntime", "onnx", "sklearn", "fitguard.models", "fitguard.detector"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+import fitguard.client, fitguard.client.cli, fitguard.client.aio
+from fitguard.cli import main
+client = fitguard.client.FitClient("127.0.0.1:1", retries=0)
+try:
+    main(["classify", "--help"])
+except SystemExit as exc:
+    assert exc.code == 0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("ok")
