@@ -194,7 +194,11 @@ class AsyncFitClient:
         self._closed = False
 
     async def __aenter__(self) -> AsyncFitClient:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -125,7 +125,11 @@ class FitClient:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def __enter__(self) -> FitClient:
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:

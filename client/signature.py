@@ -41,11 +41,12 @@ def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url:
         ("output", contract.ENSEMBLE_OUTPUTS, metadata.get("outputs", [])),
     ):
         by_name = {t["name"]: t for t in served}
+        missing = []
         for tensor in expected:
             want_shape = [-1, *tensor.shape] if max_batch > 0 else list(tensor.shape)
             got = by_name.get(tensor.name)
             if got is None:
-                problems.append(f"{kind} {tensor.name} is missing")
+                missing.append(tensor.name)
                 continue
             got_shape = [int(d) for d in got.get("shape", [])]
             if got["datatype"] != tensor.datatype or got_shape != want_shape:
@@ -53,13 +54,15 @@ def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url:
                     f"{kind} {_fmt(tensor.name, got['datatype'], got_shape)} should be "
                     f"{_fmt(tensor.name, tensor.datatype, want_shape)}"
                 )
+        if missing:
+            problems.append(f"{kind}{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing")
         if kind == "input":
             extra = sorted(set(by_name) - {t.name for t in expected})
             if extra:  # the client would not send them, so the server would refuse every request
                 problems.append(f"unexpected input(s) {', '.join(extra)}")
     if problems:
         served = "; ".join(
-            f"{k}s: "
+            f"{k}: "
             + ", ".join(_fmt(t["name"], t["datatype"], t.get("shape", [])) for t in metadata.get(k, []))
             for k in ("inputs", "outputs")
         )

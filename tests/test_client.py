@@ -210,7 +210,7 @@ def test_contract_mismatch_says_what_differs() -> None:
         pass
     msg = str(info.value)
     assert "input IMAGE FP32 [-1,1] should be IMAGE BYTES [-1,1]" in msg
-    assert "output FIT is missing" in msg
+    assert "output FIT missing" in msg
     assert "output CLASS_ID INT64 [-1,3] should be CLASS_ID INT64 [-1,1]" in msg
     assert "'fitguard' at fake:1" in msg
 
@@ -489,3 +489,195 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Integration: real tritonclient against nothing, then against the real embedded server (tiny backbone).
+
+PROTOCOLS = ("grpc", "http")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_server_down_is_a_clear_error_within_the_retry_deadline(protocol: str) -> None:
+    url = f"127.0.0.1:{free_port()}"  # nothing listens here
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=url):
+        FitClient(url, protocol, retries=10, retry_deadline=1.0, timeout=2).classify(b"x")  # type: ignore[arg-type]
+    assert time.monotonic() - start < 1.0 + 2 + 0.5
+
+    async def main() -> None:
+        async with AsyncFitClient(url, protocol, retries=10, retry_deadline=1.0, timeout=2) as client:  # type: ignore[arg-type]
+            await client.classify(b"x")
+
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailable, match=url):
+        asyncio.run(main())
+    assert time.monotonic() - start < 1.0 + 2 + 0.5
+
+
+def url_of(server: Any, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def views(photos: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
+    """``n`` distinct real images: crops of the scikit-image photos at several offsets and sizes."""
+    rng = np.random.default_rng(0)
+    out = []
+    names = sorted(photos)
+    for i in range(n):
+        rgb = photos[names[i % len(names)]]
+        h, w = rgb.shape[:2]
+        side = int(rng.integers(min(h, w) // 2, min(h, w)))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        out.append(np.ascontiguousarray(rgb[top : top + side, left : left + side]))
+    return out
+
+
+def same(a: Verdict, b: Verdict) -> bool:
+    # Batched and single requests may differ in the last float bits; distinct images differ by far more.
+    return (
+        a.class_id == b.class_id
+        and a.quality == pytest.approx(b.quality, abs=1e-4)
+        and a.fit_score == pytest.approx(b.fit_score, abs=1e-4)
+    )
+
+
+def check_consistent(v: Verdict) -> None:
+    assert v.label == imagenet_classes()[v.class_id].name and v.wnid == imagenet_classes()[v.class_id].wnid
+    assert v.top5[0].class_id == v.class_id and v.confidence == v.top5[0].probability
+    probs = [t.probability for t in v.top5]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
+    assert v.quality_range[0] <= v.quality <= v.quality_range[1]
+    assert v.fit == (v.fit_score >= 0)
+    assert v.model_version == "1"
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_every_input_kind_against_the_server(
+    tiny_server: Any, protocol: str, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    rgb = photos["chelsea"]
+    path = tmp_path / "chelsea.png"
+    Image.fromarray(rgb).save(path)
+    raw = path.read_bytes()
+    with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+        assert client.info.name == "fitguard" and client.info.max_batch_size >= 1
+        ref = client.classify(path)
+        check_consistent(ref)
+        assert ref.source == str(path)
+        with path.open("rb") as f:
+            kinds = [str(path), raw, bytearray(raw), io.BytesIO(raw), f, Image.fromarray(rgb), rgb]
+            for kind in kinds:
+                v = client.classify(kind)
+                assert same(v, ref), type(kind)
+        assert client.classify(Image.open(path)).source == str(path)
+
+
+@pytest.mark.server
+def test_grpc_and_http_agree(tiny_server: Any, photos: dict[str, np.ndarray]) -> None:
+    images = views(photos, 6)
+    results = {}
+    for protocol in PROTOCOLS:
+        with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+            results[protocol] = client.classify_many(images, batch_size=3)
+    assert all(same(a, b) for a, b in zip(results["grpc"], results["http"], strict=True))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_order_is_kept_under_concurrency(
+    tiny_server: Any, protocol: str, photos: dict[str, np.ndarray]
+) -> None:
+    images = views(photos, 20)
+    with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+        singles = [client.classify(im) for im in images]
+        assert len({round(v.quality, 4) for v in singles}) > 10  # distinct enough that a swap shows
+        batched = client.classify_many(images, batch_size=3, concurrency=4)
+    assert all(isinstance(v, Verdict) and same(v, s) for v, s in zip(batched, singles, strict=True))
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_bad_images_among_good_ones(
+    tiny_server: Any, protocol: str, photos: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    good = views(photos, 3)
+    truncated = to_bytes(good[0])[:300]
+    images: list[Any] = [
+        good[0],
+        b"this is not an image",
+        good[1],
+        truncated,
+        good[2],
+        tmp_path / "missing.jpg",
+    ]
+    with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+        results = client.classify_many(images, batch_size=8)
+        singles = [client.classify(im) for im in good]
+        with pytest.raises(BadImage) as info:
+            client.classify(b"this is not an image")
+    assert [r.ok for r in results] == [True, False, True, False, True, False]
+    assert all(same(r, s) for r, s in zip([results[0], results[2], results[4]], singles, strict=True))
+    assert "not a recognised image format" in info.value.reason  # the server's own words
+    assert "not a recognised image format" in results[1].reason
+    assert "truncated" in results[3].reason or "corrupt" in results[3].reason
+    assert "cannot read file" in results[5].reason
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_async_client_against_the_server(
+    tiny_server: Any, protocol: str, photos: dict[str, np.ndarray]
+) -> None:
+    images = views(photos, 12)
+    with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+        singles = [client.classify(im) for im in images]
+
+    async def main() -> tuple[list[Verdict], list[Any], list[Any]]:
+        async with AsyncFitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
+            kinds = [
+                images[0],
+                Image.fromarray(images[1]),
+                to_bytes(images[2]),
+                io.BytesIO(to_bytes(images[3])),
+            ]
+            one = list(await asyncio.gather(*(client.classify(k) for k in kinds)))
+            many = await client.classify_many(images, batch_size=2, concurrency=4)
+            mixed = await client.classify_many([images[0], b"garbage", images[1]], batch_size=4)
+        return one, many, mixed
+
+    one, many, mixed = asyncio.run(main())
+    assert all(same(a, b) for a, b in zip(one, singles[:4], strict=True))
+    assert all(same(a, b) for a, b in zip(many, singles, strict=True))
+    assert [r.ok for r in mixed] == [True, False, True] and "not a recognised" in mixed[1].reason
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_contract_mismatch_and_unknown_model_on_a_real_server(tiny_server: Any, protocol: str) -> None:
+    url = url_of(tiny_server, protocol)
+    with pytest.raises(ContractMismatch) as info, FitClient(url, protocol, model="preprocess"):  # type: ignore[arg-type]
+        pass
+    msg = str(info.value)
+    assert "'preprocess'" in msg and "outputs CLASS_ID, TOP5_IDS" in msg and "CLASSIFIER_INPUT UINT8" in msg
+    with (
+        pytest.raises(ModelNotReady, match="ready models: .*fitguard"),
+        FitClient(url, protocol, model="nope"),
+    ):  # type: ignore[arg-type]
+        pass
+
+    async def main() -> None:
+        async with AsyncFitClient(url, protocol, model="preprocess"):  # type: ignore[arg-type]
+            pass
+
+    with pytest.raises(ContractMismatch, match="outputs CLASS_ID, TOP5_IDS"):
+        asyncio.run(main())
