@@ -20,3 +20,53 @@ def photos() -> dict[str, np.ndarray]:
     from skimage import data
 
     return {name: getattr(data, name)() for name in ("chelsea", "astronaut", "coffee", "rocket")}
+
+
+def synthetic_detector(seed: int = 0, threshold: float = 0.0):
+    """A real scaler + RBF SVC detector trained in milliseconds on seeded synthetic 6-d features."""
+    from fitguard.export.onnx_export import probe_features
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from fitguard.detector import Detector
+
+    features = probe_features(200, seed=seed)
+    labels = (features[:, 0] + features[:, 5] > 0.9).astype(int)  # confident and sharp -> fit
+    return Detector(make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(features, labels), threshold)
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
+    """A complete exported repository on the ``tiny`` backbone (seeded random quality head, synthetic
+    detector), verified like any export. Returns its Path."""
+    import torch
+    from fitguard.export import export_repository
+
+    from fitguard.detector import save_detector
+    from fitguard.models import QualityHead, build_backbone, save_head
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("tiny_repository")
+    net = build_backbone("tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = QualityHead(net.feature_dim)
+    save_head(root / "head.pt", head, net)
+    save_detector(root / "detector.joblib", synthetic_detector())
+    return export_repository(
+        root / "repository",
+        backbone="tiny",
+        head=root / "head.pt",
+        detector=root / "detector.joblib",
+        log=lambda _: None,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repository):
+    """The embedded Triton server on free ports, serving ``tiny_repository``."""
+    from fitguard.serve import EmbeddedServer
+
+    with EmbeddedServer(tiny_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server

@@ -1,0 +1,60 @@
+"""``fitguard export``: the three models to a verified Triton repository (thin: the work is in repository.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fitguard.export.accelerators import ACCELERATORS
+
+from fitguard.contract import DEFAULT_PATCHES
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", required=True, help="resnet152, efficientnet_lite0 or tiny")
+    parser.add_argument(
+        "--weights",
+        default="default",
+        help="backbone weights: default, imagenet, IMAGENET1K_V1/V2 (resnet152), a checkpoint path, or random",
+    )
+    parser.add_argument("--iqa-head", required=True, help="quality-head file from `fitguard train iqa`")
+    parser.add_argument("--detector", required=True, help="detector file from `fitguard train detector`")
+    parser.add_argument(
+        "--out", required=True, help="repository folder to write (replaced if it is an earlier export)"
+    )
+    parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (P)")
+    parser.add_argument("--precision", default="fp32", help="graph precision (fp32)")
+    parser.add_argument("--accelerator", default="none", choices=ACCELERATORS, help="deployment target")
+    parser.add_argument("--instances", type=int, default=1, help="instances per model")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from fitguard.export.onnx_export import ExportError
+    from fitguard.export.repository import export_repository
+    from fitguard.export.verify import ParityError
+
+    from fitguard.detector import BadDetectorError
+    from fitguard.models import BadHeadError, WeightsUnavailableError
+
+    torch.set_num_threads(args.threads)
+    try:
+        export_repository(
+            args.out,
+            backbone=args.backbone,
+            weights=args.weights,
+            head=args.iqa_head,
+            detector=args.detector,
+            patches=args.patches,
+            precision=args.precision,
+            accelerator=args.accelerator,
+            instances=args.instances,
+        )
+    except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:
+        print(f"fitguard export: error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"fitguard export: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

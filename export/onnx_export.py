@@ -1,0 +1,253 @@
+"""The three graphs of the repository, with the contract's tensor names and a dynamic batch dimension.
+
+- classifier: ``CLASSIFIER_INPUT`` uint8 [N, 3, 224, 224] -> ``PROBS`` fp32 [N, 1000] (torch.onnx, dynamo).
+- quality: ``IQA_PATCHES`` uint8 [N, P, 3, 224, 224] -> ``QUALITY`` fp32 [N, 1], N and P dynamic.
+- detector: skl2onnx's scaler + SVC, composed with a TopK/Concat prefix and a threshold suffix into one
+  graph: ``PROBS``, ``QUALITY`` -> ``CLASS_ID``, ``TOP5_IDS``, ``TOP5_PROBS``, ``FIT``, ``FIT_SCORE``.
+
+Precision is a separate, explicit step (:func:`apply_precision`) so a lower-precision variant is one
+entry in :data:`PRECISIONS` plus its tolerances in :mod:`fitguard.export.verify`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from fitguard.contract import (
+    CLASS_ID,
+    CLASSIFIER_INPUT,
+    FIT,
+    FIT_SCORE,
+    IQA_PATCHES,
+    NUM_CLASSES,
+    PROBS,
+    QUALITY_SCORE,
+    TOP5_IDS,
+    TOP5_PROBS,
+    TOP_K,
+)
+
+OPSET = 18
+ML_OPSET = 3
+EXPORT_BATCH = 2  # verification runs another batch size, so a batch baked into the graph is caught
+EXPORT_PATCHES = 2
+BATCH_DIM = "batch"
+PATCH_DIM = "patches"
+
+
+class ExportError(RuntimeError):
+    """A model could not be turned into a valid graph."""
+
+
+def _torch_export(
+    module: Any, example: Any, input_name: str, output_name: str, dynamic: dict[int, str]
+) -> onnx.ModelProto:
+    import torch
+
+    dims = {axis: torch.export.Dim(name) for axis, name in dynamic.items()}
+    program = torch.onnx.export(
+        module.eval(),
+        (example,),
+        dynamo=True,
+        input_names=[input_name],
+        output_names=[output_name],
+        dynamic_shapes=(dims,),
+        opset_version=OPSET,
+        optimize=True,
+        verbose=False,
+    )
+    model = program.model_proto
+    # The dynamo exporter names dynamic dims after the torch symbols (s0, s1...): use readable names.
+    symbols = {}
+    for axis, name in dynamic.items():
+        dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
+        symbols[dim.dim_param] = name
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in symbols:
+                dim.dim_param = symbols[dim.dim_param]
+    return model
+
+
+def export_classifier(classifier: Any) -> onnx.ModelProto:
+    """A :class:`fitguard.models.Classifier` -> graph ``CLASSIFIER_INPUT`` -> ``PROBS``."""
+    import torch
+
+    example = torch.zeros(EXPORT_BATCH, 3, 224, 224, dtype=torch.uint8)
+    model = _torch_export(classifier, example, CLASSIFIER_INPUT, PROBS, {0: BATCH_DIM})
+    _annotate(
+        model, "classifier", backbone=classifier.backbone.name, weights_id=classifier.backbone.weights_id
+    )
+    return model
+
+
+def export_quality(quality_model: Any) -> onnx.ModelProto:
+    """A :class:`fitguard.models.QualityModel` -> graph ``IQA_PATCHES`` -> ``QUALITY`` (N and P dynamic)."""
+    import torch
+
+    example = torch.zeros(EXPORT_BATCH, EXPORT_PATCHES, 3, 224, 224, dtype=torch.uint8)
+    model = _torch_export(quality_model, example, IQA_PATCHES, QUALITY_SCORE, {0: BATCH_DIM, 1: PATCH_DIM})
+    _annotate(
+        model, "quality", backbone=quality_model.backbone.name, weights_id=quality_model.backbone.weights_id
+    )
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ detector
+
+
+def _svm_graph(pipeline: Any, input_name: str) -> onnx.ModelProto:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    # skl2onnx reads SVC's probA_/probB_, which scikit-learn >= 1.9 flags as deprecated.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return to_onnx(
+                pipeline,
+                initial_types=[(input_name, FloatTensorType([None, TOP_K + 1]))],
+                options={id(final): {"zipmap": False}},  # plain [N, 2] scores, not a list of dicts
+                target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+            )
+        except Exception as exc:
+            raise ExportError(f"skl2onnx cannot convert the detector pipeline: {exc}") from exc
+
+
+def probe_features(rows: int = 256, seed: int = 0) -> np.ndarray:
+    """Detector features spread over the space real images reach: sorted top-5 of Dirichlet
+    probabilities (peaked to flat) and qualities in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    alpha = 10.0 ** rng.uniform(-3, 0, size=(rows, 1))
+    probs = rng.gamma(np.broadcast_to(alpha, (rows, NUM_CLASSES)))
+    probs /= probs.sum(axis=1, keepdims=True)
+    top = -np.sort(-probs, axis=1)[:, :TOP_K]
+    return np.concatenate([top, rng.uniform(0, 1, size=(rows, 1))], axis=1).astype(np.float32)
+
+
+def _score_column(
+    svm: onnx.ModelProto, pipeline: Any, input_name: str, scores_name: str
+) -> tuple[int, float]:
+    """Which column (and sign) of skl2onnx's score output is sklearn's ``decision_function``.
+
+    skl2onnx 1.20 emits ``[d, -d]`` for a binary SVC (column 0 carries the positive class's score),
+    unlike ``predict_proba``'s column order; probing keeps us right if a release changes that.
+    """
+    import onnxruntime as ort
+
+    features = probe_features(64, seed=1)
+    session = ort.InferenceSession(svm.SerializeToString(), providers=["CPUExecutionProvider"])
+    (scores,) = session.run([scores_name], {input_name: features})
+    expected = pipeline.decision_function(features)
+    if scores.ndim != 2 or expected.ndim != 1:
+        raise ExportError(f"detector must be a binary classifier; ONNX scores have shape {scores.shape}")
+    errors = {
+        (col, sign): float(np.max(np.abs(sign * scores[:, col] - expected)))
+        for col in range(scores.shape[1])
+        for sign in (1.0, -1.0)
+    }
+    (col, sign), err = min(errors.items(), key=lambda item: item[1])
+    if err > 1e-3 * (1.0 + float(np.max(np.abs(expected)))):
+        raise ExportError(f"no column of skl2onnx's scores matches decision_function (best error {err:.3g})")
+    return col, sign
+
+
+def export_detector(detector: Any) -> onnx.ModelProto:
+    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``QUALITY`` to the verdict.
+
+    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; Concat(TOP5_PROBS, QUALITY) -> the 6-d features.
+    suffix: FIT_SCORE = decision - threshold; FIT = FIT_SCORE >= 0; CLASS_ID = TOP5_IDS[:, :1].
+    """
+    features = "detector_features"
+    svm = _svm_graph(detector.pipeline, features)
+    scores_name = svm.graph.output[-1].name
+    col, sign = _score_column(svm, detector.pipeline, features, scores_name)
+
+    graph = svm.graph
+    n = BATCH_DIM
+    consts = [
+        numpy_helper.from_array(np.array([TOP_K], np.int64), "fg_k"),
+        numpy_helper.from_array(np.array([col], np.int64), "fg_score_col"),
+        numpy_helper.from_array(np.array([sign], np.float32), "fg_score_sign"),
+        numpy_helper.from_array(np.array([detector.threshold], np.float32), "fg_threshold"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "fg_zero"),
+        numpy_helper.from_array(np.array([0], np.int64), "fg_start"),
+        numpy_helper.from_array(np.array([1], np.int64), "fg_one"),
+    ]
+    prefix = [
+        helper.make_node("TopK", [PROBS, "fg_k"], [TOP5_PROBS, TOP5_IDS], axis=1, largest=1, sorted=1),
+        helper.make_node("Concat", [TOP5_PROBS, QUALITY_SCORE], [features], axis=1),
+    ]
+    suffix = [
+        helper.make_node("Gather", [scores_name, "fg_score_col"], ["fg_decision"], axis=1),
+        helper.make_node("Mul", ["fg_decision", "fg_score_sign"], ["fg_signed"]),
+        helper.make_node("Sub", ["fg_signed", "fg_threshold"], [FIT_SCORE]),
+        helper.make_node("GreaterOrEqual", [FIT_SCORE, "fg_zero"], [FIT]),
+        helper.make_node("Slice", [TOP5_IDS, "fg_start", "fg_one", "fg_one"], [CLASS_ID]),
+    ]
+    nodes = [*prefix, *graph.node, *suffix]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(consts)
+    del graph.input[:]
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [n, NUM_CLASSES]),
+            helper.make_tensor_value_info(QUALITY_SCORE, TensorProto.FLOAT, [n, 1]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(CLASS_ID, TensorProto.INT64, [n, 1]),
+            helper.make_tensor_value_info(TOP5_IDS, TensorProto.INT64, [n, TOP_K]),
+            helper.make_tensor_value_info(TOP5_PROBS, TensorProto.FLOAT, [n, TOP_K]),
+            helper.make_tensor_value_info(FIT, TensorProto.BOOL, [n, 1]),
+            helper.make_tensor_value_info(FIT_SCORE, TensorProto.FLOAT, [n, 1]),
+        ]
+    )
+    graph.name = "fitguard_detector"
+    _annotate(
+        svm,
+        "detector",
+        threshold=repr(float(detector.threshold)),
+        score_column=str(col),
+        score_sign=str(sign),
+    )
+    return svm
+
+
+def _annotate(model: onnx.ModelProto, role: str, **meta: str) -> None:
+    from fitguard import __version__
+
+    model.producer_name, model.producer_version = "fitguard", __version__
+    model.doc_string = f"fitguard {role}"
+    for key, value in {"fitguard.role": role, **{f"fitguard.{k}": str(v) for k, v in meta.items()}}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+# ----------------------------------------------------------------------------------------------- precision
+
+
+def _fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    return model  # the exporter's native precision
+
+
+# Precision name -> graph transform, applied to the classifier and quality graphs (the SVM stays fp32).
+PRECISIONS: dict[str, Callable[[onnx.ModelProto], onnx.ModelProto]] = {"fp32": _fp32}
+
+
+def apply_precision(model: onnx.ModelProto, precision: str) -> onnx.ModelProto:
+    try:
+        transform = PRECISIONS[precision]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r}; available: {', '.join(PRECISIONS)}") from None
+    return transform(model)

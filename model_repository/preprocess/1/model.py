@@ -1,0 +1,52 @@
+"""Triton Python backend adapter for the preprocess step (the logic is fitguard.preprocess, tested without Triton).
+
+IMAGE (encoded bytes) -> CLASSIFIER_INPUT uint8 [3, 224, 224], IQA_PATCHES uint8 [P, 3, 224, 224].
+Settings come from the config's ``parameters`` (written by ``fitguard export``) and are read once. A bad
+image answers its own request with an error; the other requests of the batch still get their answers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import triton_python_backend_utils as pb_utils
+
+from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
+from fitguard.pipeline import Parameters, PreprocessSettings
+from fitguard.preprocess import BadImageError
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = Parameters.from_config(config)
+        if params.bool("verify_manifest", True):
+            # A model file changed after export must fail the load, not serve silently different answers.
+            from fitguard.export.manifest import find_root, verify_repository
+
+            verify_repository(find_root(args["model_repository"]))
+        self.settings = PreprocessSettings.from_parameters(params)
+        self.invalid_arg = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+
+    def _error(self, message: str, invalid_input: bool) -> pb_utils.InferenceResponse:
+        if invalid_input and self.invalid_arg is not None:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, self.invalid_arg))
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+    def _answer(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
+        images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy().reshape(-1)
+        crops, patches = self.settings.prepare_batch([bytes(image) for image in images])
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(CLASSIFIER_INPUT, crops), pb_utils.Tensor(IQA_PATCHES, patches)]
+        )
+
+    def execute(self, requests: list) -> list:
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._answer(request))
+            except BadImageError as exc:
+                responses.append(self._error(f"bad image: {exc}", invalid_input=True))
+            except Exception as exc:  # never raise out of execute: it would fail the whole batch
+                responses.append(self._error(f"preprocess failed: {exc.__class__.__name__}: {exc}", False))
+        return responses
