@@ -132,9 +132,64 @@ def expected(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y, y > 0
 
 
+def echo_onnx() -> onnx.ModelProto:
+    """Strings in, the same strings out: exercises TYPE_STRING through ONNX Runtime."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["TEXT"], ["ECHO"])],
+        "echo",
+        [helper.make_tensor_value_info("TEXT", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("ECHO", TensorProto.STRING, ["N", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def pick_onnx() -> onnx.ModelProto:
+    """Y[n, k] = X[n, IDX[n, k]]: an index out of range fails in ONNX Runtime, not in Triton's checks."""
+    graph = helper.make_graph(
+        [helper.make_node("GatherElements", ["X", "IDX"], ["Y"], axis=1)],
+        "pick",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "D"]),
+            helper.make_tensor_value_info("IDX", TensorProto.INT64, ["N", "K"]),
+        ],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", "K"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def write_extra_models(repo: Path) -> None:
+    # Inputs and outputs left out: filled in from the ONNX file, as the native backend's auto-complete does.
+    write_model(
+        repo,
+        "autocomplete",
+        'platform: "onnxruntime_onnx"\nmax_batch_size: 4\ninstance_group [{ kind: KIND_CPU count: 1 }]\n',
+        {"model.onnx": affine_onnx().SerializeToString()},
+    )
+    echo = """backend: "onnxruntime"
+max_batch_size: 4
+input [{ name: "TEXT" data_type: TYPE_STRING dims: [1] }]
+output [{ name: "ECHO" data_type: TYPE_STRING dims: [1] }]
+instance_group [{ kind: KIND_CPU count: 1 }]
+"""
+    write_model(repo, "echo", echo, {"model.onnx": echo_onnx().SerializeToString()})
+    pick = """backend: "onnxruntime"
+max_batch_size: 16
+input [{ name: "X" data_type: TYPE_FP32 dims: [3] }, { name: "IDX" data_type: TYPE_INT64 dims: [1] }]
+output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]
+instance_group [{ kind: KIND_CPU count: 1 }]
+dynamic_batching { max_queue_delay_microseconds: 100000 }
+"""
+    write_model(repo, "pick", pick, {"model.onnx": pick_onnx().SerializeToString()})
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     repo = write_repository(tmp_path_factory.mktemp("repo"))
+    write_extra_models(repo)
     with EmbeddedServer(repo, http_port=0, grpc_port=0, metrics_port=0) as s:
         yield s
 
@@ -220,6 +275,35 @@ def test_bad_request_is_an_error_response(server: EmbeddedServer) -> None:
     np.testing.assert_allclose(_http_infer(server.http_url, "affine_backend", x, ("Y",))["Y"], x * 3)
 
 
+def test_a_failing_request_does_not_fail_its_batch_mates(server: EmbeddedServer) -> None:
+    """One request of a dynamic batch makes ONNX Runtime fail: only that request gets the error."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    def pick(index: int) -> np.ndarray | str:
+        x = np.array([[10.0, 20.0, 30.0]], dtype=np.float32)
+        inputs = [httpclient.InferInput("X", [1, 3], "FP32"), httpclient.InferInput("IDX", [1, 1], "INT64")]
+        inputs[0].set_data_from_numpy(x)
+        inputs[1].set_data_from_numpy(np.array([[index]], dtype=np.int64))
+        with httpclient.InferenceServerClient(server.http_url) as client:
+            try:
+                return client.infer("pick", inputs).as_numpy("Y")
+            except InferenceServerException as e:
+                return str(e)
+
+    indices = [0, 1, 2, 7, 1, 0, 2, 1]
+    before = _stats(server, "pick")
+    with ThreadPoolExecutor(len(indices)) as pool:
+        results = list(pool.map(pick, indices))
+    for index, result in zip(indices, results, strict=True):
+        if index == 7:
+            assert isinstance(result, str) and "pick" in result and "GatherElements" in result, result
+        else:
+            np.testing.assert_array_equal(result, [[10.0 * (index + 1)]])
+    after = _stats(server, "pick")
+    assert after["execution_count"] - before["execution_count"] < len(indices)  # they were batched
+
+
 def test_readiness_and_repository_index(server: EmbeddedServer) -> None:
     import tritonclient.http as httpclient
 
@@ -229,8 +313,34 @@ def test_readiness_and_repository_index(server: EmbeddedServer) -> None:
     with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready") as r:
         assert r.status == 200
     index = {m["name"]: m["state"] for m in server.repository_index()}
-    assert index == dict.fromkeys(["affine_backend", "affine_platform", "chain", "scale"], "READY")
+    models = ["affine_backend", "affine_platform", "autocomplete", "chain", "echo", "pick", "scale"]
+    assert index == dict.fromkeys(models, "READY")
     assert config["platform"] == "onnxruntime_onnx" and config["backend"] == "onnxruntime"
+
+
+def test_config_auto_completed_from_the_onnx_model(server: EmbeddedServer) -> None:
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(server.http_url) as client:
+        config = client.get_model_config("autocomplete")
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [("X", "TYPE_FP32", [-1])]
+    assert {t["name"]: t["data_type"] for t in config["output"]} == {
+        "Y": "TYPE_FP32",
+        "POSITIVE": "TYPE_BOOL",
+    }
+    x = np.array([[0.5, -1.0, 2.0]], dtype=np.float32)
+    np.testing.assert_allclose(_http_infer(server.http_url, "autocomplete", x, ("Y",))["Y"], x * 2 + 1)
+
+
+def test_string_tensors(server: EmbeddedServer) -> None:
+    import tritonclient.grpc as grpcclient
+
+    text = np.array([["ünïcode"], ["plain"]], dtype=object)
+    inp = grpcclient.InferInput("TEXT", [2, 1], "BYTES")
+    inp.set_data_from_numpy(text)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        echo = client.infer("echo", [inp]).as_numpy("ECHO")
+    assert [[v.decode()] for v in echo[:, 0]] == text.tolist()
 
 
 def test_metrics_endpoint(server: EmbeddedServer) -> None:

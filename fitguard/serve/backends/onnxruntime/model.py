@@ -114,12 +114,13 @@ def _model_path(args: dict, config: dict) -> str:
 class _Tensor:
     """A config tensor bound to the session: name, numpy dtype, and the shape ORT wants when reshaped."""
 
-    __slots__ = ("name", "dtype", "reshape", "is_string")
+    __slots__ = ("name", "dtype", "reshape", "is_string", "optional")
 
     def __init__(self, spec: dict, ort_type: str) -> None:
         self.name: str = spec["name"]
         self.dtype = pb_utils.triton_string_to_numpy(spec["data_type"])
         self.is_string = spec["data_type"] == "TYPE_STRING"
+        self.optional = bool(spec.get("optional", False))
         ort_dtype = _ORT_DTYPES.get(ort_type)
         if ort_dtype is None or np.dtype(ort_dtype) != np.dtype(self.dtype):
             raise ValueError(
@@ -131,7 +132,66 @@ class _Tensor:
         )
 
 
+def _stub_model_path() -> str | None:
+    """The ONNX file the stub was started for (its first argument), read from /proc: Triton hands the Python
+    backend's auto_complete_config only the config, not the model's location."""
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return None
+    for raw in args[1:3]:
+        path = raw.decode(errors="replace")
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.onnx")
+        if path.endswith(".onnx") and os.path.isfile(path):
+            return path
+    return None
+
+
+def _config_io(meta: Any, batching: bool) -> dict:
+    triton_type = {np.dtype(v): k for k, v in _TRITON_TYPES.items()}[np.dtype(_ORT_DTYPES[meta.type])]
+    dims = [d if isinstance(d, int) and d >= 0 else -1 for d in meta.shape]
+    return {"name": meta.name, "data_type": triton_type, "dims": dims[1:] if batching else dims}
+
+
+_TRITON_TYPES: dict[str, Any] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
+
 class TritonPythonModel:
+    @staticmethod
+    def auto_complete_config(auto_complete_model_config: Any) -> Any:
+        """Like the native backend: fill in inputs and outputs the config leaves out from the ONNX model."""
+        config = auto_complete_model_config.as_dict()
+        if config.get("input") and config.get("output"):
+            return auto_complete_model_config
+        path = _stub_model_path()
+        if path is None:
+            return auto_complete_model_config  # initialize() reports the missing file or inputs
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        batching = int(config.get("max_batch_size", 0)) > 0
+        if not config.get("input"):
+            for meta in session.get_inputs():
+                auto_complete_model_config.add_input(_config_io(meta, batching))
+        if not config.get("output"):
+            for meta in session.get_outputs():
+                auto_complete_model_config.add_output(_config_io(meta, batching))
+        return auto_complete_model_config
+
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         self.model_name: str = args["model_name"]
@@ -174,6 +234,8 @@ class TritonPythonModel:
         for t in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, t.name)
             if tensor is None:
+                if t.optional:
+                    continue
                 raise ValueError(f"missing input '{t.name}'")
             array = tensor.as_numpy()
             if t.reshape is not None:
@@ -221,27 +283,34 @@ class TritonPythonModel:
             if len(requests) == 1 or not self.batching:
                 key: tuple = (i,)
             else:
-                key = tuple(a.shape[1:] for a in feeds.values())
+                key = tuple((name, a.shape[1:]) for name, a in feeds.items())
             groups.setdefault(key, []).append((i, feeds))
 
         for members in groups.values():
-            try:
-                if len(members) == 1:
-                    i, feeds = members[0]
-                    responses[i] = self._response(self._run(feeds))
+            if len(members) > 1:
+                try:
+                    self._run_merged(members, responses)
                     continue
-                sizes = [next(iter(f.values())).shape[0] for _, f in members]
-                merged = {name: np.concatenate([f[name] for _, f in members]) for name in members[0][1]}
-                outputs = self._run(merged)
-                start = 0
-                for (i, _), size in zip(members, sizes, strict=True):
-                    responses[i] = self._response([a[start : start + size] for a in outputs])
-                    start += size
-            except Exception as e:
-                for i, _ in members:
-                    if responses[i] is None:
-                        responses[i] = self._error(e)
+                except Exception:
+                    pass  # answer one by one below, so only the request at fault gets the error
+            for i, feeds in members:
+                try:
+                    responses[i] = self._response(self._run(feeds))
+                except Exception as e:
+                    responses[i] = self._error(e)
         return responses
+
+    def _run_merged(self, members: list[tuple[int, dict[str, np.ndarray]]], responses: list) -> None:
+        sizes = [next(iter(feeds.values())).shape[0] for _, feeds in members]
+        merged = {name: np.concatenate([feeds[name] for _, feeds in members]) for name in members[0][1]}
+        outputs = self._run(merged)
+        total = sum(sizes)
+        if any(a.ndim == 0 or a.shape[0] != total for a in outputs):
+            raise ValueError("an output has no batch dimension")
+        start = 0
+        for (i, _), size in zip(members, sizes, strict=True):
+            responses[i] = self._response([a[start : start + size] for a in outputs])
+            start += size
 
     def finalize(self) -> None:
         self.session = None
