@@ -1,0 +1,395 @@
+"""``fitguard bench``: the served ensemble under bounded load, against what the same cores can do.
+
+One run measures, on the same images and cores: the served ensemble per concurrency (throughput,
+latency p50/p90/p99, Triton's per-model statistics naming the slowest step), the in-process ONNX
+pipeline (same model files and preprocessing, no server), the naive pipeline (PyTorch eager one image at
+a time + scikit-learn SVM), and the machine's limit (backbone FLOPs x images/s against an fp32 GEMM peak
+measured in the same run). It writes JSON (with ``ratios`` and library versions) and a PNG plot.
+
+With ``--device cuda`` it also times the backbone alone on the GPU (torch fp32/fp16, ONNX Runtime CUDA
+and TensorRT when onnxruntime-gpu is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fitguard import contract
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
+SCHEMA = "fitguard.bench/1"
+
+
+@dataclass
+class BenchConfig:
+    """Everything one run depends on (written into the JSON as ``config``)."""
+
+    url: str | None = None
+    model_repository: str | None = None
+    images: str | None = None
+    max_images: int = 16
+    concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    requests: int | None = 64
+    duration: float | None = None
+    batch: int = 1
+    protocol: str = "grpc"
+    threads: int = 0  # 0: all usable cores
+    reference_requests: int = 16
+    naive_requests: int = 8
+    references: bool = True
+    naive: bool = True
+    gemm_size: int = 2048
+    level_deadline: float = 600.0
+    device: str = "cpu"
+    backbone: str | None = None  # for --device cuda (and the label); default: the repository's
+    weights: str | None = None
+    gpu_batches: tuple[int, ...] = (1, 8, 32, 64)
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
+    """Encoded test images: the files of ``folder`` as they are, or the package-shipped photos as JPEG."""
+    if folder:
+        paths = sorted(
+            p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not paths:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+        return [p.read_bytes() for p in paths[:limit]], f"{len(paths[:limit])} files from {folder}"
+    from fitguard.preprocess import encode_image
+
+    try:
+        from fitguard.training.photos import package_photos
+
+        photos = package_photos()
+        source = "package-shipped photos (scikit-image, scikit-learn) as JPEG q90"
+    except ImportError:  # client-only install: smooth synthetic pictures keep the bench runnable
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        photos = {}
+        for i, (h, w) in enumerate([(480, 640), (600, 400), (512, 512), (375, 500)]):
+            base = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+            photos[f"synthetic{i}"] = np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w]
+        source = "synthetic images as JPEG q90 (install fitguard[train] for real photos)"
+    data = [encode_image(rgb, "JPEG", quality=90) for rgb in list(photos.values())[:limit]]
+    return data, source
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+@contextlib.contextmanager
+def served(cfg: BenchConfig) -> Iterator[str | None]:
+    """The URL to drive: ``--url`` as given, or an embedded server started on ``--model-repository``."""
+    if cfg.url:
+        yield cfg.url
+    elif cfg.model_repository:
+        try:
+            from fitguard.serve import EmbeddedServer
+        except ImportError:
+            from fitguard.serve.embedded import EmbeddedServer
+
+        with EmbeddedServer(cfg.model_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
+            yield server.grpc_url if cfg.protocol == "grpc" else server.http_url
+    else:
+        yield None
+
+
+def _repository_patches(repository: str | None, protocol: str, url: str | None) -> int | None:
+    if repository:
+        from fitguard.pipeline import repository_settings
+
+        return repository_settings(repository).patches
+    if url:
+        from fitguard.benchlib.load import make_client
+
+        client = make_client(protocol, url)
+        try:
+            config = client.get_model_config(contract.PREPROCESS)
+            config = config.get("config", config) if isinstance(config, dict) else config
+            params = (
+                config["parameters"]
+                if isinstance(config, dict)
+                else {k: {"string_value": v.string_value} for k, v in config.config.parameters.items()}
+            )
+            return int(params["patches"]["string_value"])
+        except Exception:
+            return None
+        finally:
+            client.close()
+    return None
+
+
+def _repository_backbone(repository: str | None) -> tuple[str | None, str | None]:
+    if not repository:
+        return None, None
+    path = Path(repository) / "manifest.json"
+    if path.is_file():
+        args = json.loads(path.read_text(encoding="utf-8")).get("arguments", {})
+        return args.get("backbone"), args.get("weights")
+    try:
+        from fitguard.pipeline import repository_settings
+
+        return repository_settings(repository).backbone or None, None
+    except Exception:
+        return None, None
+
+
+def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str, Any]:
+    from fitguard.benchlib import load, stats
+
+    steps = contract.MODELS
+    load.wait_ready(cfg.protocol, url, (contract.ENSEMBLE, *steps))
+    # warm every instance and batch shape before the first measured level
+    load.run_level(
+        cfg.protocol,
+        url,
+        images,
+        max(cfg.concurrency),
+        cfg.batch,
+        requests=2 * max(cfg.concurrency),
+        deadline_s=cfg.level_deadline,
+        warmup=0,
+    )
+    levels = []
+    for c in cfg.concurrency:
+        before = stats.normalise(load.server_statistics(cfg.protocol, url))
+        result = load.run_level(
+            cfg.protocol,
+            url,
+            images,
+            c,
+            cfg.batch,
+            requests=cfg.requests,
+            duration_s=cfg.duration,
+            deadline_s=cfg.level_deadline,
+            warmup=1,
+        )
+        after = stats.normalise(load.server_statistics(cfg.protocol, url))
+        window = stats.diff(before, after)
+        level = result.to_dict()
+        level["server_stats"] = stats.summarise(window, steps)
+        level["server_ensemble"] = stats.ensemble_summary(window, contract.ENSEMBLE)
+        levels.append(level)
+        print(
+            f"[bench] served c={c}: {level['throughput']:.2f} img/s, p50 {level['latency_ms']['p50']} ms, "
+            f"errors {level['errors']}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if result.requests == 0:
+            raise RuntimeError(f"no request succeeded at concurrency {c}: {result.first_error}")
+    return {"protocol": cfg.protocol, "url": url, "batch": cfg.batch, "levels": levels}
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    """Run every measurement ``cfg`` asks for and return the result (the JSON document)."""
+    from fitguard.benchlib import machine, references, report
+
+    threads = cfg.threads or machine.usable_cores()
+    images, image_source = load_images(cfg.images, cfg.max_images)
+    backbone, weights = _repository_backbone(cfg.model_repository)
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine.machine_info(threads),
+        "versions": machine.library_versions(),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "notes"},
+        "images": {
+            "count": len(images),
+            "source": image_source,
+            "mean_bytes": sum(map(len, images)) // len(images),
+        },
+        "backbone": cfg.backbone or backbone,
+        "weights": cfg.weights or weights,
+        "notes": list(cfg.notes),
+    }
+    repo = Path(cfg.model_repository) if cfg.model_repository else None
+
+    # The peak first, before a server holds any thread pool.
+    print("[bench] measuring the fp32 GEMM peak", file=sys.stderr, flush=True)
+    result["gemm_peak"] = machine.gemm_peak(threads, size=cfg.gemm_size)
+
+    if cfg.url or repo:
+        with served(cfg) as url:
+            assert url is not None
+            patches = _repository_patches(cfg.model_repository, cfg.protocol, url)
+            result["served"] = _served_levels(cfg, url, images)
+        if repo and patches:
+            from fitguard.benchlib.flops import pipeline_flops
+
+            result["flops"] = pipeline_flops(
+                repo / contract.CLASSIFIER / "1" / "model.onnx",
+                repo / contract.QUALITY / "1" / "model.onnx",
+                patches,
+            )
+        elif not repo:
+            result["notes"].append(
+                "no --model-repository: FLOPs and in-process references need the model files"
+            )
+
+    if repo and cfg.references:
+        n = cfg.reference_requests
+        print("[bench] in-process ONNX pipeline", file=sys.stderr, flush=True)
+        result["inprocess"] = references.inprocess(repo, images, n, threads=threads, batch=cfg.batch)
+        print("[bench] backbone alone", file=sys.stderr, flush=True)
+        batches = sorted({1, max(cfg.batch, 8)})
+        result["backbone_alone"] = references.backbone_alone(
+            repo / contract.CLASSIFIER / "1" / "model.onnx", batches, threads=threads
+        )
+        if cfg.naive:
+            print("[bench] naive PyTorch eager pipeline", file=sys.stderr, flush=True)
+            try:
+                result["naive"] = references.naive(repo, images, cfg.naive_requests, threads)
+            except (FileNotFoundError, KeyError) as exc:
+                result["notes"].append(f"naive pipeline skipped: the repository lacks its sources ({exc})")
+
+    if cfg.device == "cuda":
+        from fitguard.benchlib.gpu import gpu_backbone
+
+        print("[bench] GPU: GEMM peak and backbone alone", file=sys.stderr, flush=True)
+        result["gpu_gemm_peak"] = machine.cuda_gemm_peak()
+        result["gpu"] = gpu_backbone(
+            cfg.backbone or backbone or "resnet152", cfg.weights or "random", cfg.gpu_batches
+        )
+
+    result["ratios"] = report.ratios(result)
+    result["targets"] = report.targets(result["ratios"])
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--url", help="a running server (host:port of its gRPC or HTTP endpoint)")
+    target.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="start the embedded server on DIR; also the model files for the references",
+    )
+    parser.add_argument(
+        "--reference-repository",
+        metavar="DIR",
+        help="with --url: the local copy of the served repository, for the reference points",
+    )
+    parser.add_argument("--images", metavar="DIR", help="folder of images (default: package-shipped photos)")
+    parser.add_argument(
+        "--max-images", type=int, default=16, help="use at most this many images (default 16)"
+    )
+    parser.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8), help="levels, e.g. 1,2,4,8")
+    bound = parser.add_mutually_exclusive_group()
+    bound.add_argument("--requests", type=int, help="requests measured per concurrency level (default 64)")
+    bound.add_argument("--duration", type=float, help="seconds measured per concurrency level")
+    parser.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="threads for the references (default: all cores)"
+    )
+    parser.add_argument(
+        "--reference-requests", type=int, default=16, help="images through the in-process pipeline"
+    )
+    parser.add_argument("--naive-requests", type=int, default=8, help="images through the naive pipeline")
+    parser.add_argument("--no-references", action="store_true", help="served load only")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive PyTorch pipeline")
+    parser.add_argument(
+        "--gemm-size", type=int, default=2048, help="matrix side for the GEMM peak (default 2048)"
+    )
+    parser.add_argument("--level-deadline", type=float, default=600.0, help="hard stop per level, seconds")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="cuda: also time the backbone alone on the GPU",
+    )
+    parser.add_argument(
+        "--backbone", help="backbone for --device cuda (default: the repository's, else resnet152)"
+    )
+    parser.add_argument("--weights", help="weights for --device cuda (default random: timing only)")
+    parser.add_argument("--gpu-batches", type=_ints, default=(1, 8, 32, 64))
+    parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    parser.add_argument("--plot", metavar="OUT.png", help="write latency vs throughput as PNG")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    if args.batch < 1 or args.batch > 16:
+        raise SystemExit("--batch must be between 1 and the ensemble's max_batch_size (16)")
+    if args.reference_repository and not args.url:
+        raise SystemExit("--reference-repository goes with --url")
+    cfg = BenchConfig(
+        url=args.url,
+        model_repository=args.model_repository or args.reference_repository,
+        images=args.images,
+        max_images=args.max_images,
+        concurrency=args.concurrency,
+        requests=None if args.duration else (args.requests or 64),
+        duration=args.duration,
+        batch=args.batch,
+        protocol=args.protocol,
+        threads=args.threads,
+        reference_requests=args.reference_requests,
+        naive_requests=args.naive_requests,
+        references=not args.no_references,
+        naive=not args.no_naive,
+        gemm_size=args.gemm_size,
+        level_deadline=args.level_deadline,
+        device=args.device,
+        backbone=args.backbone,
+        weights=args.weights,
+        gpu_batches=args.gpu_batches,
+    )
+    if not (cfg.url or cfg.model_repository or cfg.device == "cuda"):
+        raise SystemExit("give --url or --model-repository (or --device cuda for the GPU backbone alone)")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from fitguard.benchlib import report
+
+    cfg = config_from_args(args)
+    if cfg.url and cfg.model_repository:
+        cfg.notes.append(f"served at {cfg.url}; references from {cfg.model_repository}")
+    result = run_bench(cfg)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        report.plot(result, args.plot)
+    print(report.summary_text(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fitguard bench", description=__doc__.splitlines()[0])
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

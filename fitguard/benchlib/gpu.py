@@ -1,0 +1,144 @@
+"""The backbone alone on a CUDA device, in the best runtimes available: torch (fp32, fp16 channels-last)
+and ONNX Runtime with the TensorRT (fp16) and CUDA execution providers when onnxruntime-gpu is installed.
+
+Inputs are uint8 pixels as served (normalisation is inside the graph); ONNX Runtime timings include
+the host-to-device copy of the uint8 batch, as a served request would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitguard.benchlib.load import latency_summary
+
+
+def _timed(fn: Callable[[], object], sync: Callable[[], None], batch: int, seconds: float) -> dict[str, Any]:
+    for _ in range(3):
+        fn()
+    sync()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while len(latencies) < 5 or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        latencies.append((time.perf_counter() - t0) * 1e3)
+    wall = time.perf_counter() - start
+    return {
+        "batch": batch,
+        "calls": len(latencies),
+        "throughput": round(len(latencies) * batch / wall, 2),
+        "latency_ms": latency_summary(latencies),
+    }
+
+
+def gpu_backbone(
+    backbone: str, weights: str | None, batches: Sequence[int], seconds: float = 3.0
+) -> dict[str, Any]:
+    """images/s and latency of the classifier graph per runtime and batch size on ``cuda:0``."""
+    import torch
+
+    from fitguard.benchlib.flops import torch_flops
+    from fitguard.contract import INPUT_SIZE
+    from fitguard.models import Classifier, build_backbone
+
+    model = Classifier(build_backbone(backbone, weights)).eval()
+    example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
+    flops = torch_flops(model, example)
+    results: dict[str, Any] = {
+        "backbone": backbone,
+        "weights": weights,
+        "flops_per_image": flops,
+        "runtimes": {},
+    }
+
+    def sync() -> None:
+        torch.cuda.synchronize()
+
+    gpu_model = model.cuda()
+    for name, fp16, channels_last in (("torch-fp32", False, False), ("torch-fp16-channels-last", True, True)):
+        m = gpu_model.to(memory_format=torch.channels_last) if channels_last else gpu_model
+        per_batch = {}
+        for b in batches:
+            x = torch.randint(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, device="cuda")
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ctx = torch.autocast("cuda", dtype=torch.float16) if fp16 else contextlib.nullcontext()
+
+            def step(m: Any = m, x: Any = x, ctx: Any = ctx) -> None:
+                with torch.inference_mode(), ctx:
+                    m(x)
+
+            per_batch[str(b)] = _timed(step, sync, b, seconds)
+        results["runtimes"][name] = per_batch
+    model = model.cpu()
+    torch.cuda.empty_cache()
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        ort = None
+    available = set(ort.get_available_providers()) if ort else set()
+    if "CUDAExecutionProvider" in available:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "classifier.onnx"
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["x"],
+                output_names=["probs"],
+                dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
+            candidates: list[tuple[str, list[Any]]] = []
+            if "TensorrtExecutionProvider" in available:
+                trt = (
+                    "TensorrtExecutionProvider",
+                    {
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": tmp,
+                        "trt_profile_min_shapes": f"x:1x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                        "trt_profile_max_shapes": f"x:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                        "trt_profile_opt_shapes": f"x:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                    },
+                )
+                candidates.append(("onnxruntime-tensorrt-fp16", [trt, "CUDAExecutionProvider"]))
+            candidates.append(("onnxruntime-cuda-fp32", ["CUDAExecutionProvider"]))
+            for name, providers in candidates:
+                try:
+                    sess = ort.InferenceSession(str(path), providers=providers)
+                except Exception as exc:  # a missing TensorRT library must not cost the CUDA figure
+                    results["runtimes"][name] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                    continue
+                per_batch = {}
+                rng = np.random.default_rng(0)
+                for b in batches:
+                    x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
+                    per_batch[str(b)] = _timed(
+                        lambda s=sess, x=x: s.run(None, {"x": x}), lambda: None, b, seconds
+                    )
+                results["runtimes"][name] = per_batch
+    else:
+        results["onnxruntime_note"] = "onnxruntime-gpu not installed: ONNX Runtime CUDA/TensorRT not measured"
+
+    best_name, best = None, None
+    for name, per_batch in results["runtimes"].items():
+        for r in per_batch.values():
+            if (
+                isinstance(r, dict)
+                and "throughput" in r
+                and (best is None or r["throughput"] > best["throughput"])
+            ):
+                best_name, best = name, r
+    results["best"] = {"runtime": best_name, **(best or {})}
+    return results

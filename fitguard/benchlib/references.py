@@ -1,0 +1,175 @@
+"""The reference points the served ensemble is compared with, measured on the same images and cores.
+
+- in-process: the repository's own ``model.onnx`` files in ONNX Runtime with the served preprocessing
+  (:class:`fitguard.pipeline.OnnxPipeline`), no server;
+- naive: what a user writes first, PyTorch eager one image at a time plus the scikit-learn SVM
+  (:class:`fitguard.pipeline.ReferencePipeline`);
+- backbone alone: the classifier graph by itself, the part that the machine limit is about.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitguard.benchlib.load import latency_summary
+
+
+def measure(
+    fn: Callable[[Any], object],
+    items: Sequence[Any],
+    count: int,
+    warmup: int = 2,
+    images_per_call: int = 1,
+    max_seconds: float = 600.0,
+) -> dict[str, Any]:
+    """Call ``fn`` on ``items`` in turn, ``count`` times after ``warmup`` calls; sequential, one caller."""
+    for i in range(warmup):
+        fn(items[i % len(items)])
+    latencies: list[float] = []
+    start = time.perf_counter()
+    for i in range(count):
+        t0 = time.perf_counter()
+        fn(items[i % len(items)])
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > max_seconds:
+            break
+    wall = time.perf_counter() - start
+    return {
+        "calls": len(latencies),
+        "images_per_call": images_per_call,
+        "wall_s": round(wall, 3),
+        "throughput": round(len(latencies) * images_per_call / wall, 3),
+        "latency_ms": latency_summary(latencies),
+    }
+
+
+def _batches(images: Sequence[bytes], batch: int) -> list[list[bytes]]:
+    return [[images[(i + j) % len(images)] for j in range(batch)] for i in range(len(images))]
+
+
+def inprocess(
+    repository: str | Path,
+    images: Sequence[bytes],
+    count: int,
+    threads: int = 0,
+    batch: int = 1,
+    max_seconds: float = 600.0,
+) -> dict[str, Any]:
+    """The ONNX pipeline in-process: one image at a time, and in batches of ``batch`` when > 1.
+
+    Also splits one image's time into preprocessing and the three graphs, the in-process analogue of
+    Triton's per-model statistics.
+    """
+    from fitguard.pipeline import OnnxPipeline
+
+    pipe = OnnxPipeline.from_repository(repository, threads=threads)
+    out: dict[str, Any] = {"threads": threads or "onnxruntime default"}
+    out["batch1"] = measure(lambda img: pipe.predict([img]), list(images), count, max_seconds=max_seconds)
+    if batch > 1:
+        groups = _batches(images, batch)
+        n = max(count // batch, 2)
+        out[f"batch{batch}"] = measure(
+            pipe.predict, groups, n, images_per_call=batch, max_seconds=max_seconds
+        )
+    out["split_ms_per_image"] = _split(pipe, images, min(count, 2 * len(images)))
+    best = max((v for k, v in out.items() if k.startswith("batch")), key=lambda r: r["throughput"])
+    out["best"] = {"throughput": best["throughput"], "images_per_call": best["images_per_call"]}
+    return out
+
+
+def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
+    from fitguard.contract import (
+        CLASSIFIER,
+        CLASSIFIER_INPUT,
+        DETECTOR,
+        IQA_PATCHES,
+        PROBS,
+        QUALITY,
+        QUALITY_SCORE,
+    )
+
+    totals = {"preprocess": 0.0, CLASSIFIER: 0.0, QUALITY: 0.0, DETECTOR: 0.0}
+    for i in range(count):
+        t0 = time.perf_counter()
+        crop, patches = pipe.settings.prepare_batch([images[i % len(images)]])
+        t1 = time.perf_counter()
+        (probs,) = pipe.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: crop})
+        t2 = time.perf_counter()
+        (quality,) = pipe.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
+        t3 = time.perf_counter()
+        pipe.sessions[DETECTOR].run(None, {PROBS: probs, QUALITY_SCORE: quality})
+        t4 = time.perf_counter()
+        for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            totals[key] += dt
+    split = {k: round(v / count * 1e3, 3) for k, v in totals.items()}
+    split["preprocess_share"] = round(totals["preprocess"] / sum(totals.values()), 4)
+    return split
+
+
+def naive(repository: str | Path, images: Sequence[bytes], count: int, threads: int) -> dict[str, Any]:
+    """PyTorch eager + scikit-learn, one image at a time, rebuilt from the repository's source files."""
+    import torch
+
+    from fitguard.pipeline import ReferencePipeline
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pipe = ReferencePipeline.from_repository(repository)
+        result = measure(lambda img: pipe.predict([img]), list(images), count)
+    finally:
+        torch.set_num_threads(before)
+    result["threads"] = threads
+    return result
+
+
+def backbone_alone(
+    classifier_onnx: str | Path,
+    batches: Sequence[int],
+    threads: int = 0,
+    seconds: float = 3.0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> dict[str, Any]:
+    """The classifier graph alone in ONNX Runtime at each batch size (random uint8 pixels)."""
+    import onnxruntime as ort
+
+    from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(classifier_onnx), opts, providers=list(providers))
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {
+        "runtime": f"onnxruntime {ort.__version__} {sess.get_providers()[0]}",
+        "batches": {},
+    }
+    for b in batches:
+        x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
+        out["batches"][str(b)] = _timed(lambda x=x: sess.run(None, {CLASSIFIER_INPUT: x}), b, seconds)
+    best = max(out["batches"].values(), key=lambda r: r["throughput"])
+    out["best"] = best
+    return out
+
+
+def _timed(fn: Callable[[], object], batch: int, seconds: float, min_calls: int = 3) -> dict[str, Any]:
+    fn()
+    latencies = []
+    start = time.perf_counter()
+    while len(latencies) < min_calls or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > 10 * seconds:
+            break
+    wall = time.perf_counter() - start
+    return {
+        "batch": batch,
+        "calls": len(latencies),
+        "throughput": round(len(latencies) * batch / wall, 3),
+        "latency_ms": latency_summary(latencies),
+    }
