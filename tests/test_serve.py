@@ -190,7 +190,8 @@ dynamic_batching { max_queue_delay_microseconds: 100000 }
 def server(tmp_path_factory: pytest.TempPathFactory):
     repo = write_repository(tmp_path_factory.mktemp("repo"))
     write_extra_models(repo)
-    with EmbeddedServer(repo, http_port=0, grpc_port=0, metrics_port=0) as s:
+    log = tmp_path_factory.mktemp("log") / "triton.log"
+    with EmbeddedServer(repo, http_port=0, grpc_port=0, metrics_port=0, log_file=log) as s:
         yield s
 
 
@@ -355,6 +356,7 @@ def test_metrics_endpoint(server: EmbeddedServer) -> None:
 
 def test_server_log_is_captured(server: EmbeddedServer) -> None:
     assert "Started HTTPService" in server.log()
+    assert server.log_file is not None and "Started HTTPService" in server.log_file.read_text()
     assert server.startup_seconds is not None and server.startup_seconds > 0
 
 
@@ -398,6 +400,13 @@ def test_models_that_fail_to_load_are_named_with_the_reason(tmp_path: Path) -> N
     assert "config.pbtxt" in failures["bad_config"] and "no field named" in failures["bad_config"]
     assert "corrupt" in str(info.value)
     assert not server.is_running()
+
+    # Asked to, the server keeps serving the models that did load.
+    with EmbeddedServer(repo, http_port=0, grpc_port=0, metrics_port=0, fail_on_model_error=False) as partial:
+        states = {m["name"]: m.get("state") for m in partial.repository_index()}
+        assert states["good"] == "READY" and states["corrupt"] == "UNAVAILABLE"
+        x = np.ones((1, 2), dtype=np.float32)
+        np.testing.assert_allclose(_http_infer(partial.http_url, "good", x, ("Y",))["Y"], x * 3)
 
 
 @pytest.mark.slow
@@ -467,10 +476,10 @@ def test_clean_shutdown_leaves_no_process_and_frees_ports(tmp_path: Path) -> Non
         client.close()
 
 
-def _serve(repo: Path, *extra: str) -> subprocess.Popen[str]:
+def _serve(repo: Path, *extra: str, stderr: object = subprocess.PIPE) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "fitguard.cli", "serve", "--model-repository", str(repo)]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def _children(pid: int) -> list[int]:
@@ -505,7 +514,9 @@ def _wait_gone(pgid: int, timeout: float = 30) -> list[int]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_serves_and_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     repo = write_repository(tmp_path / "repo")
-    proc = _serve(repo)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = _serve(repo, "--forward-log", stderr=err)
     try:
         banner = _wait_ready(proc)
         http = re.search(r"HTTP\s+http://(\S+)", banner).group(1)
@@ -517,6 +528,7 @@ def test_cli_serves_and_stops_on_signal(tmp_path: Path, sig: signal.Signals) -> 
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == 0
         assert _wait_gone(server_pid, timeout=5) == []
+        assert "Started HTTPService" in log.read_text()  # --forward-log copied the server's log
     finally:
         proc.kill()
         proc.wait()

@@ -266,16 +266,21 @@ class EmbeddedServer:
     @property
     def http_url(self) -> str:
         """``host:port`` as tritonclient's HTTP client takes it."""
-        return f"{self.host}:{self.http_port}"
+        return f"{self._client_host}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return f"{self._client_host}:{self.grpc_port}"
 
     @property
     def metrics_url(self) -> str:
         """``host:port`` of the Prometheus endpoint (served at ``/metrics``)."""
-        return f"{self.host}:{self.metrics_port}"
+        return f"{self._client_host}:{self.metrics_port}"
+
+    @property
+    def _client_host(self) -> str:
+        # A wildcard bind address is reachable on loopback; it is not an address to connect to.
+        return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
 
     @property
     def pid(self) -> int | None:
@@ -315,8 +320,8 @@ class EmbeddedServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
-            # No GPU metrics: without a GPU, DCGM start-up only adds warnings and time.
-            f"--allow-gpu-metrics={'true' if _has_gpu() else 'false'}",
+            # Without a GPU, GPU metrics and pinned memory only add warnings and start-up time.
+            *(() if _has_gpu() else ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")),
             f"--log-verbose={self.log_verbose}",
             f"--model-control-mode={self.model_control_mode}",
             "--strict-readiness=true",
@@ -452,7 +457,7 @@ class EmbeddedServer:
         end = time.monotonic() + timeout
         while time.monotonic() < end and self.is_running():
             try:
-                socket.create_connection((self.host, port), timeout=0.5).close()
+                socket.create_connection((self._client_host.strip("[]"), port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.02)
