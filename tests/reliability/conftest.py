@@ -53,6 +53,18 @@ class Answer:
             fit_score=float(result.as_numpy(FIT_SCORE)[row][0]),
         )
 
+    @classmethod
+    def from_verdict(cls, verdict) -> Answer:
+        """From the client SDK's :class:`fitguard.client.Verdict`."""
+        return cls(
+            class_id=verdict.class_id,
+            top5_ids=tuple(t.class_id for t in verdict.top5),
+            top5_probs=np.array([t.probability for t in verdict.top5], dtype=np.float64),
+            quality=float(verdict.quality),
+            fit=bool(verdict.fit),
+            fit_score=float(verdict.fit_score),
+        )
+
     def vector(self) -> np.ndarray:
         return np.concatenate([self.top5_probs, [self.quality, self.fit_score]])
 
@@ -119,3 +131,19 @@ def reference_answers(tiny_server, good_payloads) -> list[Answer]:
         closest = float(np.min(np.max(np.abs(others - vectors[i]), axis=1)))
         assert closest > FLOAT_TOL, f"image {i} is indistinguishable from another (closest {closest:.2g})"
     return answers
+
+
+def percentile_ms(latencies: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(latencies) * 1000.0, q))
+
+
+def ensemble_counts(http_url: str) -> tuple[int, int]:
+    """(successful, failed) requests of the ensemble so far, from Triton's statistics extension."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        stats = client.get_inference_statistics(ENSEMBLE)["model_stats"][0]["inference_stats"]
+    finally:
+        client.close()
+    return int(stats["success"]["count"]), int(stats["fail"]["count"])

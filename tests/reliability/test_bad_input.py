@@ -53,6 +53,7 @@ def _check_bad_outcome(case: BadInput, outcome: Answer | str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # the corpus's broken APP1, on purpose
 def test_bad_inputs_with_good_requests_in_flight(tiny_server, good_payloads, reference_answers):
     import tritonclient.grpc as grpcclient
 
