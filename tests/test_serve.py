@@ -357,6 +357,13 @@ def test_metrics_endpoint(server: EmbeddedServer) -> None:
 def test_server_log_is_captured(server: EmbeddedServer) -> None:
     assert "Started HTTPService" in server.log()
     assert server.log_file is not None and "Started HTTPService" in server.log_file.read_text()
+    # The backend applied the config's tunables to the ONNX Runtime session.
+    loaded = [line for line in server.log().splitlines() if "onnxruntime backend: affine_backend" in line]
+    assert loaded and all(
+        "on CPUExecutionProvider (intra_op_threads=1, inter_op_threads=1, graph_optimization=ORT_ENABLE_EXTENDED"
+        in line
+        for line in loaded
+    ), loaded
     assert server.startup_seconds is not None and server.startup_seconds > 0
 
 

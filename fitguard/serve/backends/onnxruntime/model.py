@@ -38,6 +38,23 @@ _ORT_DTYPES: dict[str, Any] = {
     "tensor(string)": np.object_,
 }
 
+# Config data type -> numpy dtype (for auto-complete, the reverse direction).
+_TRITON_TYPES: dict[str, Any] = {
+    "TYPE_BOOL": np.bool_,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_UINT16": np.uint16,
+    "TYPE_UINT32": np.uint32,
+    "TYPE_UINT64": np.uint64,
+    "TYPE_INT8": np.int8,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT64": np.int64,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP32": np.float32,
+    "TYPE_FP64": np.float64,
+    "TYPE_STRING": np.object_,
+}
+
 # Same meaning as the native backend's `optimization { graph { level } }`.
 _GRAPH_LEVELS = {
     -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -155,23 +172,6 @@ def _config_io(meta: Any, batching: bool) -> dict:
     return {"name": meta.name, "data_type": triton_type, "dims": dims[1:] if batching else dims}
 
 
-_TRITON_TYPES: dict[str, Any] = {
-    "TYPE_BOOL": np.bool_,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_UINT16": np.uint16,
-    "TYPE_UINT32": np.uint32,
-    "TYPE_UINT64": np.uint64,
-    "TYPE_INT8": np.int8,
-    "TYPE_INT16": np.int16,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT64": np.int64,
-    "TYPE_FP16": np.float16,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-    "TYPE_STRING": np.object_,
-}
-
-
 class TritonPythonModel:
     @staticmethod
     def auto_complete_config(auto_complete_model_config: Any) -> Any:
@@ -199,8 +199,16 @@ class TritonPythonModel:
         path = _model_path(args, config)
         kind = args.get("model_instance_kind", "CPU")
         device_id = int(args.get("model_instance_device_id") or 0)
+        options = _session_options(config)
         self.session = ort.InferenceSession(
-            path, sess_options=_session_options(config), providers=_providers(config, kind, device_id)
+            path, sess_options=options, providers=_providers(config, kind, device_id)
+        )
+        pb_utils.Logger.log_info(
+            f"onnxruntime backend: {args['model_instance_name']} loaded {path} on "
+            f"{','.join(self.session.get_providers())} (intra_op_threads={options.intra_op_num_threads}, "
+            f"inter_op_threads={options.inter_op_num_threads}, "
+            f"graph_optimization={options.graph_optimization_level.name}, "
+            f"execution_mode={options.execution_mode.name})"
         )
 
         model_inputs = {i.name: i for i in self.session.get_inputs()}
