@@ -155,6 +155,40 @@ def test_export_stage_uses_resnet152_and_the_accelerator_flag(dockerfile):
     assert ("COPY", "--from=export /models /models") in baked
 
 
+@pytest.mark.slow
+def test_export_stage_commands_run(dockerfile, tiny_repository, tmp_path):
+    """The export stage's RUN lines, run here as BuildKit would run them (tiny backbone, GPU variant config).
+
+    Paths inside the image (/artifacts, /models, /build) are mapped into tmp_path; the pip installs are
+    skipped (this environment has the packages). Catches wrong flags or file names before anyone builds.
+    """
+    heads = tiny_repository.parent
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    shutil.copy(heads / "head.pt", artifacts / "iqa_head.pt")
+    shutil.copy(heads / "detector.joblib", artifacts / "detector.joblib")
+    export = stages(dockerfile)["export"]
+    args = {a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in export if k == "ARG" and "=" in a}
+    args.update(BACKBONE="tiny", WEIGHTS="random", ACCELERATOR="tensorrt-fp16", INSTANCES="2")
+    env = dict(os.environ, **args, TORCH_HOME=str(tmp_path / "torch"))
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    runs = [a for k, a in export if k == "RUN" and "pip install" not in a]
+    assert len(runs) == 2
+    for command in runs:
+        for inside in ("/artifacts", "/models", "/build"):
+            command = re.sub(rf"(?<![\w.}}]){inside}\b", str(tmp_path) + inside, command)
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+    models = tmp_path / "models"
+    assert (models / "manifest.json").is_file()
+    classifier = (models / "classifier" / "config.pbtxt").read_text()
+    assert "tensorrt" in classifier and "FP16" in classifier and "KIND_GPU" in classifier
+    assert "count: 2" in classifier
+    assert "KIND_CPU" in (models / "detector" / "config.pbtxt").read_text()
+
+
 # ----------------------------------------------------------------------------------------------- compose
 
 
