@@ -493,3 +493,93 @@ def test_entrypoint_builds_the_documented_command(tmp_path):
     assert len(key) == 64, "without FITGUARD_ADMIN_KEY the admin APIs are locked with a random key"
     assert argv[-1] == "--log-info=true"
     assert not any(a.startswith("--grpc-use-ssl") for a in argv)
+
+
+# A stand-in for Triton's triton_python_backend_utils, enough for the preprocess model's calls.
+_FAKE_PB_UTILS = """
+import numpy as np
+
+class TritonError(Exception):
+    INVALID_ARG = 3
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.message, self.code = message, code
+
+class Tensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, np.asarray(array)
+    def as_numpy(self):
+        return self.array
+
+class InferenceResponse:
+    def __init__(self, output_tensors=(), error=None):
+        self.output_tensors, self.error = list(output_tensors), error
+
+def get_input_tensor_by_name(request, name):
+    return request[name]
+"""
+
+_SERVER_IMAGE_CHECK = """
+import importlib.abc, importlib.util, json, sys, types
+
+# Only what the server image installs: the standard library, numpy, Pillow and fitguard (--no-deps).
+ALLOWED = {"numpy", "PIL", "fitguard", "triton_python_backend_utils"}
+
+class ServerImageOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        top = name.split(".")[0]
+        if top in sys.stdlib_module_names or top in ALLOWED or top.startswith("_"):
+            return None
+        raise ImportError(f"{name} is not installed in the server image")
+
+sys.meta_path.insert(0, ServerImageOnly())
+pb = types.ModuleType("triton_python_backend_utils")
+exec(sys.argv[1], pb.__dict__)
+sys.modules["triton_python_backend_utils"] = pb
+import numpy as np
+
+model_dir, config_json, good_path = sys.argv[2:5]
+spec = importlib.util.spec_from_file_location("preprocess_model", f"{model_dir}/1/model.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+model = module.TritonPythonModel()
+model.initialize({"model_config": open(config_json).read(), "model_repository": model_dir, "model_version": "1"})
+good = open(good_path, "rb").read()
+requests = [{"IMAGE": pb.Tensor("IMAGE", np.array([[good]], dtype=object))},
+            {"IMAGE": pb.Tensor("IMAGE", np.array([[b"not an image"]], dtype=object))}]
+ok, bad = model.execute(requests)
+assert ok.error is None, ok.error
+print(json.dumps({"shapes": [list(t.as_numpy().shape) for t in ok.output_tensors], "error": bad.error.message,
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "tritonclient"))}))
+"""
+
+
+def test_server_image_python_is_enough_for_preprocess(tiny_repository, tmp_path, photos):
+    """The preprocess backend and its manifest check run with only what the server stage installs.
+
+    A subprocess refuses every import outside the standard library, numpy, Pillow and fitguard, loads the
+    exported ``preprocess/1/model.py`` as Triton would (config as JSON), and answers a good and a bad image.
+    """
+    import json
+
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from fitguard.preprocess import encode_image
+
+    config = text_format.Parse(
+        (tiny_repository / "preprocess" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    (tmp_path / "config.json").write_text(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    (tmp_path / "good.png").write_bytes(encode_image(photos["chelsea"]))
+    proc = subprocess.run(
+        [sys.executable, "-c", _SERVER_IMAGE_CHECK, _FAKE_PB_UTILS, str(tiny_repository / "preprocess"),
+         str(tmp_path / "config.json"), str(tmp_path / "good.png")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    patches = int(config.output[1].dims[0])
+    assert result["shapes"] == [[1, 3, 224, 224], [1, patches, 3, 224, 224]]
+    assert "bad image" in result["error"]
+    assert result["loaded"] == []
