@@ -330,14 +330,40 @@ def test_cli_exports_efficientnet_lite0_with_real_weights(
     assert read_config(out / c.QUALITY / "config.pbtxt").input[0].dims[0] == 3
 
 
+def _calibrated_resnet152(path: Path, photos: dict[str, np.ndarray]) -> Path:
+    """Random ResNet-152 weights whose BatchNorm statistics come from real photos.
+
+    Plain random init with the default running statistics makes activations grow block after block until the
+    softmax saturates to one-hot, where every comparison is trivially exact; calibrated statistics keep the
+    outputs spread out, so the parity check measures something.
+    """
+    from torchvision.models import resnet152
+
+    from fitguard.models import UInt8Normalize
+
+    torch.manual_seed(0)
+    model = resnet152(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    settings = PreprocessSettings(preset_for("resnet152"), 1)
+    crops, _ = settings.prepare_batch([encode_image(p) for p in photos.values()])
+    with torch.no_grad():
+        model.train()(UInt8Normalize(settings.preset)(torch.from_numpy(crops)))
+    torch.save(model.state_dict(), path)
+    return path
+
+
 @pytest.mark.slow
-def test_resnet152_graph_with_random_weights(tmp_path: Path) -> None:
-    head, detector = _inputs(tmp_path, "resnet152", weights="random")
+def test_resnet152_graph_with_random_weights(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    weights = str(_calibrated_resnet152(tmp_path / "resnet152_random.pth", photos))
+    head, detector = _inputs(tmp_path, "resnet152", weights=weights)
     lines: list[str] = []
     out = export_repository(
         tmp_path / "repo",
         backbone="resnet152",
-        weights="random",
+        weights=weights,
         head=head,
         detector=detector,
         patches=2,
@@ -345,6 +371,10 @@ def test_resnet152_graph_with_random_weights(tmp_path: Path) -> None:
     )
     print("\n".join(lines))
     manifest = verify_repository(out)
-    assert manifest["arguments"]["weights_id"] == "random"
+    assert manifest["arguments"]["weights_id"].startswith("file:")
     assert all(r["passed"] for r in manifest["parity"].values())
-    assert manifest["parity"]["quality"]["deltas"]["quality"] <= 1e-4
+    assert 0 < manifest["parity"]["quality"]["deltas"]["quality"] <= 1e-4
+    assert 0 < manifest["parity"]["classifier"]["deltas"]["prob"] <= 1e-4
+    # Not saturated: the photos get spread-out probabilities, so the deltas above were measured on real values.
+    probs = OnnxPipeline.from_repository(out).predict([encode_image(photos["chelsea"])])[c.TOP5_PROBS]
+    assert probs[0, 0] < 0.99 and probs[0, 4] > 1e-6
