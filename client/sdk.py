@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fitguard import contract
@@ -24,38 +24,41 @@ Result = Verdict | Failure
 
 
 class _Pool:
-    """Transports for worker threads: one shared if thread-safe (gRPC), else one per concurrent user."""
+    """Transports: one shared when thread-safe (gRPC), else one per thread.
+
+    tritonclient's HTTP client runs on gevent, whose connections belong to the thread that made them, so
+    each thread gets its own; the worker threads are kept between calls so their connections are reused.
+    """
 
     def __init__(self, factory: Callable[[], Transport]) -> None:
         self._factory = factory
-        self._idle: queue.SimpleQueue[Transport] = queue.SimpleQueue()
+        self._local = threading.local()
         self._all: list[Transport] = []
         self._lock = threading.Lock()
         self._shared: Transport | None = None
 
-    @contextmanager
-    def get(self) -> Iterator[Transport]:
+    def get(self) -> Transport:
         if self._shared is not None:
-            yield self._shared
-            return
-        try:
-            transport = self._idle.get_nowait()
-        except queue.Empty:
+            return self._shared
+        transport: Transport | None = getattr(self._local, "transport", None)
+        if transport is None:
             transport = self._factory()
             with self._lock:
                 self._all.append(transport)
                 if getattr(transport, "thread_safe", False):
                     self._shared = transport
-        try:
-            yield transport
-        finally:
-            self._idle.put(transport)
+            self._local.transport = transport
+        return transport
 
     def close(self) -> None:
         with self._lock:
             transports, self._all, self._shared = self._all, [], None
+        self._local = threading.local()
         for t in transports:
-            t.close()
+            with contextlib.suppress(
+                Exception
+            ):  # a connection owned by a finished thread: the OS reclaims it
+                t.close()
 
 
 class FitClient:
@@ -118,6 +121,8 @@ class FitClient:
         self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
         factory = transport_factory or open_transport
         self._transports = _Pool(lambda: factory(self.connection))
+        self._workers: ThreadPoolExecutor | None = None
+        self._workers_size = 0
         self._info: ModelInfo | None = None
         self._connect_lock = threading.Lock()
         self._closed = False
@@ -137,6 +142,9 @@ class FitClient:
 
     def close(self) -> None:
         self._closed = True
+        if self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
         self._transports.close()
 
     def __repr__(self) -> str:
@@ -153,16 +161,14 @@ class FitClient:
         return self._info
 
     def _connect_once(self) -> ModelInfo:
-        with self._transports.get() as t:
-            if not t.model_ready(self.model):
-                ready = t.models()
-                raise ModelNotReady(
-                    f"model {self.model!r} is not ready on {self.connection.url}; ready models: "
-                    f"{', '.join(ready) or 'none'}"
-                )
-            return check_signature(
-                t.model_metadata(self.model), t.model_config(self.model), self.connection.url
+        t = self._transports.get()
+        if not t.model_ready(self.model):
+            ready = t.models()
+            raise ModelNotReady(
+                f"model {self.model!r} is not ready on {self.connection.url}; ready models: "
+                f"{', '.join(ready) or 'none'}"
             )
+        return check_signature(t.model_metadata(self.model), t.model_config(self.model), self.connection.url)
 
     @property
     def info(self) -> ModelInfo:
@@ -214,31 +220,48 @@ class FitClient:
         items = list(images)
         batch_size = min(batch_size, info.max_batch_size)
         results: list[Result | None] = [None] * len(items)
-        batches = [range(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+        batches: queue.SimpleQueue[range] = queue.SimpleQueue()
+        for i in range(0, len(items), batch_size):
+            batches.put(range(i, min(i + batch_size, len(items))))
+        errors: list[BaseException] = []
         bar = _progress(len(items)) if progress else None
 
-        def work(indices: range) -> None:
-            for i, result in zip(
-                indices, self._classify_batch([items[i] for i in indices], indices), strict=True
-            ):
-                results[i] = result
-            if bar is not None:
-                bar(len(indices))
+        def worker() -> None:
+            # Exactly `concurrency` of these run, each keeping one request in flight.
+            while not errors:
+                try:
+                    indices = batches.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    batch = self._classify_batch([items[i] for i in indices], indices)
+                except BaseException as exc:
+                    errors.append(exc)  # a server problem: stop every worker after its current request
+                    return
+                for i, result in zip(indices, batch, strict=True):
+                    results[i] = result
+                if bar is not None:
+                    bar(len(indices))
 
         try:
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fitguard") as pool:
-                futures = [pool.submit(work, b) for b in batches]
-                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
+            futures = [self._executor(concurrency).submit(worker) for _ in range(concurrency)]
+            for f in futures:
+                f.result()
         finally:
             if bar is not None:
                 bar(0, close=True)
-        assert all(r is not None for r in results)
+        if errors:
+            raise errors[0]
         return results  # type: ignore[return-value]
+
+    def _executor(self, size: int) -> ThreadPoolExecutor:
+        with self._connect_lock:
+            if self._workers is None or self._workers_size < size:
+                if self._workers is not None:
+                    self._workers.shutdown(wait=False)
+                self._workers = ThreadPoolExecutor(max_workers=size, thread_name_prefix="fitguard")
+                self._workers_size = size
+            return self._workers
 
     def _classify_batch(self, images: Sequence[ImageInput], indices: range) -> list[Result]:
         out: list[Result | None] = [None] * len(images)
@@ -271,8 +294,7 @@ class FitClient:
 
     def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
         def attempt() -> list[Verdict]:
-            with self._transports.get() as t:
-                outputs, version = t.infer(self.model, payloads)
+            outputs, version = self._transports.get().infer(self.model, payloads)
             return verdicts_from_outputs(outputs, version, sources)
 
         return retry.call(attempt, self.retry_policy)

@@ -8,6 +8,7 @@ Retries, batching and concurrency live in the client, so a mock transport exerci
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl as _ssl
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from .errors import BadImage, FitguardError, ModelNotReady, ServerError, ServerU
 
 Protocol_ = Literal["grpc", "http"]
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS)
+_ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's wrapping; the reason follows
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def map_error(exc: BaseException, conn: Connection, what: str) -> FitguardError:
         if "unknown model" in lowered or "is not ready" in lowered or code == "NOT_FOUND":
             return ModelNotReady(f"{what}: {message} (server {where})")
         if code in ("INVALID_ARGUMENT", "400"):
-            return BadImage(message)
+            return BadImage(_ENSEMBLE_PREFIX.sub("", message))
         return ServerError(f"{what}: server {where} failed the request: [{status}] {message}")
     if isinstance(exc, ConnectionError | OSError) or _is_aiohttp_connection_error(exc):
         return ServerUnavailable(f"{what}: cannot reach {where} ({type(exc).__name__}: {exc})")

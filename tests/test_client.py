@@ -295,10 +295,11 @@ def test_classify_many_keeps_order_with_requests_in_flight() -> None:
     ids = list(range(0, 1000, 7))
     with fake_client(server) as client:
         results = client.classify_many([cls(i) for i in ids], batch_size=5, concurrency=6)
-    assert [r.class_id for r in results] == ids
-    assert max(server.batches) == 5 and sum(server.batches) == len(ids)
-    assert server.max_in_flight > 1  # requests overlapped
-    assert server.transports <= 6  # HTTP-style transports are reused across batches
+        again = client.classify_many([cls(i) for i in ids], batch_size=5, concurrency=6)
+    assert [r.class_id for r in results] == ids and again == results
+    assert max(server.batches) == 5 and sum(server.batches) == 2 * len(ids)
+    assert 1 < server.max_in_flight <= 6  # requests overlapped, never more than asked
+    assert server.transports == 1 + 6  # per-thread (HTTP-style) transports: connect + workers, reused
 
 
 def test_batch_size_is_clamped_to_server_max() -> None:
@@ -422,7 +423,8 @@ def test_error_mapping() -> None:
     ]
     for exc, kind in cases:
         assert type(map_error(exc, conn, "infer")) is kind, exc
-    assert map_error(E("corrupt image", "400"), conn, "infer").reason == "corrupt image"  # type: ignore[attr-defined]
+    refused = map_error(E("in ensemble 'fitguard', bad image: corrupt", "400"), conn, "infer")
+    assert isinstance(refused, BadImage) and refused.reason == "bad image: corrupt"
 
 
 def test_connection_options() -> None:
@@ -542,11 +544,13 @@ def views(photos: dict[str, np.ndarray], n: int) -> list[np.ndarray]:
 
 
 def same(a: Verdict, b: Verdict) -> bool:
-    # Batched and single requests may differ in the last float bits; distinct images differ by far more.
+    """Equal up to float noise: batched and single requests may differ in the last bits, while distinct
+    images (even on the tiny random backbone, whose outputs vary little) differ by far more."""
     return (
-        a.class_id == b.class_id
-        and a.quality == pytest.approx(b.quality, abs=1e-4)
-        and a.fit_score == pytest.approx(b.fit_score, abs=1e-4)
+        [t.class_id for t in a.top5] == [t.class_id for t in b.top5]
+        and [t.probability for t in a.top5] == pytest.approx([t.probability for t in b.top5], rel=1e-4)
+        and a.quality == pytest.approx(b.quality, abs=3e-6)
+        and a.fit_score == pytest.approx(b.fit_score, abs=3e-5)
     )
 
 
@@ -592,6 +596,7 @@ def test_grpc_and_http_agree(tiny_server: Any, photos: dict[str, np.ndarray]) ->
     assert all(same(a, b) for a, b in zip(results["grpc"], results["http"], strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_order_is_kept_under_concurrency(
@@ -600,9 +605,11 @@ def test_order_is_kept_under_concurrency(
     images = views(photos, 20)
     with FitClient(url_of(tiny_server, protocol), protocol) as client:  # type: ignore[arg-type]
         singles = [client.classify(im) for im in images]
-        assert len({round(v.quality, 4) for v in singles}) > 10  # distinct enough that a swap shows
         batched = client.classify_many(images, batch_size=3, concurrency=4)
     assert all(isinstance(v, Verdict) and same(v, s) for v, s in zip(batched, singles, strict=True))
+    # The comparison is sharp enough that a swap would show: distinct images are (almost) never "same".
+    lookalikes = sum(same(a, b) for i, a in enumerate(singles) for b in singles[i + 1 :])
+    assert lookalikes <= 2
 
 
 @pytest.mark.server
@@ -627,12 +634,14 @@ def test_bad_images_among_good_ones(
             client.classify(b"this is not an image")
     assert [r.ok for r in results] == [True, False, True, False, True, False]
     assert all(same(r, s) for r, s in zip([results[0], results[2], results[4]], singles, strict=True))
-    assert "not a recognised image format" in info.value.reason  # the server's own words
+    # The server's own words, without Triton's "in ensemble 'fitguard', " wrapping.
+    assert info.value.reason.startswith("bad image: not a recognised image format")
     assert "not a recognised image format" in results[1].reason
     assert "truncated" in results[3].reason or "corrupt" in results[3].reason
     assert "cannot read file" in results[5].reason
 
 
+@pytest.mark.slow
 @pytest.mark.server
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_async_client_against_the_server(
