@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,7 +89,13 @@ def test_several_images_in_one_request(
     _assert_same(_infer(tiny_server.http_url, batch), reference.predict(batch))
 
 
-def test_bad_image_fails_alone_among_concurrent_requests(
+def _preprocess_counts(url: str) -> tuple[int, int]:
+    with http.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(c.PREPROCESS)["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def test_bad_image_fails_alone_among_batched_requests(
     tiny_server, images: dict[str, bytes], reference: ReferencePipeline
 ) -> None:
     good = [
@@ -97,15 +104,28 @@ def test_bad_image_fails_alone_among_concurrent_requests(
     ]
     batch = good[:3] + [b"GIF89a but not really"] + good[3:]
     expected = reference.predict(good)
+    clients = [http.InferenceServerClient(tiny_server.http_url) for _ in batch]
+    start = threading.Barrier(len(batch))
 
-    def send(data: bytes) -> dict[str, np.ndarray] | Exception:
+    def send(i: int) -> dict[str, np.ndarray] | Exception:
+        tensor = http.InferInput(c.IMAGE, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[batch[i]]], dtype=object))
+        start.wait()  # all requests arrive together, so the dynamic batcher groups them
         try:
-            return _infer(tiny_server.http_url, [data])
+            result = clients[i].infer(c.ENSEMBLE, [tensor])
+            return {n: result.as_numpy(n) for n in OUTPUTS}
         except InferenceServerException as exc:
             return exc
 
+    inferences, executions = _preprocess_counts(tiny_server.http_url)
     with ThreadPoolExecutor(len(batch)) as pool:
-        answers = list(pool.map(send, batch))
+        answers = list(pool.map(send, range(len(batch))))
+    for client in clients:
+        client.close()
+    after = _preprocess_counts(tiny_server.http_url)
+    inferences, executions = after[0] - inferences, after[1] - executions
+    # Fewer executions than requests: the bad image shared a batch with good ones.
+    assert inferences == len(batch) and executions < inferences, (inferences, executions)
     bad = answers.pop(3)
     assert isinstance(bad, InferenceServerException)
     assert "bad image" in str(bad) and bad.status() == "400"
