@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitguard.export.accelerators import ACCELERATORS
-
 from fitguard.contract import DEFAULT_PATCHES
+from fitguard.export.accelerators import ACCELERATORS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+
+    from fitguard.detector import BadDetectorError
     from fitguard.export.onnx_export import ExportError
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
-
-    from fitguard.detector import BadDetectorError
     from fitguard.models import BadHeadError, WeightsUnavailableError
 
     torch.set_num_threads(args.threads)

@@ -19,9 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
-from fitguard.export.manifest import MANIFEST_NAME, write_manifest
-
 from fitguard.contract import (
     CLASSIFIER,
     DEFAULT_PATCHES,
@@ -33,6 +30,8 @@ from fitguard.contract import (
     QUALITY,
     SIGNATURES,
 )
+from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
+from fitguard.export.manifest import MANIFEST_NAME, write_manifest
 from fitguard.pipeline import DETECTOR_NAME, HEAD_NAME, PreprocessSettings, read_config
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
@@ -193,6 +192,7 @@ def export_repository(
         BadHeadError / BadDetectorError: unusable head or detector file.
         ParityError: a graph failed ``onnx.checker`` or its parity check. Nothing is written then.
     """
+    from fitguard.detector import load_detector
     from fitguard.export.onnx_export import (
         apply_precision,
         export_classifier,
@@ -208,8 +208,6 @@ def export_repository(
         check_quality,
         verification_inputs,
     )
-
-    from fitguard.detector import load_detector
     from fitguard.labels import labels_text
     from fitguard.models import Classifier, QualityModel, build_backbone, load_head
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-from fitguard.export.onnx_export import EXPORT_BATCH, probe_features
 
 from fitguard.contract import (
     CLASSIFIER,
@@ -28,6 +27,7 @@ from fitguard.contract import (
     TOP5_IDS,
     TOP5_PROBS,
 )
+from fitguard.export.onnx_export import EXPORT_BATCH, probe_features
 
 VERIFY_PHOTOS: tuple[str, ...] = ("chelsea", "astronaut", "coffee")  # 3 != EXPORT_BATCH
 assert len(VERIFY_PHOTOS) != EXPORT_BATCH

@@ -24,12 +24,12 @@ def photos() -> dict[str, np.ndarray]:
 
 def synthetic_detector(seed: int = 0, threshold: float = 0.0):
     """A real scaler + RBF SVC detector trained in milliseconds on seeded synthetic 6-d features."""
-    from fitguard.export.onnx_export import probe_features
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
     from fitguard.detector import Detector
+    from fitguard.export.onnx_export import probe_features
 
     features = probe_features(200, seed=seed)
     labels = (features[:, 0] + features[:, 5] > 0.9).astype(int)  # confident and sharp -> fit
@@ -41,9 +41,9 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
     """A complete exported repository on the ``tiny`` backbone (seeded random quality head, synthetic
     detector), verified like any export. Returns its Path."""
     import torch
-    from fitguard.export import export_repository
 
     from fitguard.detector import save_detector
+    from fitguard.export import export_repository
     from fitguard.models import QualityHead, build_backbone, save_head
 
     torch.set_num_threads(2)

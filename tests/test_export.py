@@ -13,15 +13,15 @@ import onnxruntime as ort
 import pytest
 import torch
 from conftest import synthetic_detector
+
+from fitguard import contract as c
+from fitguard.cli import main
+from fitguard.detector import save_detector
 from fitguard.export import verify
 from fitguard.export.accelerators import apply_accelerator
 from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
 from fitguard.export.onnx_export import export_detector
 from fitguard.export.repository import SOURCE, check_signature, export_repository, render_config
-
-from fitguard import contract as c
-from fitguard.cli import main
-from fitguard.detector import save_detector
 from fitguard.labels import labels_text
 from fitguard.models import BadHeadError, QualityHead, build_backbone, save_head
 from fitguard.pipeline import (
