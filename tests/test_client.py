@@ -15,6 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from fitguard import contract
 from fitguard.client import (
     AsyncFitClient,
     BadImage,
@@ -32,9 +35,6 @@ from fitguard.client import (
 from fitguard.client import retry as retry_mod
 from fitguard.client.images import to_bytes
 from fitguard.client.transport import Connection, map_error
-from PIL import Image
-
-from fitguard import contract
 from fitguard.labels import imagenet_classes
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,6 +340,21 @@ def test_server_failure_stops_the_run() -> None:
 def test_unsupported_input_is_a_type_error() -> None:
     with fake_client(FakeServer()) as client, pytest.raises(TypeError, match="cannot classify a int"):
         client.classify(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False])
+def test_progress_bar(
+    with_tqdm: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not with_tqdm:
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # as if tqdm were not installed
+    with fake_client(FakeServer()) as client:
+        results = client.classify_many([cls(i) for i in range(10)], batch_size=3, progress=True)
+    assert len(results) == 10
+    err = capsys.readouterr().err
+    assert ("10/10" in err) and (
+        ("img/s" in err or "it/s" in err or "img" in err) if with_tqdm else "images" in err
+    )
 
 
 def test_async_client_same_surface() -> None:
