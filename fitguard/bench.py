@@ -333,6 +333,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--weights", help="weights for --device cuda (default random: timing only)")
     parser.add_argument("--gpu-batches", type=_ints, default=(1, 8, 32, 64))
+    parser.add_argument(
+        "--perf-analyzer-data",
+        metavar="OUT.json",
+        help="also write perf_analyzer's --input-data file for these images and print its command",
+    )
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
     parser.add_argument("--plot", metavar="OUT.png", help="write latency vs throughput as PNG")
 
@@ -364,7 +369,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         weights=args.weights,
         gpu_batches=args.gpu_batches,
     )
-    if not (cfg.url or cfg.model_repository or cfg.device == "cuda"):
+    if not (cfg.url or cfg.model_repository or cfg.device == "cuda" or args.perf_analyzer_data):
         raise SystemExit("give --url or --model-repository (or --device cuda for the GPU backbone alone)")
     return cfg
 
@@ -375,6 +380,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if cfg.url and cfg.model_repository:
         cfg.notes.append(f"served at {cfg.url}; references from {cfg.model_repository}")
+    if args.perf_analyzer_data:
+        from fitguard.benchlib import perf_analyzer
+
+        images, _ = load_images(cfg.images, cfg.max_images)
+        path = perf_analyzer.write_input_data(images, args.perf_analyzer_data)
+        url = cfg.url or ("localhost:8001" if cfg.protocol == "grpc" else "localhost:8000")
+        print("equivalent perf_analyzer command (Triton SDK):")
+        print(
+            "  "
+            + perf_analyzer.command(path, url, cfg.protocol, cfg.concurrency, cfg.batch, cfg.requests or 64)
+        )
+        if not (cfg.url or cfg.model_repository or cfg.device == "cuda"):
+            return 0
     result = run_bench(cfg)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -134,7 +134,7 @@ def summary_text(result: dict[str, Any]) -> str:
     ip = result.get("inprocess")
     if ip:
         parts = [
-            f"{k}: {v['throughput']:.2f} img/s, p50 {_fmt(v['latency_ms']['p50'])} ms"
+            f"{k} ({v['threads']}): {v['throughput']:.2f} img/s, p50 {_fmt(v['latency_ms']['p50'])} ms"
             for k, v in ip.items()
             if k.startswith("batch")
         ]
@@ -148,7 +148,7 @@ def summary_text(result: dict[str, Any]) -> str:
         )
     ba = result.get("backbone_alone")
     if ba:
-        parts = [f"b{k}: {v['throughput']:.1f} img/s" for k, v in ba["batches"].items()]
+        parts = [f"b{k}: {v['throughput']:.1f} img/s ({v['threads']} thr)" for k, v in ba["batches"].items()]
         lines.append(f"backbone alone ({ba['runtime']}): " + ", ".join(parts))
     gpu = result.get("gpu")
     if gpu:
