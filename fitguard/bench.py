@@ -52,6 +52,8 @@ class BenchConfig:
     backbone: str | None = None  # for --device cuda (and the label); default: the repository's
     weights: str | None = None
     gpu_batches: tuple[int, ...] = (1, 8, 32, 64)
+    backbone_alone: bool = False  # time the backbone per runtime (implied by device="cuda")
+    runtime_seconds: float = 3.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -259,13 +261,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             except (FileNotFoundError, KeyError) as exc:
                 result["notes"].append(f"naive pipeline skipped: the repository lacks its sources ({exc})")
 
-    if cfg.device == "cuda":
+    if cfg.device == "cuda" or cfg.backbone_alone:
         from fitguard.benchlib.gpu import gpu_backbone
 
-        print("[bench] GPU: GEMM peak and backbone alone", file=sys.stderr, flush=True)
-        result["gpu_gemm_peak"] = machine.cuda_gemm_peak()
-        result["gpu"] = gpu_backbone(
-            cfg.backbone or backbone or "resnet152", cfg.weights or "random", cfg.gpu_batches
+        print(f"[bench] backbone alone per runtime on {cfg.device}", file=sys.stderr, flush=True)
+        if cfg.device == "cuda":
+            result["gpu_gemm_peak"] = machine.cuda_gemm_peak()
+        result["backbone_runtimes"] = gpu_backbone(
+            cfg.backbone or backbone or "resnet152",
+            cfg.weights or "random",
+            cfg.gpu_batches,
+            seconds=cfg.runtime_seconds,
+            device=cfg.device,
         )
 
     result["ratios"] = report.ratios(result)
@@ -332,7 +339,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--backbone", help="backbone for --device cuda (default: the repository's, else resnet152)"
     )
     parser.add_argument("--weights", help="weights for --device cuda (default random: timing only)")
-    parser.add_argument("--gpu-batches", type=_ints, default=(1, 8, 32, 64))
+    parser.add_argument(
+        "--gpu-batches", type=_ints, default=(1, 8, 32, 64), help="batches for the backbone alone"
+    )
+    parser.add_argument(
+        "--backbone-alone",
+        action="store_true",
+        help="time the backbone per runtime (torch fp32/low precision, ONNX Runtime) on --device",
+    )
+    parser.add_argument("--runtime-seconds", type=float, default=3.0, help="seconds per runtime and batch")
     parser.add_argument(
         "--perf-analyzer-data",
         metavar="OUT.json",
@@ -368,9 +383,17 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         backbone=args.backbone,
         weights=args.weights,
         gpu_batches=args.gpu_batches,
+        backbone_alone=args.backbone_alone,
+        runtime_seconds=args.runtime_seconds,
     )
-    if not (cfg.url or cfg.model_repository or cfg.device == "cuda" or args.perf_analyzer_data):
-        raise SystemExit("give --url or --model-repository (or --device cuda for the GPU backbone alone)")
+    if not (
+        cfg.url
+        or cfg.model_repository
+        or cfg.device == "cuda"
+        or cfg.backbone_alone
+        or args.perf_analyzer_data
+    ):
+        raise SystemExit("give --url or --model-repository (or --device cuda / --backbone-alone)")
     return cfg
 
 
@@ -391,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
             "  "
             + perf_analyzer.command(path, url, cfg.protocol, cfg.concurrency, cfg.batch, cfg.requests or 64)
         )
-        if not (cfg.url or cfg.model_repository or cfg.device == "cuda"):
+        if not (cfg.url or cfg.model_repository or cfg.device == "cuda" or cfg.backbone_alone):
             return 0
     result = run_bench(cfg)
     if args.json:

@@ -40,9 +40,13 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None], batch: int, secon
 
 
 def gpu_backbone(
-    backbone: str, weights: str | None, batches: Sequence[int], seconds: float = 3.0
+    backbone: str, weights: str | None, batches: Sequence[int], seconds: float = 3.0, device: str = "cuda"
 ) -> dict[str, Any]:
-    """images/s and latency of the classifier graph per runtime and batch size on ``cuda:0``."""
+    """images/s and latency of the classifier graph per runtime and batch size on ``device``.
+
+    ``device="cpu"`` runs the same code path on the CPU (bf16 autocast instead of fp16, ONNX Runtime's
+    CPU provider), so the GPU command is exercised where no GPU is available.
+    """
     import torch
 
     from fitguard.benchlib.flops import torch_flops
@@ -55,22 +59,30 @@ def gpu_backbone(
     results: dict[str, Any] = {
         "backbone": backbone,
         "weights": weights,
+        "device": device,
         "flops_per_image": flops,
         "runtimes": {},
     }
+    cuda = device.startswith("cuda")
+    half = torch.float16 if cuda else torch.bfloat16
 
     def sync() -> None:
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
 
-    gpu_model = model.cuda()
-    for name, fp16, channels_last in (("torch-fp32", False, False), ("torch-fp16-channels-last", True, True)):
+    gpu_model = model.to(device)
+    low = "fp16" if cuda else "bf16"
+    for name, fp16, channels_last in (
+        ("torch-fp32", False, False),
+        (f"torch-{low}-channels-last", True, True),
+    ):
         m = gpu_model.to(memory_format=torch.channels_last) if channels_last else gpu_model
         per_batch = {}
         for b in batches:
-            x = torch.randint(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, device="cuda")
+            x = torch.randint(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, device=device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast("cuda", dtype=torch.float16) if fp16 else contextlib.nullcontext()
+            ctx = torch.autocast(device.split(":")[0], dtype=half) if fp16 else contextlib.nullcontext()
 
             def step(m: Any = m, x: Any = x, ctx: Any = ctx) -> None:
                 with torch.inference_mode(), ctx:
@@ -79,14 +91,15 @@ def gpu_backbone(
             per_batch[str(b)] = _timed(step, sync, b, seconds)
         results["runtimes"][name] = per_batch
     model = model.cpu()
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
 
     try:
         import onnxruntime as ort
     except ImportError:
         ort = None
     available = set(ort.get_available_providers()) if ort else set()
-    if "CUDAExecutionProvider" in available:
+    if "CUDAExecutionProvider" in available or (not cuda and ort is not None):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "classifier.onnx"
             torch.onnx.export(
@@ -113,7 +126,10 @@ def gpu_backbone(
                     },
                 )
                 candidates.append(("onnxruntime-tensorrt-fp16", [trt, "CUDAExecutionProvider"]))
-            candidates.append(("onnxruntime-cuda-fp32", ["CUDAExecutionProvider"]))
+            if cuda:
+                candidates.append(("onnxruntime-cuda-fp32", ["CUDAExecutionProvider"]))
+            else:
+                candidates = [("onnxruntime-cpu-fp32", ["CPUExecutionProvider"])]
             for name, providers in candidates:
                 try:
                     sess = ort.InferenceSession(str(path), providers=providers)

@@ -150,9 +150,14 @@ def summary_text(result: dict[str, Any]) -> str:
     if ba:
         parts = [f"b{k}: {v['throughput']:.1f} img/s ({v['threads']} thr)" for k, v in ba["batches"].items()]
         lines.append(f"backbone alone ({ba['runtime']}): " + ", ".join(parts))
-    gpu = result.get("gpu")
+    gpu = result.get("backbone_runtimes")
     if gpu:
-        lines.append(f"GPU backbone {gpu['backbone']} ({gpu['flops_per_image'] / 1e9:.1f} GFLOP/img):")
+        peak = result.get("gpu_gemm_peak")
+        if peak:
+            lines.append(f"GPU GEMM peak (GFLOP/s): {peak['gflops']}")
+        lines.append(
+            f"backbone {gpu['backbone']} alone on {gpu['device']} ({gpu['flops_per_image'] / 1e9:.1f} GFLOP/img):"
+        )
         for name, per_batch in gpu["runtimes"].items():
             if "error" in per_batch:
                 lines.append(f"  {name}: {per_batch['error']}")
