@@ -113,43 +113,49 @@ def _best_rate(fn: Callable[[], object], flops: float, repeats: int, budget_s: f
     return flops / best / 1e9
 
 
-def gemm_peak(threads: int, size: int = 2048, repeats: int = 8, budget_s: float = 6.0) -> dict[str, Any]:
+def gemm_peak(threads: int, size: int = 2048, repeats: int = 10, budget_s: float = 6.0) -> dict[str, Any]:
     """fp32 GEMM throughput of the same cores through each BLAS a pipeline here could use.
 
-    The peak is the best of numpy (OpenBLAS), torch (oneDNN/MKL) and ONNX Runtime's MLAS (a one-node
-    MatMul graph), each limited to ``threads`` threads; the strictest denominator for ``backbone_vs_gemm_peak``.
+    Measured with ``threads`` threads and with one thread (scaled by ``threads``: what independent
+    single-threaded sessions can reach, and robust to thread-pool contention); numpy (OpenBLAS), torch
+    (oneDNN/MKL) and ONNX Runtime's MLAS (a one-node MatMul graph). The peak is the best of all: the
+    strictest denominator for ``backbone_vs_gemm_peak``.
     """
     flops = 2.0 * size**3
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     rates: dict[str, float] = {}
+    for t in sorted({threads, 1}, reverse=True):
+        scale = threads / t  # one thread's rate stands for `threads` independent threads
+        suffix = "" if t == threads else f" (1 thread x {threads})"
+        try:
+            from threadpoolctl import threadpool_limits
 
-    try:
-        from threadpoolctl import threadpool_limits
+            with threadpool_limits(limits=t):
+                rates["numpy" + suffix] = scale * _best_rate(lambda: a @ b, flops, repeats, budget_s / 2)
+        except ImportError:
+            pass
+        try:
+            import torch
 
-        with threadpool_limits(limits=threads):
-            rates["numpy"] = _best_rate(lambda: a @ b, flops, repeats, budget_s)
-    except ImportError:
-        rates["numpy"] = _best_rate(lambda: a @ b, flops, repeats, budget_s)
-
-    try:
-        import torch
-
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        with torch.inference_mode():
-            rates["torch"] = _best_rate(lambda: torch.mm(ta, tb), flops, repeats, budget_s)
-        torch.set_num_threads(before)
-    except ImportError:
-        pass
-
-    try:
-        sess = _ort_matmul_session(size, threads)
-        rates["onnxruntime"] = _best_rate(lambda: sess.run(None, {"A": a, "B": b}), flops, repeats, budget_s)
-    except ImportError:
-        pass
+            before = torch.get_num_threads()
+            torch.set_num_threads(t)
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            with torch.inference_mode():
+                rates["torch" + suffix] = scale * _best_rate(
+                    lambda ta=ta, tb=tb: torch.mm(ta, tb), flops, repeats, budget_s / 2
+                )
+            torch.set_num_threads(before)
+        except ImportError:
+            pass
+        try:
+            sess = _ort_matmul_session(size, t)
+            rates["onnxruntime" + suffix] = scale * _best_rate(
+                lambda sess=sess: sess.run(None, {"A": a, "B": b}), flops, repeats, budget_s / 2
+            )
+        except ImportError:
+            pass
 
     best = max(rates, key=rates.__getitem__)
     return {
