@@ -144,3 +144,17 @@ def test_bench_smoke_run_writes_json_and_plot(tiny_repository: Path, tmp_path: P
         assert isinstance(value, float) and np.isfinite(value) and value > 0, name
     assert 0 < result["ratios"]["preprocess_share"] < 1
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_backbone_alone_runtimes_on_cpu() -> None:
+    """The code path of the GPU command (``--device cuda``), run on the CPU."""
+    from fitguard.benchlib.gpu import gpu_backbone
+
+    result = gpu_backbone("tiny", None, [1, 2], seconds=0.2, device="cpu")
+    assert result["flops_per_image"] > 0
+    assert set(result["runtimes"]) == {"torch-fp32", "torch-bf16-channels-last", "onnxruntime-cpu-fp32"}
+    for per_batch in result["runtimes"].values():
+        assert set(per_batch) == {"1", "2"}
+        assert all(r["throughput"] > 0 and r["latency_ms"]["p50"] > 0 for r in per_batch.values())
+    assert result["best"]["runtime"] in result["runtimes"]

@@ -50,7 +50,7 @@ def gpu_backbone(
     import torch
 
     from fitguard.benchlib.flops import torch_flops
-    from fitguard.contract import INPUT_SIZE
+    from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
     from fitguard.models import Classifier, build_backbone
 
     model = Classifier(build_backbone(backbone, weights)).eval()
@@ -102,16 +102,11 @@ def gpu_backbone(
     if "CUDAExecutionProvider" in available or (not cuda and ort is not None):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "classifier.onnx"
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["x"],
-                output_names=["probs"],
-                dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}},
-                opset_version=17,
-                dynamo=False,
-            )
+            import onnx
+
+            from fitguard.export.onnx_export import export_classifier
+
+            onnx.save(export_classifier(model), str(path))  # the served graph, as `fitguard export` writes it
             candidates: list[tuple[str, list[Any]]] = []
             if "TensorrtExecutionProvider" in available:
                 trt = (
@@ -120,9 +115,9 @@ def gpu_backbone(
                         "trt_fp16_enable": True,
                         "trt_engine_cache_enable": True,
                         "trt_engine_cache_path": tmp,
-                        "trt_profile_min_shapes": f"x:1x3x{INPUT_SIZE}x{INPUT_SIZE}",
-                        "trt_profile_max_shapes": f"x:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
-                        "trt_profile_opt_shapes": f"x:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                        "trt_profile_min_shapes": f"{CLASSIFIER_INPUT}:1x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                        "trt_profile_max_shapes": f"{CLASSIFIER_INPUT}:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                        "trt_profile_opt_shapes": f"{CLASSIFIER_INPUT}:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
                     },
                 )
                 candidates.append(("onnxruntime-tensorrt-fp16", [trt, "CUDAExecutionProvider"]))
@@ -141,7 +136,7 @@ def gpu_backbone(
                 for b in batches:
                     x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
                     per_batch[str(b)] = _timed(
-                        lambda s=sess, x=x: s.run(None, {"x": x}), lambda: None, b, seconds
+                        lambda s=sess, x=x: s.run(None, {CLASSIFIER_INPUT: x}), lambda: None, b, seconds
                     )
                 results["runtimes"][name] = per_batch
     else:
