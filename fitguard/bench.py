@@ -177,7 +177,7 @@ def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str,
             requests=cfg.requests,
             duration_s=cfg.duration,
             deadline_s=cfg.level_deadline,
-            warmup=1,
+            warmup=0,  # warmed above; the statistics window then holds exactly the measured requests
         )
         after = stats.normalise(load.server_statistics(cfg.protocol, url))
         window = stats.diff(before, after)
