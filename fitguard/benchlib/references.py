@@ -69,6 +69,8 @@ def inprocess(
     """
     from fitguard.pipeline import OnnxPipeline
 
+    # whole passes over the images, so the in-process mix of image sizes is the served one
+    count = -(-max(count, 1) // len(images)) * len(images)
     runs: dict[str, dict[str, Any]] = {}
     pipes = {}
     for t in sorted({1, threads or 1}):
