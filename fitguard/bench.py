@@ -354,6 +354,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="also write perf_analyzer's --input-data file for these images and print its command",
     )
     parser.add_argument("--json", metavar="OUT", help="write the full result as JSON")
+    parser.add_argument(
+        "--markdown", metavar="OUT.md", help="write the results table (date, machine, ratios)"
+    )
     parser.add_argument("--plot", metavar="OUT.png", help="write latency vs throughput as PNG")
 
 
@@ -422,6 +425,8 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.plot:
         report.plot(result, args.plot)
+    if args.markdown:
+        Path(args.markdown).write_text(report.markdown(result) + "\n", encoding="utf-8")
     print(report.summary_text(result))
     return 0
 

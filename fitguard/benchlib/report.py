@@ -221,3 +221,44 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The results table for the README / docs: one run, with its date and machine."""
+    m, r = result["machine"], result.get("ratios", {})
+    served = result.get("served") or {}
+    best = best_level(served.get("levels", []))
+    c1 = next((lv for lv in served.get("levels", []) if lv["concurrency"] == 1), None)
+    ip, nv = result.get("inprocess") or {}, result.get("naive") or {}
+    fl, peak = result.get("flops") or {}, result.get("gemm_peak") or {}
+    rows = [
+        ("served, best concurrency", best and f"{best['throughput']:.2f} img/s at c={best['concurrency']}",
+         best and f"p50 {best['latency_ms']['p50']:.0f} / p99 {best['latency_ms']['p99']:.0f} ms"),
+        ("served, concurrency 1", c1 and f"{c1['throughput']:.2f} img/s",
+         c1 and f"p50 {c1['latency_ms']['p50']:.0f} / p99 {c1['latency_ms']['p99']:.0f} ms"),
+        ("in-process ONNX (no server)", ip.get("best") and f"{ip['best']['throughput']:.2f} img/s",
+         ip.get("batch1") and f"p50 {ip['batch1']['latency_ms']['p50']:.0f} ms (1 image)"),
+        ("naive PyTorch eager + sklearn", nv and f"{nv['throughput']:.2f} img/s",
+         nv and f"p50 {nv['latency_ms']['p50']:.0f} ms"),
+    ]  # fmt: skip
+    lines = [
+        f"`{result.get('backbone')}`, {fl.get('patches', '?')} IQA patches, "
+        f"{(fl.get('per_image') or 0) / 1e9:.2f} GFLOP/image; {result['date'][:10]}, {m['cpu_model']} "
+        f"({m['cores']} cores), load average at start {m['load_average_at_start'][0]}; fp32 GEMM peak "
+        f"{peak.get('peak_gflops')} GFLOP/s; batch {served.get('batch', 1)} per request, "
+        f"{served.get('protocol', '-')}.",
+        "",
+        "| pipeline | throughput | latency |",
+        "|---|---|---|",
+        *(f"| {a} | {b or '-'} | {c or '-'} |" for a, b, c in rows),
+        "",
+        "| ratio | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    for name, t in result.get("targets", {}).items():
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| `{name}` | {_fmt(t['value'], 3)} | {t['target']} | {met} |")
+    for name in ("backbone_alone_vs_gemm_peak", "inprocess_preprocess_share"):
+        if r.get(name) is not None:
+            lines.append(f"| `{name}` | {_fmt(r[name], 3)} | | |")
+    return "\n".join(lines)
