@@ -1,0 +1,194 @@
+"""Image groups, detector features, the pair protocol and the detector file (tiny backbone, real photos)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fitguard.detector import FIT_LABEL, load_detector  # noqa: E402
+from fitguard.models import QualityHead, build_backbone, save_head  # noqa: E402
+from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
+from fitguard.training import groups as G  # noqa: E402
+from fitguard.training.detector import (  # noqa: E402
+    compute_features,
+    fit_detector,
+    load_models,
+    pair_splits,
+    run_protocol,
+    train_detector,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(2)
+    return build_backbone("tiny")
+
+
+@pytest.fixture(scope="module")
+def tiny_head(tmp_path_factory, tiny):
+    path = tmp_path_factory.mktemp("head") / "head.pt"
+    torch.manual_seed(0)
+    save_head(path, QualityHead(tiny.feature_dim, hidden=64), tiny)
+    return path
+
+
+@pytest.fixture(scope="module")
+def originals(tiny, photos):
+    return G.originals_group(tiny, photos, views=6)
+
+
+def test_pair_splits_never_split_a_pair():
+    ids = np.repeat(np.arange(11), 3)  # 11 pairs/photos, 3 rows each
+    splits = pair_splits(ids, repeats=10, seed=3)
+    assert len(splits) == 10
+    for train, test in splits:
+        assert not set(train) & set(test)
+        assert sorted(np.r_[train, test].tolist()) == list(range(11))
+        assert len(train) == 6 and len(test) == 5  # 50%, rounded
+        rows_train = np.isin(ids, train)
+        for i in range(11):  # every row of one id lands on one side
+            assert len(set(rows_train[ids == i].tolist())) == 1
+    assert len({tuple(t.tolist()) for t, _ in splits}) > 1  # the repeats differ
+    again = pair_splits(ids, repeats=10, seed=3)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(splits, again, strict=True))
+
+
+def test_originals_views_and_reference_labels(tiny, originals, photos):
+    side = tiny.preset.resize
+    assert originals.images.shape[1:] == (side, side, 3) and originals.images.dtype == np.uint8
+    assert originals.meta["candidates"] == 6 * len(photos)
+    assert 1 <= len(originals) <= originals.meta["candidates"]
+    # Kept views are predicted as their photo's reference label, which is the whole-photo view's top-1.
+    top1 = G.predict_logits(tiny, originals.images).argmax(1)
+    assert np.array_equal(top1, originals.labels)
+    names = sorted(photos)
+    for s in set(originals.sources.tolist()):
+        whole = G.canvas(photos[names[s]], side)
+        assert G.predict_logits(tiny, whole[None]).argmax(1)[0] == originals.labels[originals.sources == s][0]
+    assert np.array_equal(originals.pairs, np.arange(len(originals)))
+    # Deterministic.
+    again = G.originals_group(tiny, photos, views=6)
+    assert np.array_equal(again.images, originals.images) and np.array_equal(again.labels, originals.labels)
+
+
+def test_group_cache_round_trip(tiny, photos, tmp_path):
+    first = G.originals_group(tiny, photos, views=3, cache=tmp_path)
+    files = list((tmp_path / "groups").glob("originals-*.npz"))
+    assert len(files) == 1
+    second = G.originals_group(tiny, photos, views=3, cache=tmp_path)
+    assert np.array_equal(first.images, second.images) and list(first.tags) == list(second.tags)
+    assert second.meta == first.meta
+
+
+def test_distorted_group(originals):
+    group = G.distorted_group(originals, max_sources=3)
+    assert len(group) == 3 * 4 * 5
+    assert set(group.tags.tolist()) == {"gaussian_blur", "white_noise", "jpeg", "jpeg2000"}
+    assert set(group.levels.tolist()) == {1, 2, 3, 4, 5}
+    assert np.array_equal(group.labels, originals.labels[group.pairs])
+    assert group.images.shape[1:] == originals.images.shape[1:]
+    assert np.array_equal(group.images, G.distorted_group(originals, max_sources=3).images)
+    blur5 = group.images[(group.tags == "gaussian_blur") & (group.levels == 5)][0]
+    src = originals.images[group.pairs[(group.tags == "gaussian_blur") & (group.levels == 5)][0]]
+    assert (
+        np.abs(np.diff(blur5.astype(float), axis=0)).mean()
+        < np.abs(np.diff(src.astype(float), axis=0)).mean()
+    )
+
+
+def test_adversarial_group_is_bounded_and_on_the_crop(tiny, originals):
+    adv = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    assert adv.images.shape == originals.images.shape
+    assert 0 <= adv.meta["fooling_rate"] <= 1 and adv.meta["linf"] <= 10 / 255 + 1e-6
+    diff = adv.images.astype(int) - originals.images.astype(int)
+    assert np.abs(diff).max() <= 10
+    crop, side = tiny.preset.crop, tiny.preset.resize
+    o = G.crop_offset(side, crop)
+    outside = np.ones((side, side), bool)
+    outside[o : o + crop, o : o + crop] = False
+    assert not diff[:, outside].any()  # only what the classifier sees is perturbed
+    top1 = G.predict_logits(tiny, adv.images).argmax(1)
+    assert adv.meta["fooling_rate"] == pytest.approx(np.mean(top1 != originals.labels))
+    again = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    assert np.array_equal(again.images, adv.images)
+
+
+def test_fooling_groups(tiny):
+    gd = G.fool_gd_group(tiny, count=3, steps=3)
+    ev = G.fool_ev_group(tiny, count=3, generations=2, batch=4)
+    side = tiny.preset.resize
+    for g in (gd, ev):
+        assert g.images.shape == (3, side, side, 3)
+        assert (g.labels == G.NO_LABEL).all() and (g.pairs == -1).all()
+    assert (gd.images[:, 0, 0] == G.mean_canvas(tiny)[0, 0]).all()  # border keeps the mean image
+    assert len(set(ev.tags.tolist())) == 3  # one elite per class
+    assert ev.meta["evaluations"] == 8
+    assert np.array_equal(gd.images, G.fool_gd_group(tiny, count=3, steps=3).images)
+    assert np.array_equal(ev.images, G.fool_ev_group(tiny, count=3, generations=2, batch=4).images)
+
+
+def test_features_match_serving_preprocessing(tiny, tiny_head, originals):
+    from fitguard.models import Classifier
+
+    models = load_models("tiny", tiny_head)
+    sub = originals.subset([0, 1])
+    feats = compute_features(models, sub, patches=2)
+    x = torch.from_numpy(np.stack([classifier_crop(img, tiny.preset) for img in sub.images]))
+    p = torch.from_numpy(np.stack([iqa_patches(img, 2) for img in sub.images]))
+    with torch.inference_mode():
+        probs = Classifier(models.backbone)(x).numpy()
+        q = models.quality(p).reshape(-1).numpy()
+    np.testing.assert_allclose(feats.probs, probs, atol=1e-5)
+    np.testing.assert_allclose(feats.quality, q, atol=1e-6)
+    assert feats.features.shape == (2, 6)
+
+
+def test_threshold_rule_hits_target_false_alarms():
+    rng = np.random.default_rng(0)
+    n = 60
+    fit = rng.normal(0, 1, (n, 6))
+    unfit = rng.normal(1.5, 1, (n, 6))
+    x = np.r_[fit, unfit].astype(np.float32)
+    y = np.r_[np.ones(n), np.zeros(n)].astype(int)
+    g = np.r_[np.arange(n), np.arange(n)] // 3
+    det = fit_detector(x, y, g, target_far=0.2)
+    assert det.meta["target_far"] == 0.2 and det.threshold != 0.0
+    # On the training originals themselves (in-sample) the flagged share is close to the target.
+    assert 0.02 <= np.mean(~det.fit_verdict(fit)) <= 0.35
+    assert fit_detector(x, y, g, target_far=None).threshold == 0.0
+
+
+def test_run_protocol_on_tiny(tiny, tiny_head, originals):
+    models = load_models("tiny", tiny_head)
+    adv = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    fo, fa = compute_features(models, originals, 2), compute_features(models, adv, 2)
+    runs = run_protocol(originals, fo, fa, repeats=3, split_by="pair", progress=None)
+    assert len(runs) == 3
+    for r in runs:
+        assert r["n_test_pairs"] == len(originals) - len(r["train_ids"])
+        assert 0 <= r["adv_detection_rate"] <= 1 and 0 <= r["clean_pass_rate"] <= 1
+
+
+@pytest.mark.slow
+def test_train_detector_file_round_trip(tiny_head, tmp_path, monkeypatch):
+    monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "detector.joblib"
+    config = G.GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1)
+    summary = train_detector("tiny", tiny_head, out, patches=2, repeats=3, target_far=0.1, config=config)
+    det = load_detector(out)
+    assert det.threshold == pytest.approx(summary["threshold"])
+    assert det.meta["backbone"] == "tiny" and det.meta["target_far"] == 0.1 and det.meta["repeats"] == 3
+    assert list(det.pipeline.classes_) == [0, FIT_LABEL]
+    assert det.pipeline.named_steps["svc"].kernel == "rbf"
+    saved = json.loads(out.with_name(out.name + ".json").read_text())
+    assert saved["n_pairs"] == summary["n_pairs"] and saved["args"]["patches"] == 2
+    assert saved["held_out"]["adv_detection_rate"]["n_repeats"] == 3
+    feats = np.random.default_rng(0).random((5, 6)).astype(np.float32)
+    np.testing.assert_allclose(
+        det.score(feats), det.pipeline.decision_function(feats) - det.threshold, rtol=1e-5
+    )

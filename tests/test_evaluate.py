@@ -1,0 +1,147 @@
+"""The evaluation report: metric definitions, report.json keys and counts, and the detector's edge."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fitguard.training import evaluate as E  # noqa: E402
+from fitguard.training.groups import GroupConfig  # noqa: E402
+
+
+def test_fpr_at_95_tpr_and_far_threshold():
+    clean = np.arange(100, dtype=float)  # scores 0..99
+    unfit = np.arange(50, 150, dtype=float)  # the loosest threshold keeping 95% of these is 55
+    assert E.fpr_at_tpr(clean, unfit) == pytest.approx(45 / 100)
+    thr = E.far_threshold(clean, 0.05)
+    assert np.mean(clean > thr) <= 0.05 and np.mean(clean >= thr) > 0.05 - 1e-9
+    assert E.fpr_at_tpr(clean, clean + 1000) == 0.0
+
+
+def test_risk_coverage_and_aurc():
+    conf = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([True, True, False, True])
+    cov, risk = E.risk_coverage(conf, correct)
+    np.testing.assert_allclose(cov, [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(risk, [0, 0, 1 / 3, 1 / 4])
+    assert E.aurc(conf, correct) == pytest.approx((0 + 0 + 1 / 3 + 1 / 4) / 4)
+    assert E.accuracy_at_coverage(conf, correct, 0.5) == 1.0
+    assert E.accuracy_at_coverage(conf, correct, 0.8) == pytest.approx(0.75)  # ceil(0.8 * 4) = 4 images
+    # A perfect ranking has the lowest AURC.
+    assert E.aurc(np.array([4, 3, 2, 1.0]), np.array([True, True, True, False])) < E.aurc(conf, correct)
+
+
+def test_base_scores_follow_pytorch_ood_definitions():
+    from fitguard.training.detector import GroupFeatures
+
+    logits = np.random.default_rng(0).normal(size=(4, 1000)).astype(np.float32)
+    feats = GroupFeatures(logits, np.array([0.1, 0.5, 0.7, 0.9], np.float32))
+    s = E.base_scores(feats)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(s["msp"], -p.max(1), rtol=1e-5)
+    m = logits.max(1)
+    np.testing.assert_allclose(s["energy"], -(m + np.log(np.exp(logits - m[:, None]).sum(1))), rtol=1e-5)
+    np.testing.assert_allclose(s["quality"], -feats.quality, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_report_on_tiny(tmp_path, monkeypatch):
+    from fitguard.models import QualityHead, build_backbone, save_head
+    from fitguard.training.detector import train_detector
+
+    torch.set_num_threads(2)
+    monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "cache"))
+    bb = build_backbone("tiny")
+    head = tmp_path / "head.pt"
+    torch.manual_seed(0)
+    save_head(head, QualityHead(bb.feature_dim, hidden=64), bb)
+    config = GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1, distort_sources=4, fool_gd_count=3,
+                         fool_gd_steps=2, fool_ev_count=3, fool_ev_generations=2)  # fmt: skip
+    det = tmp_path / "det.joblib"
+    train_detector("tiny", head, det, patches=1, repeats=3, config=config)
+    rep = E.evaluate("tiny", head, det, tmp_path / "report", patches=1, config=config)
+
+    out = tmp_path / "report"
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["n_images"] == rep["n_images"]
+    for name in saved["plots"]:
+        assert (out / name).stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "Table IV" in md and "Table V" in md and "kde_quality_wup.png" in md
+
+    n = saved["n_images"]
+    assert n["distorted"] == 4 * 4 * 5 and n["fool_gd"] == 3 and n["fool_ev"] == 3
+    assert n["adversarial"] == n["originals"]
+    res = saved["results"]
+    for m in E.METHODS:
+        for g in E.UNFIT_GROUPS:
+            e = res[m][g]
+            assert set(e) >= {"auroc", "fpr_at_95tpr", "far_0.05", "far_0.0857", "n_images", "n_clean"}
+            assert set(e["far_0.05"]) >= {"detection_rate", "threshold", "realized_far"}
+            assert e["auroc"]["n_repeats"] == 3
+            for rate, k in zip(e["far_0.05"]["detection_rate"]["per_repeat"], e["n_images"]["per_repeat"],
+                               strict=True):  # fmt: skip
+                assert rate * k == pytest.approx(round(rate * k))  # a share of counted images
+            assert all(r <= 0.05 + 1e-9 for r in e["far_0.05"]["realized_far"]["per_repeat"])
+    for g in ("fool_gd", "fool_ev"):
+        assert res["detector"][g]["n_images"]["per_repeat"] == [n[g]] * 3
+    op = res["operating_point"]
+    for g in E.UNFIT_GROUPS:
+        d = op["detector"][g]
+        for rate, k, hit in zip(d["detection_rate"]["per_repeat"], d["n_images"]["per_repeat"],
+                                d["n_detected"]["per_repeat"], strict=True):  # fmt: skip
+            assert rate == pytest.approx(hit / k)
+    for g in E.LABELLED_GROUPS:
+        d = op["baseline2"][g]
+        for acc, fit, ok in zip(d["accuracy_fit"]["per_repeat"], d["n_fit"]["per_repeat"],
+                                d["n_fit_correct"]["per_repeat"], strict=True):  # fmt: skip
+            if fit:
+                assert acc == pytest.approx(ok / fit)
+    # Test-half originals and adversarial images come in pairs; distorted ones are 20 per test original.
+    assert (
+        res["detector"]["adversarial"]["n_images"]["per_repeat"]
+        == res["detector"]["adversarial"]["n_clean"]["per_repeat"]
+    )
+    sel = res["selective"]
+    assert set(sel) >= {"n_images", "base_accuracy", *E.METHODS}
+    assert 0 <= sel["detector"]["aurc"]["mean"] <= 1
+    assert saved["kde_n_images"] == n["adversarial"] + n["distorted"]
+    assert saved["shipped_detector"]["fool_ev"]["n_images"] == 3
+
+
+def _quality_head(tmp_path: Path) -> Path:
+    """The build's head when there is one (make test), else a quick offline training run."""
+    build = os.environ.get("FITGUARD_BUILD")
+    if build and (Path(build) / "iqa_head.pt").exists():
+        return Path(build) / "iqa_head.pt"
+    from fitguard.training.iqa import train_iqa
+
+    out = tmp_path / "iqa_head.pt"
+    train_iqa(backbone="efficientnet_lite0", out=out, quick=True)
+    return out
+
+
+@pytest.mark.slow
+def test_detector_beats_quality_alone_on_held_out_pairs(tmp_path, monkeypatch):
+    """efficientnet_lite0 on the package photos: at the same clean false-alarm rate, the detector
+    (top-5 + quality) flags more of every unfit group than the quality threshold alone."""
+    from fitguard.training.detector import train_detector
+
+    torch.set_num_threads(2)
+    cache = os.environ.get("FITGUARD_CACHE") or str(tmp_path / "cache")
+    head = _quality_head(tmp_path)
+    det = tmp_path / "det.joblib"
+    train_detector("efficientnet_lite0", head, det, cache=cache)
+    rep = E.evaluate("efficientnet_lite0", head, det, tmp_path / "report", cache=cache, wordnet=False)
+    res = rep["results"]
+    for g in E.UNFIT_GROUPS:
+        d = res["detector"][g]["far_0.05"]["detection_rate"]["mean"]
+        q = res["quality"][g]["far_0.05"]["detection_rate"]["mean"]
+        assert d > q, f"{g}: detector {d:.3f} vs quality alone {q:.3f}"
