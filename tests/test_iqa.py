@@ -16,7 +16,7 @@ from fitguard.training.iqa_data import load_dataset, load_kadid10k, load_tid2013
 
 # Measured floors for the slow test (see docs/iqa.md); the target was SRCC >= 0.85.
 SRCC_FLOOR = 0.5
-PLCC_FLOOR = 0.5
+PLCC_FLOOR = 0.55
 
 
 def _small(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
