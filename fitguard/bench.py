@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -165,6 +166,7 @@ def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str,
         deadline_s=cfg.level_deadline,
         warmup=0,
     )
+    time.sleep(0.5)  # let the server fold the warm-up requests into its statistics first
     levels = []
     for c in cfg.concurrency:
         before = stats.normalise(load.server_statistics(cfg.protocol, url))

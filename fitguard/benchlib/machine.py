@@ -165,6 +165,7 @@ def gemm_peak(threads: int, size: int = 2048, repeats: int = 10, budget_s: float
         "gflops": {k: round(v, 1) for k, v in rates.items()},
         "peak_gflops": round(rates[best], 1),
         "peak_library": best,
+        "per_core_gflops": round(rates[best] / threads, 1),
     }
 
 
