@@ -124,7 +124,7 @@ def _quality_head(tmp_path: Path) -> Path:
     from fitguard.training.iqa import train_iqa
 
     out = tmp_path / "iqa_head.pt"
-    train_iqa(backbone="efficientnet_lite0", out=out, quick=True)
+    train_iqa(backbone="efficientnet_lite0", out=out, splits=1, progress=False)
     return out
 
 
