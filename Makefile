@@ -23,9 +23,9 @@ $(VENV)/.installed: pyproject.toml
 
 # WordNet 3.0 (offline Wu-Palmer similarity in the evaluation report) comes from Debian.
 system-deps:
-	@if ! dpkg -s wordnet-base >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null); \
-	  else echo "note: install Debian's wordnet-base for the WordNet plots (sudo apt-get install wordnet-base)"; fi; \
+	@if ! dpkg -s wordnet-base wordnet-sense-index >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base wordnet-sense-index >/dev/null); \
+	  else echo "note: install Debian's wordnet-base and wordnet-sense-index for the WordNet plots (sudo apt-get install wordnet-base)"; fi; \
 	fi
 
 # The offline build: quality head, detector, verified ONNX export, Triton repository.

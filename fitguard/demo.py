@@ -18,7 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build", default="build", help="build folder (made by `fitguard build` if missing)")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="backbone for a missing build")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    parser.add_argument("--images", nargs="*", default=None, help="your own image files instead of the samples")
+    parser.add_argument(
+        "--images", nargs="*", default=None, help="your own image files instead of the samples"
+    )
 
 
 def sample_images(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
@@ -31,7 +33,9 @@ def sample_images(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
     for name, rgb in package_photos(names).items():
         images.append((name, encode_image(rgb)))
         for kind, level in DEGRADATIONS:
-            images.append((f"{name} + {kind.replace('_', ' ')} {level}", encode_image(distort(rgb, kind, level))))
+            images.append(
+                (f"{name} + {kind.replace('_', ' ')} {level}", encode_image(distort(rgb, kind, level)))
+            )
     return images
 
 
@@ -44,10 +48,7 @@ def run(args: argparse.Namespace) -> int:
         from fitguard.build import build
 
         build(Path(args.build), backbone=args.backbone)
-    if args.images:
-        images = [(Path(p).name, Path(p).read_bytes()) for p in args.images]
-    else:
-        images = sample_images()
+    images = [(Path(p).name, Path(p).read_bytes()) for p in args.images] if args.images else sample_images()
 
     with EmbeddedServer(repository, http_port=0, grpc_port=0, metrics_port=0) as server:
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
@@ -58,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'image':<{width}}  {'label':<22} {'conf':>5}  {'quality':>7}  verdict")
     failed = 0
     for (name, _), v in zip(images, results, strict=True):
-        if isinstance(v, Exception):
+        if not v.ok:
             failed += 1
-            print(f"{name:<{width}}  error: {v}")
+            print(f"{name:<{width}}  error: {v.reason}")
             continue
         verdict = "fit" if v.fit else "UNFIT"
         print(f"{name:<{width}}  {v.label[:22]:<22} {v.confidence:>5.2f}  {v.quality:>7.3f}  {verdict}")
@@ -68,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(argparse.Namespace(build="build", backbone="efficientnet_lite0", protocol="grpc", images=None)))
+    sys.exit(
+        run(argparse.Namespace(build="build", backbone="efficientnet_lite0", protocol="grpc", images=None))
+    )

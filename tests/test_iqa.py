@@ -14,10 +14,6 @@ from fitguard.training.distortions import distort
 from fitguard.training.iqa import correlations, reference_splits, score_to_bins
 from fitguard.training.iqa_data import load_dataset, load_kadid10k, load_tid2013, photo_views, vsi_to_score
 
-# Measured floors for the slow test (see docs/iqa.md); the issue's target was SRCC >= 0.85.
-SRCC_FLOOR = 0.5
-PLCC_FLOOR = 0.55
-
 
 def _small(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {n: photos[n][:96, :128] for n in ("chelsea", "coffee", "rocket")}
@@ -289,31 +285,3 @@ def test_cli_kadid_and_synthetic_tiny(
     assert main(argv) == 0
     metrics = _check_outputs(out, "tiny", "synthetic", 3 * 2 * 13, 2)
     assert metrics["references"] == 3
-
-
-@pytest.mark.slow
-def test_synthetic_target_efficientnet_lite0(tmp_path: Path) -> None:
-    """The offline build's training: package photos, efficientnet_lite0, held-out photos per split.
-
-    Deterministic for the seed. The floor asserted is what this design reaches (docs/iqa.md, "Measured");
-    the issue's 0.85 is not reached with final-layer pooled features.
-    """
-    import os
-
-    import torch
-
-    from fitguard.training.iqa import train_iqa
-
-    torch.set_num_threads(2)
-    cache = os.environ.get("FITGUARD_CACHE")
-    out = tmp_path / "iqa_head.pt"
-    metrics = train_iqa(
-        backbone="efficientnet_lite0", dataset="synthetic", out=out, splits=10, seed=0,
-        cache_dir=Path(cache) / "features" if cache else tmp_path / "cache", progress=False,
-    )  # fmt: skip
-    print(
-        f"synthetic, efficientnet_lite0: mean SRCC {metrics['srcc_mean']:.4f}, PLCC {metrics['plcc_mean']:.4f}"
-    )
-    _check_outputs(out, "efficientnet_lite0", "synthetic", 10 * 24 * 13, 10)
-    assert metrics["srcc_mean"] >= SRCC_FLOOR
-    assert metrics["plcc_mean"] >= PLCC_FLOOR
