@@ -47,9 +47,10 @@ from fitguard.training.groups import GROUPS, GroupConfig, ImageGroup, build_grou
 
 log = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("detector", "svm_top5", "quality", "msp", "energy")
+METHODS: tuple[str, ...] = ("detector", "detector_all", "svm_top5", "quality", "msp", "energy")
 METHOD_NAMES = {
     "detector": "detector (top-5 + quality SVM)",
+    "detector_all": "detector trained on every unfit group",
     "svm_top5": "SVM on top-5 alone",
     "quality": "quality threshold alone",
     "msp": "max softmax probability",
@@ -121,13 +122,43 @@ def _stat(values: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
-def test_rows(name: str, group: ImageGroup, gid: np.ndarray, test_ids: np.ndarray) -> np.ndarray:
-    """Rows of ``group`` in a repeat's test half: derived from test-half originals, or all fooling images."""
+def test_rows(
+    name: str, group: ImageGroup, gid: np.ndarray, test_ids: np.ndarray, fool_test: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows of ``group`` in a repeat's test half: derived from test-half originals; for fooling images the
+    ``fool_test`` mask (the half the all-groups detector did not train on), else all of them."""
     if name in ("originals", "adversarial"):
         return np.flatnonzero(np.isin(gid, test_ids))
     if name == "distorted":
         return np.flatnonzero(np.isin(gid[group.pairs], test_ids))
-    return np.arange(len(group))
+    return np.arange(len(group)) if fool_test is None else np.flatnonzero(fool_test)
+
+
+def fit_all_groups(
+    groups: dict[str, ImageGroup],
+    x: dict[str, np.ndarray],
+    gid: np.ndarray,
+    train_ids: np.ndarray,
+    fool_test: dict[str, np.ndarray],
+    target_far: float | None,
+) -> Any:
+    """A detector trained on the train half of every unfit group (label 0) against train-half originals."""
+    from fitguard.detector import FIT_LABEL, UNFIT_LABEL
+    from fitguard.training.detector import fit_detector
+
+    xs, ys, gs = [], [], []
+    for g in ["originals", *[u for u in UNFIT_GROUPS if u in groups]]:
+        if g in fool_test:
+            rows = np.flatnonzero(~fool_test[g])
+            ids = -1_000_000 - rows  # each fooling image is its own split group
+        else:
+            src = gid if g in ("originals", "adversarial") else gid[groups[g].pairs]
+            rows = np.flatnonzero(np.isin(src, train_ids))
+            ids = src[rows]
+        xs.append(x[g][rows])
+        ys.append(np.full(len(rows), FIT_LABEL if g == "originals" else UNFIT_LABEL))
+        gs.append(ids)
+    return fit_detector(np.concatenate(xs), np.concatenate(ys), np.concatenate(gs), target_far)
 
 
 def evaluate_scores(
@@ -162,21 +193,27 @@ def evaluate_scores(
     curves: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
     grid = np.linspace(0.01, 1.0, 100)
     roc_example: dict[str, Any] = {}
+    rng = np.random.default_rng(seed)
     for r in tqdm(range(repeats), desc="evaluate repeats", leave=False):
         det, det5 = full[r]["detector"], top5[r]["detector"]
         test_ids = full[r]["test_ids"]
-        rows = {g: test_rows(g, groups[g], gid, test_ids) for g in ["originals", *present]}
+        fool_test = {g: rng.permutation(len(groups[g])) < len(groups[g]) // 2
+                     for g in present if g.startswith("fool")}  # fmt: skip
+        det_all = fit_all_groups(groups, x, gid, full[r]["train_ids"], fool_test, target_far)
+        rows = {g: test_rows(g, groups[g], gid, test_ids, fool_test.get(g)) for g in ["originals", *present]}
         scores: dict[str, dict[str, np.ndarray]] = {}
         fit_op: dict[str, dict[str, np.ndarray]] = {}
         for g in ["originals", *present]:
             xs = x[g][rows[g]]
             scores[g] = {
                 "detector": -det.pipeline.decision_function(xs),
+                "detector_all": -det_all.pipeline.decision_function(xs),
                 "svm_top5": -det5.pipeline.decision_function(xs[:, TOP5]),
                 **{m: s[rows[g]] for m, s in base[g].items()},
             }
             fit_op[g] = {
                 "detector": det.fit_verdict(xs),
+                "detector_all": det_all.fit_verdict(xs),
                 "svm_top5": det5.fit_verdict(xs[:, TOP5]),
                 "baseline2": feats[g].quality[rows[g]] >= QUALITY_THRESHOLD,
             }
@@ -224,12 +261,13 @@ def evaluate_scores(
             if ok is not None:
                 add(("baseline1", g, "accuracy"), float(ok.mean()))
                 add(("baseline1", g, "n_images"), n)
-        for op in ("detector", "svm_top5", "baseline2"):
+        for op in ("detector", "detector_all", "svm_top5", "baseline2"):
             f = fit_op["originals"][op]
             add(("operating_point", op, "originals", "clean_pass_rate"), float(f.mean()))
             add(("operating_point", op, "originals", "n_images"), n_clean)
         add(("operating_point", "detector", "threshold"), det.threshold)
         add(("operating_point", "svm_top5", "threshold"), det5.threshold)
+        add(("operating_point", "detector_all", "threshold"), det_all.threshold)
         # Selective classification on clean + distorted test images.
         if "distorted" in present:
             ok_mix = np.concatenate(
@@ -386,18 +424,17 @@ def _n(s: dict[str, Any] | None) -> str:
     return "-" if not s else f"{s['mean']:.0f}"
 
 
-def comparisons(res: dict[str, Any], far: float = 0.05) -> dict[str, Any]:
-    """Detector vs each other method per group at the fixed false-alarm rate (mean detection rates)."""
+def comparisons(res: dict[str, Any], far: float = 0.05, base: str = "detector") -> dict[str, Any]:
+    """``base`` vs each other method per group at the fixed false-alarm rate (mean detection rates)."""
     key = f"far_{far:g}"
     out: dict[str, Any] = {}
-    for m in METHODS[1:]:
+    for m in METHODS:
+        if m == base:
+            continue
         rows = {}
         for g in UNFIT_GROUPS:
-            if g in res["detector"]:
-                d, o = (
-                    res["detector"][g][key]["detection_rate"]["mean"],
-                    res[m][g][key]["detection_rate"]["mean"],
-                )
+            if g in res[base]:
+                d, o = res[base][g][key]["detection_rate"]["mean"], res[m][g][key]["detection_rate"]["mean"]
                 rows[g] = {"detector": d, m: o, "detector_wins": bool(d > o), "tie": bool(d == o)}
         out[m] = rows
     return out
@@ -472,14 +509,18 @@ def write_markdown(path: Path, rep: dict[str, Any], plots: list[str]) -> None:
             e = sel[m]
             L.append(f"| {METHOD_NAMES[m]} | {_num(e['aurc'])} | {_pct(e['accuracy_at_0.8'])} | "
                      f"{_pct(e['accuracy_at_0.9'])} | {_pct(e['accuracy_at_0.95'])} |")  # fmt: skip
-    L += ["", "## Detector vs the other methods at 5% clean false alarms", ""]
-    for m, rows in rep["comparisons"].items():
-        wins = [g for g, r in rows.items() if r["detector_wins"]]
-        losses = [g for g, r in rows.items() if not r["detector_wins"] and not r["tie"]]
-        ties = [g for g, r in rows.items() if r["tie"]]
-        L.append(f"- vs {METHOD_NAMES[m]}: better on {', '.join(wins) or 'none'}"
-                 + (f"; worse on {', '.join(losses)}" if losses else "")
-                 + (f"; equal on {', '.join(ties)}" if ties else "") + ".")  # fmt: skip
+    for title, key in (
+        ("Detector", "comparisons"),
+        ("Detector trained on every unfit group", "comparisons_all"),
+    ):
+        L += ["", f"## {title} vs the other methods at 5% clean false alarms", ""]
+        for m, rows in rep[key].items():
+            wins = [g for g, r in rows.items() if r["detector_wins"]]
+            losses = [g for g, r in rows.items() if not r["detector_wins"] and not r["tie"]]
+            ties = [g for g, r in rows.items() if r["tie"]]
+            L.append(f"- vs {METHOD_NAMES[m]}: better on {', '.join(wins) or 'none'}"
+                     + (f"; worse on {', '.join(losses)}" if losses else "")
+                     + (f"; equal on {', '.join(ties)}" if ties else "") + ".")  # fmt: skip
     sd = rep.get("shipped_detector")
     if sd:
         L += [
@@ -583,7 +624,7 @@ def evaluate(
         if g in groups:
             fit = det.fit_verdict(feats[g].features)
             shipped[g] = {"detection_rate": float(np.mean(~fit)), "n_images": len(fit),
-                          "in_training_data": g in ("originals", "adversarial")}  # fmt: skip
+                          "in_training_data": g == "originals" or g in det.meta.get("unfit_groups", ["adversarial"])}  # fmt: skip
     out_dir = Path(report)
     out_dir.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -606,6 +647,7 @@ def evaluate(
         "results": res,
         "comparisons": comparisons(res, 0.05),
         "comparisons_8.57": comparisons(res, 0.0857),
+        "comparisons_all": comparisons(res, 0.05, "detector_all"),
         "shipped_detector": shipped,
         "kde": kde,
         "kde_n_images": 0 if not kde else sum(len(v["wup"]) for v in kde.values()),
