@@ -411,6 +411,8 @@ def train_detector(
     )
     gid = split_groups(originals, split_by)
     x, y, g = training_rows(feats["originals"], feats["adversarial"], gid)
+    if "adversarial" not in unfit_groups:  # originals alone as the fit class
+        x, y, g = x[y == FIT_LABEL], y[y == FIT_LABEL], g[y == FIT_LABEL]
     mixed_held_out = None
     if extra:
         x, y, g = _with_extra_unfit(x, y, g, [(groups[n], feats[n]) for n in extra], split_by)
