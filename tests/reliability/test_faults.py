@@ -34,7 +34,6 @@ RETRY_DEADLINE_S = 2.0  # total retrying per request
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_server_killed_mid_load_then_restarted(tiny_repository, good_payloads, reference_answers, protocol):
     from fitguard.client import FitClient, ServerUnavailable, Timeout
-
     from fitguard.serve import EmbeddedServer
 
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
