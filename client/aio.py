@@ -22,6 +22,7 @@ from .transport import (
     Protocol_,
     _model_version,
     config_from_grpc,
+    grpc_channel_args,
     image_tensor,
     map_error,
     metadata_from_grpc,
@@ -66,6 +67,7 @@ class AsyncGrpcTransport(_AsyncBase):
             root_certificates=conn.root_certificates,
             private_key=conn.private_key,
             certificate_chain=conn.certificate_chain,
+            channel_args=grpc_channel_args(),
         )
         self._kw: dict[str, Any] = {"headers": dict(conn.headers) or None, "client_timeout": conn.timeout}
 
