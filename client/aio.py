@@ -22,7 +22,7 @@ from .transport import (
     Protocol_,
     _model_version,
     config_from_grpc,
-    grpc_channel_args,
+    grpc_client_options,
     image_tensor,
     map_error,
     metadata_from_grpc,
@@ -61,14 +61,7 @@ class AsyncGrpcTransport(_AsyncBase):
 
         self._grpc = grpcclient
         self.conn = conn
-        self._client = grpcclient.InferenceServerClient(
-            conn.url,
-            ssl=conn.ssl,
-            root_certificates=conn.root_certificates,
-            private_key=conn.private_key,
-            certificate_chain=conn.certificate_chain,
-            channel_args=grpc_channel_args(),
-        )
+        self._client = grpcclient.InferenceServerClient(conn.url, **grpc_client_options(conn))
         self._kw: dict[str, Any] = {"headers": dict(conn.headers) or None, "client_timeout": conn.timeout}
 
     async def model_ready(self, model: str) -> bool:

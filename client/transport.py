@@ -182,6 +182,17 @@ def grpc_channel_args() -> list[tuple[str, int]]:
     ]
 
 
+def grpc_client_options(conn: Connection) -> dict[str, Any]:
+    """Keyword arguments of tritonclient's gRPC clients (sync and asyncio take the same)."""
+    return {
+        "ssl": conn.ssl,
+        "root_certificates": conn.root_certificates,
+        "private_key": conn.private_key,
+        "certificate_chain": conn.certificate_chain,
+        "channel_args": grpc_channel_args(),
+    }
+
+
 class GrpcTransport:
     """Synchronous gRPC transport (one channel, shared by all threads: tritonclient's is thread-safe)."""
 
@@ -193,14 +204,7 @@ class GrpcTransport:
         self._grpc = grpcclient
         self.conn = conn
         try:
-            self._client = grpcclient.InferenceServerClient(
-                conn.url,
-                ssl=conn.ssl,
-                root_certificates=conn.root_certificates,
-                private_key=conn.private_key,
-                certificate_chain=conn.certificate_chain,
-                channel_args=grpc_channel_args(),
-            )
+            self._client = grpcclient.InferenceServerClient(conn.url, **grpc_client_options(conn))
         except Exception as exc:
             raise map_error(exc, conn, "connect") from exc
         self._headers = dict(conn.headers) or None
