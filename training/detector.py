@@ -311,6 +311,7 @@ def _mixed_held_out(
     gid: np.ndarray,
     seed: int,
     target_far: float | None,
+    split_by: str,
 ) -> dict[str, Any]:
     """One 50% split by split id: the mixed detector held out, beside quality alone and max softmax.
 
@@ -322,7 +323,7 @@ def _mixed_held_out(
     train = np.isin(g, train_ids)
     det = fit_detector(x[train], y[train], g[train], target_far)
     names = ["originals", "adversarial", *extra]
-    ids = {"originals": gid, "adversarial": gid, **{n: _extra_ids(groups[n], "photo") for n in extra}}
+    ids = {"originals": gid, "adversarial": gid, **{n: _extra_ids(groups[n], split_by) for n in extra}}
     scores: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         f = feats[name].features[~np.isin(ids[name], train_ids)]
@@ -398,13 +399,10 @@ def train_detector(
     config = config or GroupConfig(seed=seed)
     cache_dir = Path(cache) if cache is not None else default_cache_dir()
     models = load_models(backbone, head, weights)
-    groups, feats = prepare_training_data(models, images, config, patches, cache_dir)
-    originals, adversarial = groups["originals"], groups["adversarial"]
     extra = [n for n in unfit_groups if n != "adversarial"]
-    if extra:
-        more, more_feats = prepare_training_data(models, images, config, patches, cache_dir, tuple(extra))
-        groups.update(more)
-        feats.update(more_feats)
+    names = ("originals", "adversarial", *extra)  # one pass: the extra groups derive from the same originals
+    groups, feats = prepare_training_data(models, images, config, patches, cache_dir, names)
+    originals, adversarial = groups["originals"], groups["adversarial"]
     t_data = time.perf_counter() - t0
     runs = run_protocol(
         originals, feats["originals"], feats["adversarial"], repeats, seed, split_by, target_far
@@ -416,7 +414,7 @@ def train_detector(
     mixed_held_out = None
     if extra:
         x, y, g = _with_extra_unfit(x, y, g, [(groups[n], feats[n]) for n in extra], split_by)
-        mixed_held_out = _mixed_held_out(x, y, g, groups, feats, extra, gid, seed, target_far)
+        mixed_held_out = _mixed_held_out(x, y, g, groups, feats, extra, gid, seed, target_far, split_by)
     det = fit_detector(x, y, g, target_far)
     held_out = {k: summarize([r[k] for r in runs])
                 for k in ("adv_detection_rate", "clean_pass_rate", "adv_accuracy_fit", "auroc")}  # fmt: skip
