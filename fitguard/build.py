@@ -106,7 +106,10 @@ def build(
         record_path.write_text(json.dumps(record, indent=2, default=str))
         print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
 
-    iqa_args = {**common, "splits": splits}
+    from fitguard.models import QUALITY_FEATURES
+    from fitguard.training.iqa_data import SYNTHETIC_VIEWS
+
+    iqa_args = {**common, "splits": splits, "features": QUALITY_FEATURES, "views": SYNTHETIC_VIEWS}
     step(
         "iqa",
         head,

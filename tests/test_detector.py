@@ -33,7 +33,7 @@ def tiny():
 def tiny_head(tmp_path_factory, tiny):
     path = tmp_path_factory.mktemp("head") / "head.pt"
     torch.manual_seed(0)
-    save_head(path, QualityHead(tiny.feature_dim, hidden=64), tiny)
+    save_head(path, QualityHead(tiny.quality_dim, hidden=64), tiny)
     return path
 
 

@@ -59,7 +59,7 @@ def test_report_on_tiny(tmp_path, monkeypatch):
     bb = build_backbone("tiny")
     head = tmp_path / "head.pt"
     torch.manual_seed(0)
-    save_head(head, QualityHead(bb.feature_dim, hidden=64), bb)
+    save_head(head, QualityHead(bb.quality_dim, hidden=64), bb)
     config = GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1, distort_sources=4, fool_gd_count=3,
                          fool_gd_steps=2, fool_ev_count=3, fool_ev_generations=2)  # fmt: skip
     det = tmp_path / "det.joblib"

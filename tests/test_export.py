@@ -45,7 +45,7 @@ def _inputs(
     """A seeded random quality head for ``backbone`` and a synthetic detector, as files."""
     net = build_backbone(backbone, weights)
     torch.manual_seed(seed)
-    save_head(tmp_path / "head.pt", QualityHead(net.feature_dim), net)
+    save_head(tmp_path / "head.pt", QualityHead(net.quality_dim), net)
     save_detector(tmp_path / "detector.joblib", synthetic_detector(seed, threshold=0.05))
     return tmp_path / "head.pt", tmp_path / "detector.joblib"
 
@@ -252,16 +252,16 @@ def test_mismatched_head_is_refused_and_nothing_written(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lite = build_backbone("efficientnet_lite0", "random")
-    save_head(tmp_path / "lite_head.pt", QualityHead(lite.feature_dim, hidden=16), lite)
+    save_head(tmp_path / "lite_head.pt", QualityHead(lite.quality_dim, hidden=16), lite)
     save_detector(tmp_path / "detector.joblib", synthetic_detector())
     out = tmp_path / "repo"
-    with pytest.raises(BadHeadError, match="1280-d.*'tiny' gives 32-d"):
+    with pytest.raises(BadHeadError, match="6176-d.*'tiny' gives 96-d"):
         export_repository(
             out, backbone="tiny", head=tmp_path / "lite_head.pt", detector=tmp_path / "detector.joblib"
         )
     argv = ["export", "--backbone", "tiny", "--iqa-head", str(tmp_path / "lite_head.pt")]
     assert main([*argv, "--detector", str(tmp_path / "detector.joblib"), "--out", str(out)]) == 1
-    assert "1280-d" in capsys.readouterr().err
+    assert "6176-d" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["detector.joblib", "lite_head.pt"]
 
 

@@ -151,7 +151,7 @@ def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     net = build_backbone("tiny")
     imgs = [photos["coffee"], photos["chelsea"][:224, :224]]
     feats, unique = patch_features(imgs, net, 4, tmp_path, progress=False)
-    assert feats.shape == (2, 4, 32) and feats.dtype == np.float32
+    assert feats.shape == (2, 4, net.quality_dim) and feats.dtype == np.float32
     assert unique[0].all() and unique[1].tolist() == [True, False, False, False]  # one 224 image, one patch
     files = sorted((tmp_path / backbone_key(net)).rglob("*.npy"))
     assert len(files) == 5
@@ -159,17 +159,19 @@ def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     from fitguard.preprocess import iqa_patches
 
     key = patch_key(iqa_patches(imgs[0], 4)[0])
-    FeatureCache(tmp_path, net).put(key, np.full(32, 7.0, np.float32))
+    FeatureCache(tmp_path, net).put(key, np.full(net.quality_dim, 7.0, np.float32))
     again, _ = patch_features(imgs, net, 4, tmp_path, progress=False)
     assert (again[0, 0] == 7.0).all()
     np.testing.assert_array_equal(again[0, 1:], feats[0, 1:])
-    # Features equal the backbone's own on UInt8Normalize'd patches (what the exported graph computes).
+    # Features equal the backbone's quality features of UInt8Normalize'd patches (what the exported graph
+    # computes).
     import torch
 
     from fitguard.models import UInt8Normalize
 
     with torch.inference_mode():
-        ref = net.features(UInt8Normalize(net.preset)(torch.from_numpy(iqa_patches(imgs[0], 4)))).numpy()
+        x = UInt8Normalize(net.preset)(torch.from_numpy(iqa_patches(imgs[0], 4)))
+        ref = net.quality_features(x).numpy()
     np.testing.assert_allclose(feats[0], ref, rtol=1e-4, atol=1e-5)
     # Other weights, other namespace.
     ckpt = tmp_path / "tiny.pt"

@@ -12,6 +12,7 @@ from fitguard.models import (  # noqa: E402
     Classifier,
     QualityHead,
     QualityModel,
+    UInt8Normalize,
     WeightsUnavailableError,
     backbone_names,
     build_backbone,
@@ -37,7 +38,7 @@ def test_expected_quality_bounds():
 
 def test_quality_model_averages_patches():
     bb = build_backbone("tiny")
-    model = QualityModel(bb, QualityHead(bb.feature_dim, hidden=64)).eval()
+    model = QualityModel(bb, QualityHead(bb.quality_dim, hidden=64)).eval()
     patches = torch.randint(0, 256, (3, 2, 3, 224, 224), dtype=torch.uint8)
     with torch.no_grad():
         q = model(patches)
@@ -72,7 +73,7 @@ def test_resnet152_random_graph():
 
 def test_head_file_roundtrip_and_refusals(tmp_path):
     bb = build_backbone("tiny")
-    head = QualityHead(bb.feature_dim, hidden=16)
+    head = QualityHead(bb.quality_dim, hidden=16)
     path = tmp_path / "head.pt"
     save_head(path, head, bb, {"srcc_mean": 0.9})
     loaded, info = load_head(path, bb)
@@ -81,7 +82,7 @@ def test_head_file_roundtrip_and_refusals(tmp_path):
         assert torch.equal(a, b)
 
     other = build_backbone("efficientnet_lite0", weights=None)
-    with pytest.raises(BadHeadError, match="1280-d"):
+    with pytest.raises(BadHeadError, match="6176-d"):
         load_head(path, other)
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(np.random.default_rng(0).bytes(1000))
@@ -89,3 +90,21 @@ def test_head_file_roundtrip_and_refusals(tmp_path):
         load_head(bad, bb)
     with pytest.raises(BadHeadError, match="features but backbone"):
         QualityModel(other, head)
+
+
+def test_quality_features_pool_every_level(photos):
+    """Mean and std of every level's channels; the deepest level's mean is the classifier's feature."""
+    bb = build_backbone("efficientnet_lite0")
+    norm = UInt8Normalize(bb.preset)
+    clean = photos["chelsea"][:224, :224]
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 40, clean.shape), 0, 255).astype(np.uint8)
+    x = norm(torch.from_numpy(np.stack([clean, noisy]).transpose(0, 3, 1, 2).copy()))
+    with torch.no_grad():
+        q = bb.quality_features(x)
+        pooled = bb.features(x)
+    assert q.shape == (2, bb.quality_dim) == (2, 2 * sum(bb.level_channels))
+    last = bb.level_channels[-1]
+    torch.testing.assert_close(q[:, -2 * last : -last], pooled, atol=1e-5, rtol=1e-5)
+    # Noise shows in the spread of shallow activations: the first block's std rises.
+    first = bb.level_channels[0]
+    assert q[1, first : 2 * first].mean() > 1.2 * q[0, first : 2 * first].mean()

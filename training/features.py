@@ -1,9 +1,10 @@
-"""Backbone features of IQA patches, computed once and cached on disk.
+"""Backbone quality features of IQA patches, computed once and cached on disk.
 
 The frozen backbone is by far the most expensive part of training the quality head, and the same
-patches come back for every split, seed and rerun. Each patch's pooled feature vector is stored under
+patches come back for every split, seed and rerun. Each patch's feature vector
+(:meth:`fitguard.models.Backbone.quality_features`) is stored under
 
-    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset)>/<sha256(patch pixels)[:2]>/<sha256>.npy
+    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch pixels)[:2]>/<sha256>.npy
 
 The patch hash fixes the image content and the patch position in it, so a changed image, patch count or
 weights file never reads stale features, and identical patches (a view exactly one patch large) are
@@ -38,8 +39,15 @@ def default_cache_dir() -> Path:
 
 def backbone_key(backbone: Backbone) -> str:
     """Names the cache namespace: anything that changes features changes this key."""
+    from fitguard.models import QUALITY_FEATURES
+
     ident = json.dumps(
-        {"backbone": backbone.name, "weights_id": backbone.weights_id, "preset": backbone.preset.to_dict()},
+        {
+            "backbone": backbone.name,
+            "weights_id": backbone.weights_id,
+            "preset": backbone.preset.to_dict(),
+            "features": QUALITY_FEATURES,
+        },
         sort_keys=True,
     )
     return f"{backbone.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
@@ -58,15 +66,18 @@ class FeatureCache:
     def __init__(self, root: str | Path, backbone: Backbone) -> None:
         self.dir = Path(root) / backbone_key(backbone)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.feature_dim = backbone.feature_dim
+        self.feature_dim = backbone.quality_dim
         meta = self.dir / "backbone.json"
         if not meta.exists():
+            from fitguard.models import QUALITY_FEATURES
+
             meta.write_text(
                 json.dumps(
                     {
                         "backbone": backbone.name,
                         "weights_id": backbone.weights_id,
                         "preset": backbone.preset.to_dict(),
+                        "features": QUALITY_FEATURES,
                     },
                     indent=2,
                 )
@@ -149,7 +160,7 @@ def patch_features(
             x = normalize(x)
             if dev.type == "cpu":
                 x = x.contiguous(memory_format=torch.channels_last)
-            feats = net.features(x).float().cpu().numpy()
+            feats = net.quality_features(x).float().cpu().numpy()
         for (key, _), vec in zip(batch, feats, strict=True):
             cache.put(key, vec)
             for i, j in pending.pop(key):
@@ -162,7 +173,7 @@ def patch_features(
     for i, image in enumerate(bar):
         rgb = image() if callable(image) else image
         cut = iqa_patches(rgb, patches)
-        rows.append(np.empty((patches, backbone.feature_dim), dtype=np.float32))
+        rows.append(np.empty((patches, backbone.quality_dim), dtype=np.float32))
         seen: set[str] = set()
         mask = np.ones(patches, dtype=bool)
         for j, patch in enumerate(cut):
@@ -184,5 +195,5 @@ def patch_features(
     flush()
     bar.close()
     if not rows:
-        return np.zeros((0, patches, backbone.feature_dim), np.float32), np.zeros((0, patches), bool)
+        return np.zeros((0, patches, backbone.quality_dim), np.float32), np.zeros((0, patches), bool)
     return np.stack(rows), np.stack(uniq)

@@ -162,7 +162,7 @@ def load_kadid10k(root: str | Path) -> list[IQAItem]:
 # also makes the most learnable labels (held-out SRCC of a ridge probe: VSI 0.59, HaarPSI 0.51, MDSI 0.44):
 # MDSI saturates for strong noise, so its levels 3..5 barely differ.
 SYNTHETIC_METRIC = "vsi"
-SYNTHETIC_VIEWS = 24
+SYNTHETIC_VIEWS = 48
 SYNTHETIC_PER_VIEW = 12
 # VSI of distorted views spans about [0.6, 1] (1 % quantile 0.61, median 0.95); the fixed map below spreads
 # it over [0, 1] the same way for every photo set, putting the median near TID2013's median MOS / 7.
