@@ -62,8 +62,8 @@ def test_build_record_and_iqa_metrics(build_dir: Path) -> None:
     assert set(record["steps"]) == {"iqa", "detector", "export"}
     metrics = json.loads((build_dir / "iqa_head.pt.metrics.json").read_text())
     assert metrics["backbone"] == "efficientnet_lite0" and len(metrics["splits"]) == 10
-    # Held-out photos; the floor is the measured level of this design (docs/iqa.md), issue 6 asks 0.85.
-    assert metrics["srcc_mean"] >= 0.5
+    # Held-out photos; the floor is just under the measured 0.748 (seeded; docs/iqa.md), issue 6 asks 0.85.
+    assert metrics["srcc_mean"] >= 0.7
 
 
 def test_clean_cat_is_a_fit_cat(served) -> None:
@@ -74,19 +74,27 @@ def test_clean_cat_is_a_fit_cat(served) -> None:
     assert v.fit, v
 
 
-def test_heavily_degraded_photos_are_refused_clean_ones_pass(served, degraded) -> None:
-    """Heavy blur, noise and JPEG on every sample photo: the guard refuses at least half, and no clean one.
+def test_heavily_blurred_or_noisy_cat_is_unfit(served) -> None:
+    from skimage import data
 
-    The stronger check, every heavily degraded photo unfit, does not hold yet with the offline build: the
-    cat's degraded versions still pass (docs/evaluation.md).
-    """
+    from fitguard.training.distortions import distort
+
+    chelsea = data.chelsea()
+    for kind in ("gaussian_blur", "white_noise"):
+        for level in (4, 5):
+            v = served.classify(encode_image(distort(chelsea, kind, level)))
+            assert not v.fit, (kind, level, v)
+
+
+def test_heavily_degraded_photos_are_refused_clean_ones_pass(served, degraded) -> None:
+    """Heavy blur, noise and JPEG on every sample photo: the guard refuses every one, and no clean one."""
     names = [n for n in degraded if "/" in n]
     clean = [n for n in degraded if "/" not in n]
     got = served.classify_many([degraded[n] for n in names + clean])
     refused = {n: not v.fit for n, v in zip(names + clean, got, strict=True)}
     print({n: "UNFIT" if r else "fit" for n, r in refused.items()})
     assert not any(refused[n] for n in clean)
-    assert sum(refused[n] for n in names) >= len(names) / 2
+    assert all(refused[n] for n in names)
 
 
 def test_served_equals_reference_pipeline(served, build_dir: Path, degraded) -> None:
