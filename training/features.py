@@ -37,19 +37,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "features"
 
 
-def backbone_key(backbone: Backbone) -> str:
-    """Names the cache namespace: anything that changes features changes this key."""
+def _identity(backbone: Backbone) -> dict[str, object]:
+    """Everything that changes a patch's features."""
     from fitguard.models import QUALITY_FEATURES
 
-    ident = json.dumps(
-        {
-            "backbone": backbone.name,
-            "weights_id": backbone.weights_id,
-            "preset": backbone.preset.to_dict(),
-            "features": QUALITY_FEATURES,
-        },
-        sort_keys=True,
-    )
+    return {
+        "backbone": backbone.name,
+        "weights_id": backbone.weights_id,
+        "preset": backbone.preset.to_dict(),
+        "features": QUALITY_FEATURES,
+    }
+
+
+def backbone_key(backbone: Backbone) -> str:
+    """Names the cache namespace: anything that changes features changes this key."""
+    ident = json.dumps(_identity(backbone), sort_keys=True)
     return f"{backbone.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
@@ -69,19 +71,7 @@ class FeatureCache:
         self.feature_dim = backbone.quality_dim
         meta = self.dir / "backbone.json"
         if not meta.exists():
-            from fitguard.models import QUALITY_FEATURES
-
-            meta.write_text(
-                json.dumps(
-                    {
-                        "backbone": backbone.name,
-                        "weights_id": backbone.weights_id,
-                        "preset": backbone.preset.to_dict(),
-                        "features": QUALITY_FEATURES,
-                    },
-                    indent=2,
-                )
-            )
+            meta.write_text(json.dumps(_identity(backbone), indent=2))
 
     def _path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.npy"
