@@ -111,13 +111,24 @@ class QualityHead(nn.Module):
 
     Input features are first standardised with the training set's statistics (``shift``/``scale``,
     set by training and saved with the head): levels differ in scale by orders of magnitude.
+    ``input_dropout`` drops standardised features while training: with few training scenes it keeps the
+    head from keying on the handful of features that identify a scene (docs/iqa.md). Like the other
+    dropouts it is the identity in eval mode, so exported graphs do not contain it.
     """
 
-    def __init__(self, feature_dim: int, hidden: int = 2048, bins: int = QUALITY_BINS, dropout: float = 0.5):
+    def __init__(
+        self,
+        feature_dim: int,
+        hidden: int = 2048,
+        bins: int = QUALITY_BINS,
+        dropout: float = 0.5,
+        input_dropout: float = 0.0,
+    ):
         super().__init__()
         self.feature_dim, self.hidden, self.bins = feature_dim, hidden, bins
         self.register_buffer("shift", torch.zeros(feature_dim))
         self.register_buffer("scale", torch.ones(feature_dim))
+        self.input_dropout = nn.Dropout(input_dropout)
         self.net = nn.Sequential(
             nn.Linear(feature_dim, hidden),
             nn.ReLU(inplace=True),
@@ -135,7 +146,7 @@ class QualityHead(nn.Module):
         self.scale.copy_(1.0 / std.clamp_min(1e-6))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.shift) * self.scale)
+        return self.net(self.input_dropout((features - self.shift) * self.scale))
 
 
 def expected_quality(logits: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,8 @@ class HeadConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-3
     dropout: float = 0.5
-    label_sigma: float = 2.0  # soft labels: Gaussian over bins, in bins; 0 = one-hot
+    input_dropout: float = 0.5  # of the standardised input features (see QualityHead)
+    label_sigma: float = 4.0  # soft labels: Gaussian over bins, in bins; 0 = one-hot
     patience: int = 3
     val_fraction: float = 0.15  # of the training references, for early stopping
 
@@ -159,7 +160,9 @@ def train_head(
     yt = torch.from_numpy(score_to_bins(y, QUALITY_BINS, config.label_sigma))
 
     torch.manual_seed(seed)
-    head = QualityHead(features.shape[-1], hidden=config.hidden, dropout=config.dropout)
+    head = QualityHead(
+        features.shape[-1], hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout
+    )
     head.standardize_with(xt)
     opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(seed)
