@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,17 @@ def build(
         print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
 
     from fitguard.models import QUALITY_FEATURES
+    from fitguard.training.iqa import HeadConfig
     from fitguard.training.iqa_data import SYNTHETIC_VIEWS
 
-    iqa_args = {**common, "splits": splits, "features": QUALITY_FEATURES, "views": SYNTHETIC_VIEWS}
+    # Stamps hold every setting that changes a step's output, so a changed default retrains.
+    iqa_args = {
+        **common,
+        "splits": splits,
+        "features": QUALITY_FEATURES,
+        "views": SYNTHETIC_VIEWS,
+        "head_config": asdict(HeadConfig()),
+    }
     step(
         "iqa",
         head,
@@ -126,11 +135,12 @@ def build(
             cache_dir=out / "cache",
         ),
     )
+    group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=seed)
     det_args = {
         **iqa_args,
         "head": record["steps"]["iqa"]["stamp"],
         "unfit": UNFIT_GROUPS,
-        "distort_sources": DISTORT_SOURCES,
+        "groups": asdict(group_config),
     }
     step(
         "detector",
@@ -146,7 +156,7 @@ def build(
             seed=seed,
             cache=out / "cache",
             unfit_groups=UNFIT_GROUPS,
-            config=GroupConfig(distort_sources=DISTORT_SOURCES, seed=seed),
+            config=group_config,
         ),
     )
     exp_args = {**det_args, "detector": _file_hash(detector)}
