@@ -32,6 +32,7 @@ from fitguard.contract import (
     TOP5_PROBS,
     TOP_K,
 )
+from fitguard.detector import QUALITY_EPS
 
 OPSET = 18
 ML_OPSET = 3
@@ -122,8 +123,8 @@ def _svm_graph(pipeline: Any, input_name: str) -> onnx.ModelProto:
 
 
 def probe_features(rows: int = 256, seed: int = 0) -> np.ndarray:
-    """Detector features spread over the space real images reach: sorted top-5 of Dirichlet
-    probabilities (peaked to flat) and qualities in [0, 1]."""
+    """Rows spread over what real images give: sorted top-5 of Dirichlet probabilities (peaked to flat)
+    and qualities in [0, 1] (raw: :func:`fitguard.detector.detector_features` takes the logit)."""
     rng = np.random.default_rng(seed)
     alpha = 10.0 ** rng.uniform(-3, 0, size=(rows, 1))
     probs = rng.gamma(np.broadcast_to(alpha, (rows, NUM_CLASSES)))
@@ -162,7 +163,8 @@ def _score_column(
 def export_detector(detector: Any) -> onnx.ModelProto:
     """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``QUALITY`` to the verdict.
 
-    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; Concat(TOP5_PROBS, QUALITY) -> the 6-d features.
+    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; logit of QUALITY clipped to [eps, 1 - eps]
+    (:func:`fitguard.detector.quality_logit`); Concat -> the 6-d features.
     suffix: FIT_SCORE = decision - threshold; FIT = FIT_SCORE >= 0; CLASS_ID = TOP5_IDS[:, :1].
     """
     features = "detector_features"
@@ -180,10 +182,18 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         numpy_helper.from_array(np.array([0.0], np.float32), "fg_zero"),
         numpy_helper.from_array(np.array([0], np.int64), "fg_start"),
         numpy_helper.from_array(np.array([1], np.int64), "fg_one"),
+        numpy_helper.from_array(np.array(QUALITY_EPS, np.float32), "fg_eps"),
+        numpy_helper.from_array(np.array(1.0 - QUALITY_EPS, np.float32), "fg_1_eps"),
+        numpy_helper.from_array(np.array([[1.0]], np.float32), "fg_unit"),
     ]
     prefix = [
         helper.make_node("TopK", [PROBS, "fg_k"], [TOP5_PROBS, TOP5_IDS], axis=1, largest=1, sorted=1),
-        helper.make_node("Concat", [TOP5_PROBS, QUALITY_SCORE], [features], axis=1),
+        helper.make_node("Clip", [QUALITY_SCORE, "fg_eps", "fg_1_eps"], ["fg_q"]),
+        helper.make_node("Log", ["fg_q"], ["fg_log_q"]),
+        helper.make_node("Sub", ["fg_unit", "fg_q"], ["fg_1_q"]),
+        helper.make_node("Log", ["fg_1_q"], ["fg_log_1_q"]),
+        helper.make_node("Sub", ["fg_log_q", "fg_log_1_q"], ["fg_quality_logit"]),
+        helper.make_node("Concat", [TOP5_PROBS, "fg_quality_logit"], [features], axis=1),
     ]
     suffix = [
         helper.make_node("Gather", [scores_name, "fg_score_col"], ["fg_decision"], axis=1),

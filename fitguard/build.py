@@ -107,6 +107,7 @@ def build(
         record_path.write_text(json.dumps(record, indent=2, default=str))
         print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
 
+    from fitguard.detector import DETECTOR_FORMAT
     from fitguard.models import QUALITY_FEATURES
     from fitguard.training.iqa import HeadConfig
     from fitguard.training.iqa_data import SYNTHETIC_VIEWS
@@ -141,6 +142,7 @@ def build(
         "head": record["steps"]["iqa"]["stamp"],
         "unfit": UNFIT_GROUPS,
         "groups": asdict(group_config),
+        "format": DETECTOR_FORMAT,
     }
     step(
         "detector",

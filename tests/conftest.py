@@ -28,11 +28,12 @@ def synthetic_detector(seed: int = 0, threshold: float = 0.0):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from fitguard.detector import Detector
+    from fitguard.detector import Detector, quality_logit
     from fitguard.export.onnx_export import probe_features
 
-    features = probe_features(200, seed=seed)
-    labels = (features[:, 0] + features[:, 5] > 0.9).astype(int)  # confident and sharp -> fit
+    raw = probe_features(200, seed=seed)
+    labels = (raw[:, 0] + raw[:, 5] > 0.9).astype(int)  # confident and sharp -> fit
+    features = np.concatenate([raw[:, :5], quality_logit(raw[:, 5:])], axis=1)
     return Detector(make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(features, labels), threshold)
 
 

@@ -9,7 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fitguard.detector import FIT_LABEL, load_detector  # noqa: E402
+from fitguard.detector import (  # noqa: E402
+    DETECTOR_FORMAT,
+    FIT_LABEL,
+    BadDetectorError,
+    detector_features,
+    load_detector,
+    quality_logit,
+)
 from fitguard.models import QualityHead, build_backbone, save_head  # noqa: E402
 from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
 from fitguard.training import groups as G  # noqa: E402
@@ -40,6 +47,31 @@ def tiny_head(tmp_path_factory, tiny):
 @pytest.fixture(scope="module")
 def originals(tiny, photos):
     return G.originals_group(tiny, photos, views=6)
+
+
+def test_detector_features_sort_top5_and_take_the_quality_logit():
+    probs = np.full((3, 1000), 1e-4, np.float32)
+    probs[:, [7, 3, 9]] = [0.5, 0.2, 0.1]
+    x = detector_features(probs, np.array([0.5, 0.0, 1.0], np.float32))
+    assert x.shape == (3, 6) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :5], [0.5, 0.2, 0.1, 1e-4, 1e-4], rtol=1e-6)
+    assert x[0, 5] == 0.0  # logit(0.5)
+    assert (
+        np.isfinite(x).all()
+        and x[1, 5] == pytest.approx(-9.21, abs=0.01)
+        and x[2, 5] == pytest.approx(-x[1, 5], abs=1e-3)
+    )
+    q = np.linspace(0, 1, 101, dtype=np.float32)
+    assert np.all(np.diff(quality_logit(q)[1:-1]) > 0)  # monotone: quality ranks are kept
+
+
+def test_old_detector_format_is_refused(tmp_path):
+    import joblib
+
+    path = tmp_path / "old.joblib"
+    joblib.dump({"format": "fitguard.detector/1", "pipeline": None, "threshold": 0.0}, path)
+    with pytest.raises(BadDetectorError, match=DETECTOR_FORMAT):
+        load_detector(path)
 
 
 def test_pair_splits_never_split_a_pair():

@@ -16,7 +16,7 @@ from conftest import synthetic_detector
 
 from fitguard import contract as c
 from fitguard.cli import main
-from fitguard.detector import save_detector
+from fitguard.detector import quality_logit, save_detector
 from fitguard.export import verify
 from fitguard.export.accelerators import apply_accelerator
 from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
@@ -226,6 +226,7 @@ def test_detector_graph_matches_sklearn_on_random_features(threshold: float) -> 
     probs = rng.gamma(np.broadcast_to(alpha, (500, 1000))).astype(np.float32)
     probs /= probs.sum(1, keepdims=True)
     quality = rng.uniform(0, 1, (500, 1)).astype(np.float32)
+    quality[:4, 0] = [0.0, 1.0, 1e-6, 1.0 - 1e-7]  # the logit's clipping, in the graph as in numpy
     names = [t.name for t in c.DETECTOR_OUTPUTS]
     got = dict(zip(names, session.run(names, {c.PROBS: probs, c.QUALITY_SCORE: quality}), strict=True))
     want = reference_outputs(probs, quality, detector)
@@ -235,7 +236,8 @@ def test_detector_graph_matches_sklearn_on_random_features(threshold: float) -> 
     clear = np.abs(want[c.FIT_SCORE]) > 1e-5
     np.testing.assert_array_equal(got[c.FIT][clear], want[c.FIT][clear])
     # Sign convention: FIT means the SVM's decision for label 1 (fit), shifted by the threshold.
-    features = np.concatenate([want[c.TOP5_PROBS], quality], axis=1)
+    features = np.concatenate([want[c.TOP5_PROBS], quality_logit(quality)], axis=1)
+    assert np.isfinite(features).all()
     decision = detector.pipeline.decision_function(features)
     np.testing.assert_array_equal(
         got[c.FIT].ravel()[clear.ravel()], (decision - threshold >= 0)[clear.ravel()]
