@@ -49,6 +49,30 @@ def test_base_scores_follow_pytorch_ood_definitions():
     np.testing.assert_allclose(s["quality"], -feats.quality, rtol=1e-6)
 
 
+def test_detector_all_learns_the_named_unfit_groups_only():
+    from fitguard.training.groups import make_group
+
+    rng = np.random.default_rng(0)
+    blank = np.zeros((1, 8, 8, 3), np.uint8)
+
+    def group(name, n, pairs):
+        return make_group(name, np.repeat(blank, n, 0), np.zeros(n, int), pairs, pairs, [name] * n)
+
+    gid = np.repeat(np.arange(10), 2)  # 10 photos x 2 originals
+    groups = {
+        "originals": group("originals", 20, np.arange(20)),
+        "adversarial": group("adversarial", 20, np.arange(20)),
+        "distorted": group("distorted", 40, np.repeat(np.arange(20), 2)),  # 2 per original
+    }
+    x = {g: rng.normal(size=(len(grp), 6)).astype(np.float32) for g, grp in groups.items()}
+    x["distorted"][:, 5] -= 3  # separable from the originals
+    train_ids = np.arange(5)  # photos 0-4: originals 0-9, distorted 0-19
+    det = E.fit_all_groups(groups, x, gid, train_ids, {}, 0.05, ("distorted",))
+    assert det.meta["n_train"] == 10 + 20
+    det = E.fit_all_groups(groups, x, gid, train_ids, {}, 0.05)
+    assert det.meta["n_train"] == 10 + 10 + 20  # every group, adversarial included
+
+
 @pytest.mark.slow
 def test_report_on_tiny(tmp_path, monkeypatch):
     from fitguard.models import QualityHead, build_backbone, save_head
@@ -69,6 +93,8 @@ def test_report_on_tiny(tmp_path, monkeypatch):
     out = tmp_path / "report"
     saved = json.loads((out / "report.json").read_text())
     assert saved["n_images"] == rep["n_images"]
+    # Trained the paper's way (adversarial alone), so detector_all learns every group.
+    assert saved["setup"]["detector_all_unfit_groups"] == list(E.UNFIT_GROUPS)
     for name in saved["plots"]:
         assert (out / name).stat().st_size > 1000
     md = (out / "report.md").read_text()
