@@ -78,7 +78,7 @@ def build(
 ) -> dict[str, Any]:
     """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
     from fitguard.export import export_repository
-    from fitguard.training.detector import train_detector
+    from fitguard.training.detector import DEFAULT_GRID, train_detector
     from fitguard.training.groups import GroupConfig
     from fitguard.training.iqa import train_iqa
 
@@ -143,6 +143,7 @@ def build(
         "unfit": UNFIT_GROUPS,
         "groups": asdict(group_config),
         "format": DETECTOR_FORMAT,
+        "grid": DEFAULT_GRID,
     }
     step(
         "detector",

@@ -65,6 +65,38 @@ def test_detector_features_sort_top5_and_take_the_quality_logit():
     assert np.all(np.diff(quality_logit(q)[1:-1]) > 0)  # monotone: quality ranks are kept
 
 
+def test_quality_weight_is_chosen_by_cv_and_baked_into_an_exportable_scaler():
+    import onnxruntime as ort
+
+    from fitguard import contract as c
+    from fitguard.detector import Detector
+    from fitguard.export.onnx_export import export_detector
+    from fitguard.pipeline import reference_outputs
+    from fitguard.training.detector import bake_quality_weight, fit_detector, make_pipeline
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 5] + 0.2 * x[:, 0] > 0).astype(int)  # quality decides, confidence barely matters
+    weighted = make_pipeline(1.0, 0.2, quality=4.0).fit(x, y)
+    baked = bake_quality_weight(weighted)
+    assert [name for name, _ in baked.steps] == ["scaler", "svc"]
+    np.testing.assert_allclose(baked.decision_function(x), weighted.decision_function(x), atol=1e-9)
+
+    det = fit_detector(x, y, np.arange(120) // 4, 0.05)
+    assert det.meta["quality_weight"] > 1  # the grid prefers to weigh the decisive feature up
+    assert [name for name, _ in det.pipeline.steps] == ["scaler", "svc"]
+    assert fit_detector(x[:, :5], y, np.arange(120) // 4, 0.05).meta["quality_weight"] == 1.0
+
+    # The baked file exports, and the graph agrees with scikit-learn on real-looking rows.
+    baked_det = Detector(det.pipeline, det.threshold)
+    probs = rng.dirichlet(np.full(1000, 0.05), size=64).astype(np.float32)
+    quality = rng.uniform(0, 1, (64, 1)).astype(np.float32)
+    session = ort.InferenceSession(export_detector(baked_det).SerializeToString())
+    (got,) = session.run([c.FIT_SCORE], {c.PROBS: probs, c.QUALITY_SCORE: quality})
+    want = reference_outputs(probs, quality, baked_det)[c.FIT_SCORE]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_old_detector_format_is_refused(tmp_path):
     import joblib
 
