@@ -43,7 +43,7 @@ test-fast: setup
 
 report: build
 	$(BIN)/fitguard evaluate --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \
-	  --detector $(BUILD)/detector.joblib --report $(BUILD)/report
+	  --detector $(BUILD)/detector.joblib --report $(BUILD)/report --cache $(BUILD)/cache
 
 bench: build
 	$(BIN)/fitguard bench --model-repository $(BUILD)/model_repository --json $(BUILD)/bench.json \
