@@ -504,7 +504,7 @@ def apply_perturbation(images: np.ndarray, noise: np.ndarray) -> np.ndarray:
 def adversarial_group(
     backbone: Backbone,
     originals: ImageGroup,
-    fit_images: int = 16,
+    fit_images: int = 64,
     eps: float = 10 / 255,
     delta: float = 0.2,
     max_iter: int = 4,
