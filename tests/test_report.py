@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def report() -> tuple[Path, dict]:
     from fitguard.build import build
     from fitguard.training.evaluate import evaluate
 

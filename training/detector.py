@@ -52,6 +52,7 @@ DEFAULT_GRID: dict[str, list[float]] = {
     "svc__gamma": [0.01, 0.05, 0.2, 0.8],
     "weight__quality": [1.0, 2.0, 4.0, 8.0],
 }
+HYPERPARAMETERS: tuple[str, ...] = ("C", "gamma", "quality_weight", "cv_auroc")  # what a fit records
 DEFAULT_TARGET_FAR = 0.05
 REPEATS = 10
 
@@ -480,7 +481,7 @@ def train_detector(
         "originals": originals.meta,
         "adversarial": adversarial.meta,
         "n_pairs": len(originals),
-        "hyperparameters": {k: det.meta[k] for k in ("C", "gamma", "quality_weight", "cv_auroc")},
+        "hyperparameters": {k: det.meta[k] for k in HYPERPARAMETERS},
         "threshold": det.threshold,
         "held_out": held_out,
         "unfit_groups": list(unfit_groups),

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from fitguard.contract import DEFAULT_PATCHES, TOP_K
 from fitguard.training.detector import (
+    HYPERPARAMETERS,
     REPEATS,
     GroupFeatures,
     auroc,
@@ -290,9 +291,7 @@ def evaluate_scores(
                 curves[m].append(np.interp(grid, cv, risk))
     out = _collapse(acc)
     out["hyperparameters"] = {
-        "detector": [
-            {k: run["detector"].meta[k] for k in ("C", "gamma", "quality_weight", "cv_auroc")} for run in full
-        ],
+        "detector": [{k: run["detector"].meta[k] for k in HYPERPARAMETERS} for run in full],
         "svm_top5": [{k: run["detector"].meta[k] for k in ("C", "gamma", "cv_auroc")} for run in top5],
     }
     out["risk_coverage_curve"] = {
