@@ -109,13 +109,14 @@ def build(
 
     from fitguard.detector import DETECTOR_FORMAT
     from fitguard.models import QUALITY_FEATURES
-    from fitguard.training.iqa import HeadConfig
+    from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
     from fitguard.training.iqa_data import SYNTHETIC_VIEWS
 
     # Stamps hold every setting that changes a step's output, so a changed default retrains.
     iqa_args = {
         **common,
         "splits": splits,
+        "split_scheme": SPLIT_SCHEME,
         "features": QUALITY_FEATURES,
         "views": SYNTHETIC_VIEWS,
         "head_config": asdict(HeadConfig()),

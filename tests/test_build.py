@@ -62,8 +62,10 @@ def test_build_record_and_iqa_metrics(build_dir: Path) -> None:
     assert set(record["steps"]) == {"iqa", "detector", "export"}
     metrics = json.loads((build_dir / "iqa_head.pt.metrics.json").read_text())
     assert metrics["backbone"] == "efficientnet_lite0" and len(metrics["splits"]) == 10
-    # Held-out photos; the floor is just under the measured 0.769 (seeded; docs/iqa.md), issue 6 asks 0.85.
-    assert metrics["srcc_mean"] >= 0.75
+    # Held-out photos, each held out twice; the floor is just under the measured 0.709 (seeded;
+    # docs/iqa.md), issue 6 asks 0.85.
+    assert metrics["split_scheme"] == "repeated-kfold/1"
+    assert metrics["srcc_mean"] >= 0.70
     assert metrics["head_config"]["input_dropout"] == 0.5
 
 

@@ -3,8 +3,8 @@
 Steps: load a dataset (TID2013, KADID-10k, or synthetic distortions of reference photos labelled by a
 full-reference metric), compute the frozen backbone's features of every patch once (cached on disk),
 then train :class:`fitguard.models.QualityHead` with cross-entropy over 70 score bins. ``--splits``
-random splits by reference image measure SRCC/PLCC on held-out scenes; the head written to ``--out`` is
-then trained on all references. torch is imported inside functions only.
+splits by reference image (repeated k-fold) measure SRCC/PLCC on held-out scenes; the head written to
+``--out`` is then trained on all references. torch is imported inside functions only.
 """
 
 from __future__ import annotations
@@ -73,25 +73,40 @@ def correlations(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
     return float(spearmanr(pred, true)[0]), float(pearsonr(pred, true)[0])
 
 
+# Names how :func:`reference_splits` draws splits; build stamps record it, so a new scheme retrains.
+SPLIT_SCHEME = "repeated-kfold/1"
+
+
 def reference_splits(
     references: np.ndarray, splits: int, test_fraction: float = 0.2, seed: int = 0
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``splits`` random (train, test) index pairs; each reference lies wholly on one side.
+    """``splits`` (train, test) index pairs; each reference lies wholly on one side.
 
     About ``test_fraction`` of the references (at least one) are held out per split, as in the usual
-    80/20 protocol on TID2013.
+    80/20 protocol on TID2013. The splits are repeated k-fold over shuffled references (k =
+    ``1 / test_fraction``): within a repeat every reference is held out exactly once, so ten splits
+    of ten photos test each photo twice. Independent random draws would not: with ten photos, ten
+    draws of two held-out photos repeat a pair and skip some photos entirely, and the mean then
+    rests on whichever scenes were drawn.
     """
     refs = np.unique(references)
     if len(refs) < 3:
         raise ValueError(f"need at least 3 reference images to split, got {len(refs)}")
     n_test = min(len(refs) - 2, max(1, int(round(test_fraction * len(refs)))))
+    folds = max(2, len(refs) // n_test)
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(splits):
-        test_refs = rng.choice(refs, size=n_test, replace=False)
-        test = np.isin(references, test_refs)
-        out.append((np.flatnonzero(~test), np.flatnonzero(test)))
-    return out
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    seen: set[frozenset[str]] = set()
+    while len(out) < splits:
+        for _ in range(100):  # a repeat whose folds all differ from earlier ones, where there is one
+            parts = [frozenset(f) for f in np.array_split(rng.permutation(refs), folds)]
+            if not seen & set(parts):
+                break
+        seen.update(parts)
+        for fold in parts:
+            test = np.isin(references, list(fold))
+            out.append((np.flatnonzero(~test), np.flatnonzero(test)))
+    return out[:splits]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +321,7 @@ def train_iqa(
         "references": int(len(np.unique(refs))),
         "patches": patches,
         "splits": per_split,
+        "split_scheme": SPLIT_SCHEME,
         "srcc_mean": float(np.nanmean(srccs)) if len(srccs) else None,
         "srcc_std": float(np.nanstd(srccs)) if len(srccs) else None,
         "plcc_mean": float(np.nanmean(plccs)) if len(plccs) else None,
@@ -376,7 +392,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (%(default)s)"
     )
-    parser.add_argument("--splits", type=int, default=10, help="random splits by reference (%(default)s)")
+    parser.add_argument(
+        "--splits", type=int, default=10, help="splits by reference, repeated 5-fold (%(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--weights", default="default", help="backbone weights: default, imagenet, a path, random"
