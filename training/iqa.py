@@ -83,11 +83,11 @@ def reference_splits(
     """``splits`` (train, test) index pairs; each reference lies wholly on one side.
 
     About ``test_fraction`` of the references (at least one) are held out per split, as in the usual
-    80/20 protocol on TID2013. The splits are repeated k-fold over shuffled references (k =
-    ``1 / test_fraction``): within a repeat every reference is held out exactly once, so ten splits
-    of ten photos test each photo twice. Independent random draws would not: with ten photos, ten
-    draws of two held-out photos repeat a pair and skip some photos entirely, and the mean then
-    rests on whichever scenes were drawn.
+    80/20 protocol on TID2013. The splits are repeated k-fold over shuffled references (k = the
+    number of references over those held out per split: 5 at 20%): within a repeat every reference is
+    held out exactly once, so ten splits of ten photos test each photo twice. Independent random draws
+    would not: with ten photos, ten draws of two held-out photos repeat a pair and skip some photos
+    entirely, and the mean then rests on whichever scenes were drawn.
     """
     refs = np.unique(references)
     if len(refs) < 3:
@@ -393,7 +393,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (%(default)s)"
     )
     parser.add_argument(
-        "--splits", type=int, default=10, help="splits by reference, repeated 5-fold (%(default)s)"
+        "--splits", type=int, default=10, help="splits by reference, repeated k-fold (%(default)s)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
