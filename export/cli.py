@@ -31,11 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from fitguard.backbones import WeightsUnavailableError
     from fitguard.detector import BadDetectorError
     from fitguard.export.onnx_export import ExportError
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
-    from fitguard.models import BadHeadError, WeightsUnavailableError
+    from fitguard.quality import BadHeadError
 
     torch.set_num_threads(args.threads)
     try:

@@ -1,7 +1,7 @@
 """The repository manifest: how a repository was made, and the SHA-256 of every file it serves.
 
-Standard library only: the preprocess backend verifies its repository at load time with
-:func:`verify_repository`, in installs that have no torch.
+Standard library only (and :mod:`fitguard.repository`'s names): the preprocess backend verifies its
+repository at load time with :func:`verify_repository`, in installs that have no torch.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-MANIFEST_NAME = "manifest.json"
+from fitguard.repository import MANIFEST_NAME
+
 MANIFEST_FORMAT = "fitguard.repository/1"
 # Written by the servers themselves, not by export: never part of the checksummed set.
 _IGNORED_DIRS = {"__pycache__"}

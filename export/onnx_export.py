@@ -77,7 +77,7 @@ def _torch_export(
 
 
 def export_classifier(classifier: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.models.Classifier` -> graph ``CLASSIFIER_INPUT`` -> ``PROBS``."""
+    """A :class:`fitguard.classifier.Classifier` -> graph ``CLASSIFIER_INPUT`` -> ``PROBS``."""
     import torch
 
     example = torch.zeros(EXPORT_BATCH, 3, 224, 224, dtype=torch.uint8)
@@ -89,7 +89,7 @@ def export_classifier(classifier: Any) -> onnx.ModelProto:
 
 
 def export_quality(quality_model: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.models.QualityModel` -> graph ``IQA_PATCHES`` -> ``QUALITY`` (N and P dynamic)."""
+    """A :class:`fitguard.quality.QualityModel` -> graph ``IQA_PATCHES`` -> ``QUALITY`` (N and P dynamic)."""
     import torch
 
     example = torch.zeros(EXPORT_BATCH, EXPORT_PATCHES, 3, 224, 224, dtype=torch.uint8)

@@ -31,11 +31,19 @@ from fitguard.contract import (
     SIGNATURES,
 )
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
-from fitguard.export.manifest import MANIFEST_NAME, write_manifest
-from fitguard.pipeline import DETECTOR_NAME, HEAD_NAME, PreprocessSettings, read_config
+from fitguard.export.manifest import write_manifest
+from fitguard.preprocess import PreprocessSettings
+from fitguard.repository import (
+    DETECTOR_NAME,
+    HEAD_NAME,
+    LABELS_NAME,
+    MANIFEST_NAME,
+    config_path,
+    model_path,
+    read_config,
+)
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
-LABELS_NAME = "labels.txt"
 _VERSIONED_PACKAGES = (
     "torch",
     "torchvision",
@@ -49,7 +57,7 @@ _VERSIONED_PACKAGES = (
 
 
 def source_repository() -> Path:
-    if not (SOURCE / ENSEMBLE / "config.pbtxt").is_file():
+    if not config_path(SOURCE, ENSEMBLE).is_file():
         raise FileNotFoundError(
             f"model repository sources not found at {SOURCE}; run from a fitguard source checkout "
             "(pip install -e .) or pass source=/path/to/model_repository"
@@ -105,9 +113,9 @@ def render_config(
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config."""
     from google.protobuf import text_format
 
-    config = read_config(source / name / "config.pbtxt")
+    config = read_config(config_path(source, name))
     if config.name != name:
-        raise ValueError(f"{source / name / 'config.pbtxt'} names model {config.name!r}, expected {name!r}")
+        raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
     if name == PREPROCESS:
         _set_parameters(config, {**settings.to_parameters(), **extra})
     elif name == QUALITY:
@@ -178,10 +186,10 @@ def export_repository(
     """Export, verify and write a complete repository to ``out``; returns ``out``.
 
     Args:
-        backbone: a name from :func:`fitguard.models.backbone_names`.
-        head: a quality-head file (:func:`fitguard.models.save_head`) trained on ``backbone`` features.
+        backbone: a name from :func:`fitguard.backbones.backbone_names`.
+        head: a quality-head file (:func:`fitguard.quality.save_head`) trained on ``backbone`` features.
         detector: a detector file (:func:`fitguard.detector.save_detector`).
-        weights: backbone weights (see :func:`fitguard.models.build_backbone`).
+        weights: backbone weights (see :func:`fitguard.backbones.build_backbone`).
         patches: IQA patches per image (P).
         precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
         accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
@@ -192,6 +200,8 @@ def export_repository(
         BadHeadError / BadDetectorError: unusable head or detector file.
         ParityError: a graph failed ``onnx.checker`` or its parity check. Nothing is written then.
     """
+    from fitguard.backbones import build_backbone
+    from fitguard.classifier import Classifier
     from fitguard.detector import load_detector
     from fitguard.export.onnx_export import (
         apply_precision,
@@ -209,7 +219,7 @@ def export_repository(
         verification_inputs,
     )
     from fitguard.labels import labels_text
-    from fitguard.models import Classifier, QualityModel, build_backbone, load_head
+    from fitguard.quality import QualityModel, load_head
 
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
@@ -260,11 +270,11 @@ def export_repository(
         extra = {"backbone": backbone, "weights_id": net.weights_id}
         for name in (ENSEMBLE, *MODELS):
             text = render_config(src, name, settings, det.threshold, accelerator, instances, extra)
-            (staging / name / "config.pbtxt").write_text(text, encoding="utf-8")
+            config_path(staging, name).write_text(text, encoding="utf-8")
         (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
         for name, graph in graphs.items():
-            (staging / name / "1").mkdir(parents=True, exist_ok=True)
-            onnx.save(graph, str(staging / name / "1" / "model.onnx"))
+            model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
+            onnx.save(graph, str(model_path(staging, name)))
         shutil.copyfile(head, staging / HEAD_NAME)
         shutil.copyfile(detector, staging / DETECTOR_NAME)
         arguments = {

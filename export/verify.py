@@ -152,7 +152,7 @@ def check_detector(
     """The detector graph against numpy top-5 + scikit-learn on the given (real) rows, which must agree
     exactly on top-5 and verdict, plus probe rows spread over the feature space, where a verdict may
     only differ for a score within the tolerance of the threshold."""
-    from fitguard.pipeline import reference_outputs
+    from fitguard.reference import reference_outputs
 
     probe = probe_features(probe_rows, seed=2)
     # Probe rows as probabilities: the sorted top-5 values in the first columns, the rest zero.

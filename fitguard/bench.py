@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fitguard import contract
+from fitguard.repository import MANIFEST_NAME, model_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 SCHEMA = "fitguard.bench/1"
@@ -112,7 +113,7 @@ def served(cfg: BenchConfig) -> Iterator[str | None]:
 
 def _repository_patches(repository: str | None, protocol: str, url: str | None) -> int | None:
     if repository:
-        from fitguard.pipeline import repository_settings
+        from fitguard.repository import repository_settings
 
         return repository_settings(repository).patches
     if url:
@@ -138,12 +139,12 @@ def _repository_patches(repository: str | None, protocol: str, url: str | None) 
 def _repository_backbone(repository: str | None) -> tuple[str | None, str | None]:
     if not repository:
         return None, None
-    path = Path(repository) / "manifest.json"
+    path = Path(repository) / MANIFEST_NAME
     if path.is_file():
         args = json.loads(path.read_text(encoding="utf-8")).get("arguments", {})
         return args.get("backbone"), args.get("weights")
     try:
-        from fitguard.pipeline import repository_settings
+        from fitguard.repository import repository_settings
 
         return repository_settings(repository).backbone or None, None
     except Exception:
@@ -238,8 +239,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             from fitguard.benchlib.flops import pipeline_flops
 
             result["flops"] = pipeline_flops(
-                repo / contract.CLASSIFIER / "1" / "model.onnx",
-                repo / contract.QUALITY / "1" / "model.onnx",
+                model_path(repo, contract.CLASSIFIER),
+                model_path(repo, contract.QUALITY),
                 patches,
             )
         elif not repo:
@@ -254,7 +255,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         print("[bench] backbone alone", file=sys.stderr, flush=True)
         batches = sorted({1, max(cfg.batch, 8)})
         result["backbone_alone"] = references.backbone_alone(
-            repo / contract.CLASSIFIER / "1" / "model.onnx", batches, threads=threads
+            model_path(repo, contract.CLASSIFIER), batches, threads=threads
         )
         if cfg.naive:
             print("[bench] naive PyTorch eager pipeline", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fitguard.contract import DEFAULT_PATCHES
+from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
 # The shipped detector learns the unfit inputs the project can make offline that differ from clean ones:
@@ -107,8 +108,8 @@ def build(
         record_path.write_text(json.dumps(record, indent=2, default=str))
         print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
 
+    from fitguard.backbones import QUALITY_FEATURES
     from fitguard.detector import DETECTOR_FORMAT
-    from fitguard.models import QUALITY_FEATURES
     from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
     from fitguard.training.iqa_data import SYNTHETIC_VIEWS
 
@@ -166,7 +167,7 @@ def build(
     exp_args = {**det_args, "detector": _file_hash(detector)}
     step(
         "export",
-        repository / "manifest.json",
+        repository / MANIFEST_NAME,
         exp_args,
         lambda: export_repository(
             repository,

@@ -41,10 +41,11 @@ def sample_images(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
 
 def run(args: argparse.Namespace) -> int:
     from fitguard.client import FitClient
+    from fitguard.repository import MANIFEST_NAME
     from fitguard.serve import EmbeddedServer
 
     repository = Path(args.build) / "model_repository"
-    if not (repository / "manifest.json").exists():
+    if not (repository / MANIFEST_NAME).exists():
         from fitguard.build import build
 
         build(Path(args.build), backbone=args.backbone)

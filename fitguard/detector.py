@@ -3,10 +3,9 @@
 Feature of one image: its top-5 class probabilities sorted in descending order, then the logit of its
 quality (6 values). The logit spreads the top of the quality scale, where clean and mildly degraded images
 lie close together: on [0, 1] the scaler, fitted on clean and heavily degraded images alike, squeezes that
-difference below what a smooth RBF kernel resolves (held-out distorted detection at 5% clean false alarms,
-5 splits: 92.5% with raw quality, 98% with its logit). The SVM is a scikit-learn pipeline (scaler + RBF
-SVC) trained with label 1 = fit, 0 = unfit; ``FIT_SCORE = decision_function - threshold`` and
-``FIT = FIT_SCORE >= 0``.
+difference below what a smooth RBF kernel resolves (docs/evaluation.md compares the two). The SVM is a
+scikit-learn pipeline (scaler + RBF SVC) trained with label 1 = fit, 0 = unfit;
+``FIT_SCORE = decision_function - threshold`` and ``FIT = FIT_SCORE >= 0``.
 """
 
 from __future__ import annotations
@@ -32,6 +31,12 @@ def quality_logit(quality: np.ndarray) -> np.ndarray:
     """``log(q / (1 - q))`` of quality clipped to [eps, 1 - eps], in float32 as the exported graph has it."""
     q = np.clip(np.asarray(quality, dtype=np.float32), QUALITY_EPS, 1.0 - QUALITY_EPS)
     return (np.log(q) - np.log(np.float32(1.0) - q)).astype(np.float32)
+
+
+def top_k(probs: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 [N, k], probabilities float32 [N, k]) in descending order, like the graph's ONNX TopK."""
+    ids = np.argsort(-probs, axis=1, kind="stable")[:, :k].astype(np.int64)
+    return ids, np.take_along_axis(probs, ids, axis=1).astype(np.float32)
 
 
 def detector_features(probs: np.ndarray, quality: np.ndarray) -> np.ndarray:

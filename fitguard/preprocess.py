@@ -1,7 +1,8 @@
-"""Pure preprocessing functions shared by the preprocess backend, the reference pipeline and training.
+"""The preprocess step: what the preprocess backend runs, also used by the reference pipelines and training.
 
 Decode -> validate -> RGB uint8 HWC, then the classifier crop (per the backbone preset) and P quality
-patches cut at native resolution (quality must not be resampled away). Only numpy and Pillow.
+patches cut at native resolution (quality must not be resampled away). :class:`PreprocessSettings` is
+what the backend reads from its config's ``parameters`` (:class:`Parameters`). Only numpy and Pillow.
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ import contextlib
 import io
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from fitguard.contract import DEFAULT_PATCHES, INPUT_SIZE
 from fitguard.presets import Preset
+
+# File suffixes of the image formats the decoder reads; folders of images are listed by these.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+)
 
 
 class BadImageError(ValueError):
@@ -119,6 +127,14 @@ def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") 
     return np.asarray(img, dtype=np.uint8)
 
 
+def center_offset(length: int, size: int) -> int:
+    """Where a centred window of ``size`` starts along ``length`` (torchvision ``CenterCrop``'s rounding).
+
+    The one definition of the crop geometry: serving crops with it and training cuts canvases with it.
+    """
+    return int(round((length - size) / 2.0))
+
+
 def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     """torchvision ``CenterCrop`` offsets; pads with zeros if the image is smaller than ``size``."""
     h, w = rgb.shape[:2]
@@ -126,8 +142,7 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
         pad_h, pad_w = max(size - h, 0), max(size - w, 0)
         rgb = np.pad(rgb, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
         h, w = rgb.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top, left = center_offset(h, size), center_offset(w, size)
     return rgb[top : top + size, left : left + size]
 
 
@@ -185,3 +200,100 @@ def encode_image(image: np.ndarray | Image.Image, format: str = "PNG", quality: 
     kwargs = {"quality": quality} if format.upper() in ("JPEG", "WEBP") else {}
     img.save(buf, format=format, **kwargs)
     return buf.getvalue()
+
+
+class Parameters:
+    """Typed read access to a Triton config's ``parameters {}`` block (all values are strings there)."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = dict(values)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Parameters:
+        """From the JSON model config the Python backend receives (``args["model_config"]``)."""
+        return cls({k: str(v.get("string_value", "")) for k, v in (config.get("parameters") or {}).items()})
+
+    def str(self, key: str, default: str | None = None) -> str:
+        value = self._values.get(key, default)
+        if value is None:
+            raise KeyError(f"config parameter {key!r} is missing")
+        return value
+
+    def int(self, key: str, default: int | None = None) -> int:
+        return int(self.str(key, None if default is None else str(default)))
+
+    def float(self, key: str, default: float | None = None) -> float:
+        return float(self.str(key, None if default is None else repr(default)))
+
+    def bool(self, key: str, default: bool | None = None) -> bool:
+        text = self.str(key, None if default is None else str(default)).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config parameter {key!r} is not a boolean: {text!r}")
+
+    def floats(self, key: str, default: Sequence[float] | None = None) -> tuple[float, ...]:
+        fallback = None if default is None else ",".join(repr(x) for x in default)
+        return tuple(float(x) for x in self.str(key, fallback).split(","))
+
+    def to_dict(self) -> dict[str, str]:
+        return dict(self._values)
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """What the preprocess step needs: the backbone's preset, the patch count and the input limits."""
+
+    preset: Preset
+    patches: int
+    limits: Limits = DEFAULT_LIMITS
+    backbone: str = ""
+
+    def to_parameters(self) -> dict[str, str]:
+        p = self.preset
+        return {
+            "backbone": self.backbone,
+            "patches": str(self.patches),
+            "resize": str(p.resize),
+            "crop": str(p.crop),
+            "interpolation": p.interpolation,
+            "mean": ",".join(repr(x) for x in p.mean),
+            "std": ",".join(repr(x) for x in p.std),
+            "max_bytes": str(self.limits.max_bytes),
+            "max_pixels": str(self.limits.max_pixels),
+            "max_side": str(self.limits.max_side),
+            "max_aspect": repr(self.limits.max_aspect),
+        }
+
+    @classmethod
+    def from_parameters(cls, params: Parameters | Mapping[str, str]) -> PreprocessSettings:
+        p = params if isinstance(params, Parameters) else Parameters(params)
+        base, limits = Preset(), DEFAULT_LIMITS
+        preset = Preset(
+            resize=p.int("resize", base.resize),
+            crop=p.int("crop", base.crop),
+            mean=p.floats("mean", base.mean),  # type: ignore[arg-type]
+            std=p.floats("std", base.std),  # type: ignore[arg-type]
+            interpolation=p.str("interpolation", base.interpolation),
+        )
+        return cls(
+            preset=preset,
+            patches=p.int("patches"),
+            limits=Limits(
+                max_bytes=p.int("max_bytes", limits.max_bytes),
+                max_pixels=p.int("max_pixels", limits.max_pixels),
+                max_side=p.int("max_side", limits.max_side),
+                max_aspect=p.float("max_aspect", limits.max_aspect),
+            ),
+            backbone=p.str("backbone", ""),
+        )
+
+    def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """One encoded image -> (classifier input [3, 224, 224], patches [P, 3, 224, 224]), uint8."""
+        return prepare(data, self.preset, self.patches, self.limits)
+
+    def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Encoded images -> stacked inputs. Raises :class:`BadImageError` on the first bad one."""
+        pairs = [self.prepare(data) for data in images]
+        return np.stack([c for c, _ in pairs]), np.stack([q for _, q in pairs])

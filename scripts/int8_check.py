@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fitguard.contract import CLASS_ID, CLASSIFIER, CLASSIFIER_INPUT, FIT, IQA_PATCHES, QUALITY
     from fitguard.export.manifest import checksums
-    from fitguard.pipeline import OnnxPipeline, repository_settings
+    from fitguard.reference import OnnxPipeline
+    from fitguard.repository import MANIFEST_NAME, model_path, repository_settings
 
     shutil.rmtree(args.out, ignore_errors=True)
     shutil.copytree(args.repository, args.out)
@@ -98,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         (CLASSIFIER, CLASSIFIER_INPUT, crops),
         (QUALITY, IQA_PATCHES, patch_sets),
     ):
-        quantize(args.repository / name / "1" / "model.onnx", args.out / name / "1" / "model.onnx",
-                 input_name, samples, args.method)  # fmt: skip
-    manifest_path = args.out / "manifest.json"
+        quantize(
+            model_path(args.repository, name),
+            model_path(args.out, name),
+            input_name=input_name,
+            samples=samples,
+            method=args.method,
+        )
+    manifest_path = args.out / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text())
     manifest["files"] = checksums(args.out)
     manifest["arguments"]["precision"] = f"int8-static-{args.method} (experimental)"

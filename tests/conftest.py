@@ -43,9 +43,10 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
     detector), verified like any export. Returns its Path."""
     import torch
 
+    from fitguard.backbones import build_backbone
     from fitguard.detector import save_detector
     from fitguard.export import export_repository
-    from fitguard.models import QualityHead, build_backbone, save_head
+    from fitguard.quality import QualityHead, save_head
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("tiny_repository")

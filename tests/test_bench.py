@@ -25,8 +25,10 @@ REQUIRED_RATIOS = (
 def test_onnx_flops_match_torch_flop_counter(tiny_repository: Path) -> None:
     import torch
 
+    from fitguard.backbones import build_backbone
     from fitguard.benchlib.flops import onnx_flops, pipeline_flops, torch_flops
-    from fitguard.models import Classifier, QualityModel, build_backbone, load_head
+    from fitguard.classifier import Classifier
+    from fitguard.quality import QualityModel, load_head
 
     net = build_backbone("tiny")
     head, _ = load_head(tiny_repository / "iqa_head.pt", net)

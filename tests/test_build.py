@@ -102,7 +102,7 @@ def test_heavily_degraded_photos_are_refused_clean_ones_pass(served, degraded) -
 
 def test_served_equals_reference_pipeline(served, build_dir: Path, degraded) -> None:
     """Every photo and degraded version: same class, top-5 and verdict; quality within 1e-4."""
-    from fitguard.pipeline import ReferencePipeline
+    from fitguard.reference import ReferencePipeline
 
     names = list(degraded)
     ref = ReferencePipeline.from_repository(build_dir / "model_repository").predict(

@@ -492,7 +492,8 @@ def test_tls_and_headers_reach_tritonclient(monkeypatch: pytest.MonkeyPatch) -> 
 def test_client_imports_without_torch() -> None:
     code = """
 import sys
-for name in ("torch", "torchvision", "onnxruntime", "onnx", "sklearn", "fitguard.models", "fitguard.detector"):
+for name in ("torch", "torchvision", "onnxruntime", "onnx", "sklearn",
+             "fitguard.backbones", "fitguard.classifier", "fitguard.quality", "fitguard.detector"):
     sys.modules[name] = None  # any import of these now raises ImportError
 import fitguard.client, fitguard.client.cli, fitguard.client.aio
 from fitguard.cli import main

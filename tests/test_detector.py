@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from fitguard.backbones import build_backbone  # noqa: E402
 from fitguard.detector import (  # noqa: E402
     DETECTOR_FORMAT,
     FIT_LABEL,
@@ -17,8 +18,8 @@ from fitguard.detector import (  # noqa: E402
     load_detector,
     quality_logit,
 )
-from fitguard.models import QualityHead, build_backbone, save_head  # noqa: E402
 from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
+from fitguard.quality import QualityHead, save_head  # noqa: E402
 from fitguard.training import groups as G  # noqa: E402
 from fitguard.training.detector import (  # noqa: E402
     compute_features,
@@ -71,7 +72,7 @@ def test_quality_weight_is_chosen_by_cv_and_baked_into_an_exportable_scaler():
     from fitguard import contract as c
     from fitguard.detector import Detector
     from fitguard.export.onnx_export import export_detector
-    from fitguard.pipeline import reference_outputs
+    from fitguard.reference import reference_outputs
     from fitguard.training.detector import bake_quality_weight, fit_detector, make_pipeline
 
     rng = np.random.default_rng(0)
@@ -197,7 +198,7 @@ def test_fooling_groups(tiny):
 
 
 def test_features_match_serving_preprocessing(tiny, tiny_head, originals):
-    from fitguard.models import Classifier
+    from fitguard.classifier import Classifier
 
     models = load_models("tiny", tiny_head)
     sub = originals.subset([0, 1])

@@ -14,8 +14,8 @@ from PIL import Image, ImageFilter
 from tritonclient.utils import InferenceServerException
 
 from fitguard import contract as c
-from fitguard.pipeline import OnnxPipeline, ReferencePipeline
 from fitguard.preprocess import encode_image
+from fitguard.reference import OnnxPipeline, ReferencePipeline
 
 pytestmark = pytest.mark.server
 OUTPUTS = [t.name for t in c.ENSEMBLE_OUTPUTS]

@@ -75,7 +75,8 @@ def test_detector_all_learns_the_named_unfit_groups_only():
 
 @pytest.mark.slow
 def test_report_on_tiny(tmp_path, monkeypatch):
-    from fitguard.models import QualityHead, build_backbone, save_head
+    from fitguard.backbones import build_backbone
+    from fitguard.quality import QualityHead, save_head
     from fitguard.training.detector import train_detector
 
     torch.set_num_threads(2)

@@ -15,6 +15,7 @@ import torch
 from conftest import synthetic_detector
 
 from fitguard import contract as c
+from fitguard.backbones import build_backbone
 from fitguard.cli import main
 from fitguard.detector import quality_logit, save_detector
 from fitguard.export import verify
@@ -23,17 +24,11 @@ from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
 from fitguard.export.onnx_export import export_detector
 from fitguard.export.repository import SOURCE, check_signature, export_repository, render_config
 from fitguard.labels import labels_text
-from fitguard.models import BadHeadError, QualityHead, build_backbone, save_head
-from fitguard.pipeline import (
-    OnnxPipeline,
-    PreprocessSettings,
-    ReferencePipeline,
-    read_config,
-    reference_outputs,
-    repository_settings,
-)
-from fitguard.preprocess import Limits, encode_image
+from fitguard.preprocess import Limits, PreprocessSettings, encode_image
 from fitguard.presets import preset_for
+from fitguard.quality import BadHeadError, QualityHead, save_head
+from fitguard.reference import OnnxPipeline, ReferencePipeline, reference_outputs
+from fitguard.repository import read_config, repository_settings
 
 torch.set_num_threads(2)
 MODELS = (c.ENSEMBLE, *c.MODELS)
@@ -342,7 +337,7 @@ def _calibrated_resnet152(path: Path, photos: dict[str, np.ndarray]) -> Path:
     """
     from torchvision.models import resnet152
 
-    from fitguard.models import UInt8Normalize
+    from fitguard.backbones import UInt8Normalize
 
     torch.manual_seed(0)
     model = resnet152(weights=None)

@@ -149,7 +149,7 @@ def test_synthetic_labels(photos: dict[str, np.ndarray]) -> None:
 
 
 def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
-    from fitguard.models import build_backbone
+    from fitguard.backbones import build_backbone
     from fitguard.training.features import FeatureCache, backbone_key, patch_features, patch_key
 
     net = build_backbone("tiny")
@@ -171,7 +171,7 @@ def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     # computes).
     import torch
 
-    from fitguard.models import UInt8Normalize
+    from fitguard.backbones import UInt8Normalize
 
     with torch.inference_mode():
         x = UInt8Normalize(net.preset)(torch.from_numpy(iqa_patches(imgs[0], 4)))
@@ -198,7 +198,8 @@ def test_synthetic_covers_every_type_and_level_per_photo(photos: dict[str, np.nd
 def _check_outputs(out: Path, backbone: str, dataset: str, images: int, splits: int) -> dict:
     import torch
 
-    from fitguard.models import QualityModel, build_backbone, load_head
+    from fitguard.backbones import build_backbone
+    from fitguard.quality import QualityModel, load_head
 
     metrics = json.loads(Path(f"{out}.metrics.json").read_text())
     assert {"srcc_mean", "plcc_mean", "splits", "dataset", "backbone", "images"} <= set(metrics)

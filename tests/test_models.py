@@ -7,20 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fitguard.models import (  # noqa: E402
-    BadHeadError,
-    Classifier,
-    QualityHead,
-    QualityModel,
-    UInt8Normalize,
-    WeightsUnavailableError,
-    backbone_names,
-    build_backbone,
-    expected_quality,
-    load_head,
-    save_head,
-)
+from fitguard.backbones import UInt8Normalize, WeightsUnavailableError, backbone_names, build_backbone  # noqa: E402
+from fitguard.classifier import Classifier  # noqa: E402
 from fitguard.preprocess import classifier_crop  # noqa: E402
+from fitguard.quality import BadHeadError, QualityHead, QualityModel, expected_quality, load_head, save_head  # noqa: E402
 
 
 def test_registry_names():

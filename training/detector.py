@@ -37,7 +37,8 @@ from fitguard.detector import FIT_LABEL, UNFIT_LABEL, Detector, detector_feature
 from fitguard.training.groups import GroupConfig, ImageGroup, default_cache_dir, stable_key
 
 if TYPE_CHECKING:
-    from fitguard.models import Backbone, QualityModel
+    from fitguard.backbones import Backbone
+    from fitguard.quality import QualityModel
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class Models:
 
 def load_models(backbone: str, head: str | Path, weights: str | None = "default") -> Models:
     """Backbone by name and the DTNIQ-f head file, ready for feature extraction (eval mode)."""
-    from fitguard.models import QualityModel, build_backbone, load_head
+    from fitguard.backbones import build_backbone
+    from fitguard.quality import QualityModel, load_head
 
     bb = build_backbone(backbone, weights)
     head_module, info = load_head(head, bb)
@@ -514,7 +516,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
     )
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.models)")
+    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
     parser.add_argument(
         "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
     )

@@ -693,7 +693,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
     )
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.models)")
+    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
     parser.add_argument(
         "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
     )

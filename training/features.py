@@ -2,7 +2,7 @@
 
 The frozen backbone is by far the most expensive part of training the quality head, and the same
 patches come back for every split, seed and rerun. Each patch's feature vector
-(:meth:`fitguard.models.Backbone.quality_features`) is stored under
+(:meth:`fitguard.backbones.Backbone.quality_features`) is stored under
 
     <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch pixels)[:2]>/<sha256>.npy
 
@@ -28,7 +28,7 @@ from fitguard.preprocess import iqa_patches
 if TYPE_CHECKING:
     import torch
 
-    from fitguard.models import Backbone
+    from fitguard.backbones import Backbone
 
 
 def default_cache_dir() -> Path:
@@ -39,7 +39,7 @@ def default_cache_dir() -> Path:
 
 def _identity(backbone: Backbone) -> dict[str, object]:
     """Everything that changes a patch's features."""
-    from fitguard.models import QUALITY_FEATURES
+    from fitguard.backbones import QUALITY_FEATURES
 
     return {
         "backbone": backbone.name,
@@ -128,7 +128,7 @@ def patch_features(
     import torch
     from tqdm.auto import tqdm
 
-    from fitguard.models import UInt8Normalize
+    from fitguard.backbones import UInt8Normalize
 
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), backbone)
     dev = _device(device)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from fitguard.preprocess import center_crop, resize_shorter
 
 if TYPE_CHECKING:  # torch is imported inside functions so this module stays light to import
-    from fitguard.models import Backbone
+    from fitguard.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def predict_logits(
     """Classifier logits [N, 1000] float32 for canvases [N, S, S, 3], through serving's crop."""
     import torch
 
-    from fitguard.models import UInt8Normalize
+    from fitguard.backbones import UInt8Normalize
 
     norm = UInt8Normalize(backbone.preset)
     out = []
@@ -409,7 +409,7 @@ def _float_logits_module(backbone: Backbone) -> Any:
     import torch
     from torch import nn
 
-    from fitguard.models import UInt8Normalize
+    from fitguard.backbones import UInt8Normalize
 
     class FloatLogits(nn.Module):
         def __init__(self) -> None:

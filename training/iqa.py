@@ -2,7 +2,7 @@
 
 Steps: load a dataset (TID2013, KADID-10k, or synthetic distortions of reference photos labelled by a
 full-reference metric), compute the frozen backbone's features of every patch once (cached on disk),
-then train :class:`fitguard.models.QualityHead` with cross-entropy over 70 score bins. ``--splits``
+then train :class:`fitguard.quality.QualityHead` with cross-entropy over 70 score bins. ``--splits``
 splits by reference image (repeated k-fold) measure SRCC/PLCC on held-out scenes; the head written to
 ``--out`` is then trained on all references. torch is imported inside functions only.
 """
@@ -49,7 +49,7 @@ class HeadConfig:
 def score_to_bins(scores: np.ndarray, bins: int = QUALITY_BINS, sigma: float = 2.0) -> np.ndarray:
     """Scores in [0, 1] -> target distributions over bins 1..B ([N, B]).
 
-    Bin j (1-based) stands for score (j - 1) / (B - 1), matching :func:`fitguard.models.expected_quality`.
+    Bin j (1-based) stands for score (j - 1) / (B - 1), matching :func:`fitguard.quality.expected_quality`.
     ``sigma`` > 0 gives a Gaussian around the exact (fractional) position, so neighbouring bins are not
     counted as wholly wrong; ``sigma`` = 0 gives one-hot labels at the nearest bin.
     """
@@ -126,7 +126,7 @@ def predict(head: Any, features: np.ndarray, batch: int = 1024) -> np.ndarray:
     """Image scores: the mean over P patches of the head's expected quality (as the exported graph does)."""
     import torch
 
-    from fitguard.models import expected_quality
+    from fitguard.quality import expected_quality
 
     n, p, d = features.shape
     flat = torch.from_numpy(np.ascontiguousarray(features.reshape(n * p, d)))
@@ -158,7 +158,7 @@ def train_head(
     """
     import torch
 
-    from fitguard.models import QualityHead
+    from fitguard.quality import QualityHead
 
     rng = np.random.default_rng(seed)
     by = references if val_groups is None else val_groups
@@ -250,7 +250,8 @@ def train_iqa(
     """
     import torch
 
-    from fitguard.models import build_backbone, save_head
+    from fitguard.backbones import build_backbone
+    from fitguard.quality import save_head
     from fitguard.training.features import default_cache_dir, patch_features
     from fitguard.training.iqa_data import SYNTHETIC_METRIC, SYNTHETIC_VIEWS, load_dataset
 

@@ -49,9 +49,10 @@ def gpu_backbone(
     """
     import torch
 
+    from fitguard.backbones import build_backbone
     from fitguard.benchlib.flops import torch_flops
+    from fitguard.classifier import Classifier
     from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
-    from fitguard.models import Classifier, build_backbone
 
     model = Classifier(build_backbone(backbone, weights)).eval()
     example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)

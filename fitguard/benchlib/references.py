@@ -1,9 +1,9 @@
 """The reference points the served ensemble is compared with, measured on the same images and cores.
 
 - in-process: the repository's own ``model.onnx`` files in ONNX Runtime with the served preprocessing
-  (:class:`fitguard.pipeline.OnnxPipeline`), no server;
+  (:class:`fitguard.reference.OnnxPipeline`), no server;
 - naive: what a user writes first, PyTorch eager one image at a time plus the scikit-learn SVM
-  (:class:`fitguard.pipeline.ReferencePipeline`);
+  (:class:`fitguard.reference.ReferencePipeline`);
 - backbone alone: the classifier graph by itself, the part that the machine limit is about.
 """
 
@@ -67,7 +67,7 @@ def inprocess(
     without a server. Also splits one image's time into preprocessing and the three graphs, the
     in-process analogue of Triton's per-model statistics.
     """
-    from fitguard.pipeline import OnnxPipeline
+    from fitguard.reference import OnnxPipeline
 
     # whole passes over the images, so the in-process mix of image sizes is the served one
     count = -(-max(count, 1) // len(images)) * len(images)
@@ -143,7 +143,7 @@ def naive(repository: str | Path, images: Sequence[bytes], count: int, threads: 
     """
     import torch
 
-    from fitguard.pipeline import ReferencePipeline
+    from fitguard.reference import ReferencePipeline
 
     before = torch.get_num_threads()
     pipe = ReferencePipeline.from_repository(repository)

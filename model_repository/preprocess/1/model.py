@@ -12,8 +12,7 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
-from fitguard.pipeline import Parameters, PreprocessSettings
-from fitguard.preprocess import BadImageError
+from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
 
 
 class TritonPythonModel:

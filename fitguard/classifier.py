@@ -1,0 +1,31 @@
+"""The classifier step: uint8 crops -> softmax probabilities, and the softmax numpy code uses.
+
+Requires the ``[export]`` extra (torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fitguard.backbones import Backbone, UInt8Normalize
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits in their own dtype (what :class:`Classifier` ends with)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Classifier(nn.Module):
+    """uint8 [N, 3, 224, 224] -> softmax probabilities [N, 1000]."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.normalize = UInt8Normalize(backbone.preset)
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.backbone(self.normalize(x)), dim=1)

@@ -1,0 +1,163 @@
+"""In-process pipelines that answer exactly like the served ``fitguard`` ensemble.
+
+- :class:`ReferencePipeline`: the originals (torch Classifier + QualityModel, scikit-learn Detector). The
+  served answer is checked against it.
+- :class:`OnnxPipeline`: the exported ``model.onnx`` files of a repository run directly in ONNX Runtime,
+  no server. The benchmark compares the served ensemble to it.
+
+Both use the preprocess backend's own code (:class:`~fitguard.preprocess.PreprocessSettings` read from the
+same config parameters) and return the ensemble's outputs: a dict of arrays keyed by the contract's
+tensor names, each with a leading batch dimension. torch and onnxruntime load on first use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitguard.contract import (
+    CLASS_ID,
+    CLASSIFIER,
+    CLASSIFIER_INPUT,
+    DEFAULT_PATCHES,
+    DETECTOR,
+    FIT,
+    FIT_SCORE,
+    IQA_PATCHES,
+    PROBS,
+    QUALITY,
+    QUALITY_SCORE,
+    TOP5_IDS,
+    TOP5_PROBS,
+)
+from fitguard.preprocess import DEFAULT_LIMITS, Limits, PreprocessSettings
+from fitguard.repository import DETECTOR_NAME, HEAD_NAME, MANIFEST_NAME, model_path, repository_settings
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass
+class _Pipeline:
+    settings: PreprocessSettings
+
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
+        raise NotImplementedError
+
+    def predict(self, images: Sequence[bytes]) -> Outputs:
+        """Encoded images -> the ensemble's outputs for the batch.
+
+        Raises:
+            BadImageError: for the first image that cannot be judged (nothing is returned for the batch).
+        """
+        if not images:
+            raise ValueError("predict needs at least one image")
+        return self.run(*self.settings.prepare_batch(images))
+
+
+@dataclass
+class ReferencePipeline(_Pipeline):
+    """The originals in-process: torch classifier and quality model, scikit-learn detector."""
+
+    classifier: Any = None  # fitguard.classifier.Classifier
+    quality_model: Any = None  # fitguard.quality.QualityModel
+    detector: Any = None  # fitguard.detector.Detector
+    _torch: Any = field(default=None, repr=False)
+
+    @classmethod
+    def from_files(
+        cls,
+        backbone: str,
+        head: str | Path,
+        detector: str | Path,
+        weights: str | None = "default",
+        patches: int | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> ReferencePipeline:
+        from fitguard.backbones import build_backbone
+        from fitguard.classifier import Classifier
+        from fitguard.detector import load_detector
+        from fitguard.quality import QualityModel, load_head
+
+        net = build_backbone(backbone, weights)
+        head_module, _ = load_head(head, net)
+        settings = PreprocessSettings(net.preset, patches or DEFAULT_PATCHES, limits, backbone)
+        return cls(
+            settings,
+            classifier=Classifier(net).eval(),
+            quality_model=QualityModel(net, head_module).eval(),
+            detector=load_detector(detector),
+        )
+
+    @classmethod
+    def from_repository(cls, repository: str | Path) -> ReferencePipeline:
+        """Rebuild the originals a repository was exported from (its manifest and the files kept beside it)."""
+        repository = Path(repository)
+        args = json.loads((repository / MANIFEST_NAME).read_text(encoding="utf-8"))["arguments"]
+        settings = repository_settings(repository)
+        pipeline = cls.from_files(
+            args["backbone"],
+            repository / HEAD_NAME,
+            repository / DETECTOR_NAME,
+            args["weights"],
+            settings.patches,
+        )
+        pipeline.settings = settings
+        return pipeline
+
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
+        import torch
+
+        with torch.inference_mode():
+            probs = self.classifier(torch.from_numpy(np.ascontiguousarray(classifier_input))).numpy()
+            quality = self.quality_model(torch.from_numpy(np.ascontiguousarray(patches))).numpy()
+        return reference_outputs(probs, quality, self.detector)
+
+
+def reference_outputs(probs: np.ndarray, quality: np.ndarray, detector: Any) -> Outputs:
+    """The detector step in numpy + scikit-learn: what the detector graph computes."""
+    from fitguard.detector import detector_features, top_k
+
+    ids, top = top_k(probs)
+    score = detector.score(detector_features(probs, quality)).reshape(-1, 1)
+    return {
+        CLASS_ID: ids[:, :1],
+        TOP5_IDS: ids,
+        TOP5_PROBS: top,
+        QUALITY_SCORE: np.asarray(quality, np.float32).reshape(-1, 1),
+        FIT: score >= 0,
+        FIT_SCORE: score,
+    }
+
+
+@dataclass
+class OnnxPipeline(_Pipeline):
+    """A repository's ``model.onnx`` files run directly in ONNX Runtime, with the served preprocessing."""
+
+    sessions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_repository(
+        cls, repository: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int = 0
+    ) -> OnnxPipeline:
+        import onnxruntime as ort
+
+        repository = Path(repository)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
+        sessions = {
+            name: ort.InferenceSession(str(model_path(repository, name)), options, providers=list(providers))
+            for name in (CLASSIFIER, QUALITY, DETECTOR)
+        }
+        return cls(repository_settings(repository), sessions=sessions)
+
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
+        (probs,) = self.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: classifier_input})
+        (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
+        names = [CLASS_ID, TOP5_IDS, TOP5_PROBS, FIT, FIT_SCORE]
+        detected = self.sessions[DETECTOR].run(names, {PROBS: probs, QUALITY_SCORE: quality})
+        return {**dict(zip(names, detected, strict=True)), QUALITY_SCORE: quality}

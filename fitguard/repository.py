@@ -1,0 +1,50 @@
+"""The layout of a Triton model repository as fitguard writes and reads it: file names and config reading.
+
+Standard library at import time (the preprocess backend's manifest check imports it through
+:mod:`fitguard.export.manifest`); protobuf and numpy load inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fitguard.contract import PREPROCESS
+
+if TYPE_CHECKING:
+    from fitguard.preprocess import PreprocessSettings
+
+MANIFEST_NAME = "manifest.json"
+CONFIG_NAME = "config.pbtxt"
+MODEL_NAME = "model.onnx"
+VERSION = "1"  # fitguard serves one version of each model
+LABELS_NAME = "labels.txt"
+# Copies of the source files, kept beside the manifest (Triton ignores plain files).
+HEAD_NAME = "iqa_head.pt"
+DETECTOR_NAME = "detector.joblib"
+
+
+def model_path(repository: str | Path, name: str) -> Path:
+    """The ONNX file of model ``name``: ``<repository>/<name>/1/model.onnx``."""
+    return Path(repository) / name / VERSION / MODEL_NAME
+
+
+def config_path(repository: str | Path, name: str) -> Path:
+    """The ``config.pbtxt`` of model ``name``."""
+    return Path(repository) / name / CONFIG_NAME
+
+
+def read_config(path: str | Path) -> Any:
+    """Parse a ``config.pbtxt`` into a ``ModelConfig`` protobuf message."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def repository_settings(repository: str | Path) -> PreprocessSettings:
+    """The preprocess settings a repository serves with, read from ``preprocess/config.pbtxt``."""
+    from fitguard.preprocess import PreprocessSettings
+
+    config = read_config(config_path(repository, PREPROCESS))
+    return PreprocessSettings.from_parameters({k: v.string_value for k, v in config.parameters.items()})
