@@ -20,12 +20,6 @@ from fitguard.contract import DEFAULT_PATCHES
 from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
-# The shipped detector learns the unfit inputs the project can make offline that differ from clean ones:
-# distorted and fooling images. The paper trains on universal-perturbation images alone; offline, our
-# perturbation barely moves [top-5, quality] (docs/evaluation.md), so those images only add label noise
-# and the detector then passes blurred and noisy photos as fit. The paper's protocol still runs and is
-# reported (`fitguard evaluate`).
-UNFIT_GROUPS = ("distorted", "fool_gd", "fool_ev")
 DISTORT_SOURCES = 8  # originals distorted for training: 8 x 4 kinds x 5 levels = 160 images
 
 
@@ -66,6 +60,56 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+class _Record:
+    """``build.json``: per step its argument stamp, output, time and result; a step whose stamp and output
+    are unchanged is skipped."""
+
+    def __init__(self, path: Path, force: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() and not force else {}
+        self.data.setdefault("steps", {})
+
+    def write(self) -> None:
+        self.path.write_text(json.dumps(self.data, indent=2, default=str))
+
+    def stamp(self, name: str) -> str:
+        return self.data["steps"][name]["stamp"]
+
+    def step(self, name: str, output: Path, args: dict[str, Any], fn: Callable[[], Any]) -> None:
+        stamp = _stamp(args)
+        done = self.data["steps"].get(name, {})
+        if output.exists() and done.get("stamp") == stamp:
+            print(f"[build] {name}: up to date ({output})")
+            return
+        print(f"[build] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn()
+        self.data["steps"][name] = {
+            "stamp": stamp,
+            "output": str(output),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "result": result if isinstance(result, dict) else None,
+        }
+        self.write()
+        print(f"[build] {name}: {self.data['steps'][name]['seconds']} s", flush=True)
+
+
+def _iqa_args(common: dict[str, Any], splits: int) -> dict[str, Any]:
+    """Stamps hold every setting that changes a step's output, so a changed default retrains."""
+    from fitguard.backbones import QUALITY_FEATURES
+    from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
+    from fitguard.training.iqa_data import SYNTHETIC_VIEWS
+
+    return {
+        **common,
+        "splits": splits,
+        "split_scheme": SPLIT_SCHEME,
+        "features": QUALITY_FEATURES,
+        "views": SYNTHETIC_VIEWS,
+        "head_config": asdict(HeadConfig()),
+    }
+
+
 def build(
     out: Path,
     *,
@@ -78,106 +122,64 @@ def build(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
+    from fitguard.detector import DETECTOR_FORMAT
     from fitguard.export import export_repository
-    from fitguard.training.detector import DEFAULT_GRID, train_detector
-    from fitguard.training.groups import GroupConfig
+    from fitguard.training.detector import train_detector
+    from fitguard.training.groups import DISTORTED, FOOL_EV, FOOL_GD, GroupConfig
     from fitguard.training.iqa import train_iqa
+    from fitguard.training.svm import DEFAULT_GRID
 
     out.mkdir(parents=True, exist_ok=True)
-    record_path = out / BUILD_FILE
-    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.exists() and not force else {}
-    record.setdefault("steps", {})
+    record = _Record(out / BUILD_FILE, force)
     common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
     head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
-
-    def step(name: str, output: Path, args: dict[str, Any], fn: Callable[[], Any]) -> None:
-        stamp = _stamp(args)
-        done = record["steps"].get(name, {})
-        if output.exists() and done.get("stamp") == stamp:
-            print(f"[build] {name}: up to date ({output})")
-            return
-        print(f"[build] {name} ...", flush=True)
-        t0 = time.perf_counter()
-        result = fn()
-        record["steps"][name] = {
-            "stamp": stamp,
-            "output": str(output),
-            "seconds": round(time.perf_counter() - t0, 1),
-            "result": result if isinstance(result, dict) else None,
-        }
-        record_path.write_text(json.dumps(record, indent=2, default=str))
-        print(f"[build] {name}: {record['steps'][name]['seconds']} s", flush=True)
-
-    from fitguard.backbones import QUALITY_FEATURES
-    from fitguard.detector import DETECTOR_FORMAT
-    from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
-    from fitguard.training.iqa_data import SYNTHETIC_VIEWS
-
-    # Stamps hold every setting that changes a step's output, so a changed default retrains.
-    iqa_args = {
-        **common,
-        "splits": splits,
-        "split_scheme": SPLIT_SCHEME,
-        "features": QUALITY_FEATURES,
-        "views": SYNTHETIC_VIEWS,
-        "head_config": asdict(HeadConfig()),
-    }
-    step(
+    models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
+    iqa_args = _iqa_args(common, splits)
+    record.step(
         "iqa",
         head,
         iqa_args,
         lambda: train_iqa(
-            backbone=backbone,
-            weights=weights,
-            dataset="synthetic",
-            photos=photos,
-            out=head,
-            patches=patches,
-            splits=splits,
-            seed=seed,
-            cache_dir=out / "cache",
+            **models, dataset="synthetic", photos=photos, out=head, splits=splits, cache_dir=out / "cache"
         ),
     )
     group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=seed)
+    # The shipped detector learns the unfit inputs the project can make offline that differ from clean ones:
+    # distorted and fooling images. The paper trains on universal-perturbation images alone; offline, our
+    # perturbation barely moves [top-5, quality] (docs/evaluation.md), so those images only add label noise
+    # and the detector then passes blurred and noisy photos as fit. The paper's protocol still runs and is
+    # reported (`fitguard evaluate`).
+    unfit = (DISTORTED, FOOL_GD, FOOL_EV)
     det_args = {
         **iqa_args,
-        "head": record["steps"]["iqa"]["stamp"],
-        "unfit": UNFIT_GROUPS,
+        "head": record.stamp("iqa"),
+        "unfit": unfit,
         "groups": asdict(group_config),
         "format": DETECTOR_FORMAT,
         "grid": DEFAULT_GRID,
     }
-    step(
+    record.step(
         "detector",
         detector,
         det_args,
         lambda: train_detector(
-            backbone=backbone,
-            weights=weights,
+            **models,
             head=head,
             out=detector,
             images=photos,
-            patches=patches,
-            seed=seed,
             cache=out / "cache",
-            unfit_groups=UNFIT_GROUPS,
+            unfit_groups=unfit,
             config=group_config,
         ),
     )
-    exp_args = {**det_args, "detector": _file_hash(detector)}
-    step(
+    record.step(
         "export",
         repository / MANIFEST_NAME,
-        exp_args,
+        {**det_args, "detector": _file_hash(detector)},
         lambda: export_repository(
-            repository,
-            backbone=backbone,
-            weights=weights,
-            head=head,
-            detector=detector,
-            patches=patches,
+            repository, backbone=backbone, weights=weights, head=head, detector=detector, patches=patches
         ),
     )
-    record["repository"] = str(repository)
-    record_path.write_text(json.dumps(record, indent=2, default=str))
-    return record
+    record.data["repository"] = str(repository)
+    record.write()
+    return record.data

@@ -21,14 +21,10 @@ from fitguard.detector import (  # noqa: E402
 from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
 from fitguard.quality import QualityHead, save_head  # noqa: E402
 from fitguard.training import groups as G  # noqa: E402
-from fitguard.training.detector import (  # noqa: E402
-    compute_features,
-    fit_detector,
-    load_models,
-    pair_splits,
-    run_protocol,
-    train_detector,
-)
+from fitguard.training.detector import train_detector  # noqa: E402
+from fitguard.training.group_features import compute_features, load_models  # noqa: E402
+from fitguard.training.protocol import pair_splits, run_protocol  # noqa: E402
+from fitguard.training.svm import fit_detector  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +69,7 @@ def test_quality_weight_is_chosen_by_cv_and_baked_into_an_exportable_scaler():
     from fitguard.detector import Detector
     from fitguard.export.onnx_export import export_detector
     from fitguard.reference import reference_outputs
-    from fitguard.training.detector import bake_quality_weight, fit_detector, make_pipeline
+    from fitguard.training.svm import bake_quality_weight, fit_detector, make_pipeline
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)

@@ -10,37 +10,40 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fitguard.training import evaluate as E  # noqa: E402
+from fitguard.training import metrics as M  # noqa: E402
+from fitguard.training import protocol as P  # noqa: E402
+from fitguard.training import scoring as S  # noqa: E402
 from fitguard.training.groups import GroupConfig  # noqa: E402
 
 
 def test_fpr_at_95_tpr_and_far_threshold():
     clean = np.arange(100, dtype=float)  # scores 0..99
     unfit = np.arange(50, 150, dtype=float)  # the loosest threshold keeping 95% of these is 55
-    assert E.fpr_at_tpr(clean, unfit) == pytest.approx(45 / 100)
-    thr = E.far_threshold(clean, 0.05)
+    assert M.fpr_at_tpr(clean, unfit) == pytest.approx(45 / 100)
+    thr = M.far_threshold(clean, 0.05)
     assert np.mean(clean > thr) <= 0.05 and np.mean(clean >= thr) > 0.05 - 1e-9
-    assert E.fpr_at_tpr(clean, clean + 1000) == 0.0
+    assert M.fpr_at_tpr(clean, clean + 1000) == 0.0
 
 
 def test_risk_coverage_and_aurc():
     conf = np.array([0.9, 0.8, 0.7, 0.6])
     correct = np.array([True, True, False, True])
-    cov, risk = E.risk_coverage(conf, correct)
+    cov, risk = M.risk_coverage(conf, correct)
     np.testing.assert_allclose(cov, [0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(risk, [0, 0, 1 / 3, 1 / 4])
-    assert E.aurc(conf, correct) == pytest.approx((0 + 0 + 1 / 3 + 1 / 4) / 4)
-    assert E.accuracy_at_coverage(conf, correct, 0.5) == 1.0
-    assert E.accuracy_at_coverage(conf, correct, 0.8) == pytest.approx(0.75)  # ceil(0.8 * 4) = 4 images
+    assert M.aurc(conf, correct) == pytest.approx((0 + 0 + 1 / 3 + 1 / 4) / 4)
+    assert M.accuracy_at_coverage(conf, correct, 0.5) == 1.0
+    assert M.accuracy_at_coverage(conf, correct, 0.8) == pytest.approx(0.75)  # ceil(0.8 * 4) = 4 images
     # A perfect ranking has the lowest AURC.
-    assert E.aurc(np.array([4, 3, 2, 1.0]), np.array([True, True, True, False])) < E.aurc(conf, correct)
+    assert M.aurc(np.array([4, 3, 2, 1.0]), np.array([True, True, True, False])) < M.aurc(conf, correct)
 
 
 def test_base_scores_follow_pytorch_ood_definitions():
-    from fitguard.training.detector import GroupFeatures
+    from fitguard.training.group_features import GroupFeatures
 
     logits = np.random.default_rng(0).normal(size=(4, 1000)).astype(np.float32)
     feats = GroupFeatures(logits, np.array([0.1, 0.5, 0.7, 0.9], np.float32))
-    s = E.base_scores(feats)
+    s = S.base_scores(feats)
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(s["msp"], -p.max(1), rtol=1e-5)
@@ -67,9 +70,9 @@ def test_detector_all_learns_the_named_unfit_groups_only():
     x = {g: rng.normal(size=(len(grp), 6)).astype(np.float32) for g, grp in groups.items()}
     x["distorted"][:, 5] -= 3  # separable from the originals
     train_ids = np.arange(5)  # photos 0-4: originals 0-9, distorted 0-19
-    det = E.fit_all_groups(groups, x, gid, train_ids, {}, 0.05, ("distorted",))
+    det = P.fit_all_groups(groups, x, gid, train_ids, {}, 0.05, ("distorted",))
     assert det.meta["n_train"] == 10 + 20
-    det = E.fit_all_groups(groups, x, gid, train_ids, {}, 0.05)
+    det = P.fit_all_groups(groups, x, gid, train_ids, {}, 0.05)
     assert det.meta["n_train"] == 10 + 10 + 20  # every group, adversarial included
 
 

@@ -4,7 +4,7 @@ The frozen backbone is by far the most expensive part of training the quality he
 patches come back for every split, seed and rerun. Each patch's feature vector
 (:meth:`fitguard.backbones.Backbone.quality_features`) is stored under
 
-    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch pixels)[:2]>/<sha256>.npy
+    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch)[:2]>/<sha256>.npy
 
 The patch hash fixes the image content and the patch position in it, so a changed image, patch count or
 weights file never reads stale features, and identical patches (a view exactly one patch large) are
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fitguard.cache import cache_root
 from fitguard.preprocess import iqa_patches
 
 if TYPE_CHECKING:
@@ -32,9 +33,8 @@ if TYPE_CHECKING:
 
 
 def default_cache_dir() -> Path:
-    """``$FITGUARD_CACHE`` or ``~/.cache/fitguard``, with ``features/`` below it."""
-    base = os.environ.get("FITGUARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fitguard")
-    return Path(base) / "features"
+    """``features/`` under :func:`fitguard.cache.cache_root`."""
+    return cache_root() / "features"
 
 
 def _identity(backbone: Backbone) -> dict[str, object]:
