@@ -230,7 +230,8 @@ class AsyncFitClient:
         if not await t.model_ready(self.model):
             ready = await t.models()
             raise ModelNotReady(
-                f"model {self.model!r} is not ready on {self.connection.url}; ready models: {', '.join(ready) or 'none'}"
+                f"model {self.model!r} is not ready on {self.connection.url}; "
+                f"ready models: {', '.join(ready) or 'none'}"
             )
         return check_signature(
             await t.model_metadata(self.model), await t.model_config(self.model), self.connection.url

@@ -1,4 +1,4 @@
-"""``fitguard export``: the three models to a verified Triton repository (thin: the work is in repository.py)."""
+"""``fitguard export``: the three models to a verified Triton repository (thin: repository.py works)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights",
         default="default",
-        help="backbone weights: default, imagenet, IMAGENET1K_V1/V2 (resnet152), a checkpoint path, or random",
+        help="backbone weights: default, imagenet, IMAGENET1K_V1/V2 (resnet152), a checkpoint path, "
+        "or random",
     )
     parser.add_argument("--iqa-head", required=True, help="quality-head file from `fitguard train iqa`")
     parser.add_argument("--detector", required=True, help="detector file from `fitguard train detector`")

@@ -75,7 +75,7 @@ def _datatype(name: str) -> int:
 
 
 def check_signature(config: Any, patches: int) -> None:
-    """Raise ValueError unless ``config``'s inputs and outputs are exactly the contract's (P = ``patches``)."""
+    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``)."""
     inputs, outputs = SIGNATURES[config.name]
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}

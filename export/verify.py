@@ -93,7 +93,7 @@ def session(model: onnx.ModelProto) -> Any:
 
 
 def verification_inputs(settings: Any, names: Sequence[str] = VERIFY_PHOTOS) -> tuple[np.ndarray, np.ndarray]:
-    """Real photos through the served preprocessing: (classifier inputs [B, 3, 224, 224], patches [B, P, ...])."""
+    """Real photos through the served preprocessing: (crops [B, 3, 224, 224], patches [B, P, 3, 224, 224])."""
     from skimage import data
 
     from fitguard.preprocess import encode_image

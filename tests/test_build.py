@@ -122,8 +122,10 @@ def test_served_equals_reference_pipeline(served, build_dir: Path, degraded) -> 
 def test_demo_main_job(build_dir: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "fitguard.cli", "demo", "--build", str(build_dir)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.rstrip().endswith((" fit", " UNFIT"))]
     assert len(rows) == 16, proc.stdout  # 4 photos, each clean and in 3 degraded versions

@@ -9,9 +9,19 @@ from fitguard.training.distortions import DISTORTIONS, LEVELS, PAPER_DISTORTIONS
 from fitguard.training.photos import PACKAGE_PHOTOS, folder_photos, load_photos
 
 REQUIRED = (
-    "gaussian_blur", "white_noise", "color_noise", "impulse_noise", "jpeg", "jpeg2000", "contrast_change",
-    "saturation_change", "mean_shift", "block_wise", "quantization", "multiplicative_noise",
-)  # fmt: skip
+    "gaussian_blur",
+    "white_noise",
+    "color_noise",
+    "impulse_noise",
+    "jpeg",
+    "jpeg2000",
+    "contrast_change",
+    "saturation_change",
+    "mean_shift",
+    "block_wise",
+    "quantization",
+    "multiplicative_noise",
+)
 
 
 @pytest.fixture(scope="module")

@@ -432,9 +432,23 @@ def test_entrypoint_grpc_tls(repository_copy, tmp_path):
 
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     proc = _run(
-        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert),
-    )  # fmt: skip
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+    )
     assert proc.returncode == 0, proc.stderr
     env, ports = entrypoint_env(repository_copy, GRPC_TLS_CERT=str(cert), GRPC_TLS_KEY=str(key))
     server = Entrypoint(env, tmp_path / "entrypoint.log")
@@ -543,14 +557,17 @@ spec = importlib.util.spec_from_file_location("preprocess_model", f"{model_dir}/
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 model = module.TritonPythonModel()
-model.initialize({"model_config": open(config_json).read(), "model_repository": model_dir, "model_version": "1"})
+model.initialize(
+    {"model_config": open(config_json).read(), "model_repository": model_dir, "model_version": "1"}
+)
 good = open(good_path, "rb").read()
 requests = [{"IMAGE": pb.Tensor("IMAGE", np.array([[good]], dtype=object))},
             {"IMAGE": pb.Tensor("IMAGE", np.array([[b"not an image"]], dtype=object))}]
 ok, bad = model.execute(requests)
 assert ok.error is None, ok.error
+heavy = ("torch", "onnxruntime", "tritonclient")
 print(json.dumps({"shapes": [list(t.as_numpy().shape) for t in ok.output_tensors], "error": bad.error.message,
-                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime", "tritonclient"))}))
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in heavy)}))
 """
 
 
@@ -573,10 +590,20 @@ def test_server_image_python_is_enough_for_preprocess(tiny_repository, tmp_path,
     (tmp_path / "config.json").write_text(json_format.MessageToJson(config, preserving_proto_field_name=True))
     (tmp_path / "good.png").write_bytes(encode_image(photos["chelsea"]))
     proc = subprocess.run(
-        [sys.executable, "-c", _SERVER_IMAGE_CHECK, _FAKE_PB_UTILS, str(tiny_repository / "preprocess"),
-         str(tmp_path / "config.json"), str(tmp_path / "good.png")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            _SERVER_IMAGE_CHECK,
+            _FAKE_PB_UTILS,
+            str(tiny_repository / "preprocess"),
+            str(tmp_path / "config.json"),
+            str(tmp_path / "good.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     patches = int(config.output[1].dims[0])

@@ -78,7 +78,8 @@ def test_served_answers_equal_the_reference_pipeline(
     deltas = _assert_same(stacked, expected)
     onnx_deltas = _assert_same(stacked, onnx_expected)
     print(
-        f"\n{len(names)} images: served vs torch/sklearn reference max deltas {deltas}; vs in-process ONNX {onnx_deltas}"
+        f"\n{len(names)} images: served vs torch/sklearn reference max deltas {deltas}; "
+        f"vs in-process ONNX {onnx_deltas}"
     )
 
 

@@ -88,8 +88,16 @@ def test_report_on_tiny(tmp_path, monkeypatch):
     head = tmp_path / "head.pt"
     torch.manual_seed(0)
     save_head(head, QualityHead(bb.quality_dim, hidden=64), bb)
-    config = GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1, distort_sources=4, fool_gd_count=3,
-                         fool_gd_steps=2, fool_ev_count=3, fool_ev_generations=2)  # fmt: skip
+    config = GroupConfig(
+        views=4,
+        uap_fit_images=4,
+        uap_max_iter=1,
+        distort_sources=4,
+        fool_gd_count=3,
+        fool_gd_steps=2,
+        fool_ev_count=3,
+        fool_ev_generations=2,
+    )
     det = tmp_path / "det.joblib"
     train_detector("tiny", head, det, patches=1, repeats=3, config=config)
     rep = E.evaluate("tiny", head, det, tmp_path / "report", patches=1, config=config)
@@ -114,8 +122,9 @@ def test_report_on_tiny(tmp_path, monkeypatch):
             assert set(e) >= {"auroc", "fpr_at_95tpr", "far_0.05", "far_0.0857", "n_images", "n_clean"}
             assert set(e["far_0.05"]) >= {"detection_rate", "threshold", "realized_far"}
             assert e["auroc"]["n_repeats"] == 3
-            for rate, k in zip(e["far_0.05"]["detection_rate"]["per_repeat"], e["n_images"]["per_repeat"],
-                               strict=True):  # fmt: skip
+            for rate, k in zip(
+                e["far_0.05"]["detection_rate"]["per_repeat"], e["n_images"]["per_repeat"], strict=True
+            ):
                 assert rate * k == pytest.approx(round(rate * k))  # a share of counted images
             assert all(r <= 0.05 + 1e-9 for r in e["far_0.05"]["realized_far"]["per_repeat"])
     for g in ("fool_gd", "fool_ev"):  # half test, half train for the all-groups detector
@@ -124,13 +133,21 @@ def test_report_on_tiny(tmp_path, monkeypatch):
     op = res["operating_point"]
     for g in E.UNFIT_GROUPS:
         d = op["detector"][g]
-        for rate, k, hit in zip(d["detection_rate"]["per_repeat"], d["n_images"]["per_repeat"],
-                                d["n_detected"]["per_repeat"], strict=True):  # fmt: skip
+        for rate, k, hit in zip(
+            d["detection_rate"]["per_repeat"],
+            d["n_images"]["per_repeat"],
+            d["n_detected"]["per_repeat"],
+            strict=True,
+        ):
             assert rate == pytest.approx(hit / k)
     for g in E.LABELLED_GROUPS:
         d = op["baseline2"][g]
-        for acc, fit, ok in zip(d["accuracy_fit"]["per_repeat"], d["n_fit"]["per_repeat"],
-                                d["n_fit_correct"]["per_repeat"], strict=True):  # fmt: skip
+        for acc, fit, ok in zip(
+            d["accuracy_fit"]["per_repeat"],
+            d["n_fit"]["per_repeat"],
+            d["n_fit_correct"]["per_repeat"],
+            strict=True,
+        ):
             if fit:
                 assert acc == pytest.approx(ok / fit)
     # Test-half originals and adversarial images come in pairs; distorted ones are 20 per test original.

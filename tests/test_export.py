@@ -373,6 +373,7 @@ def test_resnet152_graph_with_random_weights(tmp_path: Path, photos: dict[str, n
     assert all(r["passed"] for r in manifest["parity"].values())
     assert 0 < manifest["parity"]["quality"]["deltas"]["quality"] <= 1e-4
     assert 0 < manifest["parity"]["classifier"]["deltas"]["prob"] <= 1e-4
-    # Not saturated: the photos get spread-out probabilities, so the deltas above were measured on real values.
+    # Not saturated: the photos get spread-out probabilities, so the deltas above were measured on real
+    # values.
     probs = OnnxPipeline.from_repository(out).predict([encode_image(photos["chelsea"])])[c.TOP5_PROBS]
     assert probs[0, 0] < 0.99 and probs[0, 4] > 1e-6

@@ -40,8 +40,12 @@ def test_report_files_and_groups(report) -> None:
     md = (out / "report.md").read_text()
     assert "Table IV" in md and "Table V" in md
     assert rep["n_images"] == {
-        "originals": 61, "adversarial": 61, "distorted": 480, "fool_gd": 16, "fool_ev": 16
-    }  # fmt: skip
+        "originals": 61,
+        "adversarial": 61,
+        "distorted": 480,
+        "fool_gd": 16,
+        "fool_ev": 16,
+    }
     # The universal perturbation fitted on every original fools the classifier on nearly all of them.
     assert rep["setup"]["group_meta"]["adversarial"]["fooling_rate"] >= 0.9
 

@@ -1,6 +1,7 @@
 """The embedded Triton server on a repository generated here: ONNX models through the Python-based
-``onnxruntime`` backend (as ``platform: "onnxruntime_onnx"`` and as ``backend: "onnxruntime"``), a Python model,
-and an ensemble chaining them, over HTTP and gRPC; plus load failures, busy ports and clean shutdown."""
+``onnxruntime`` backend (as ``platform: "onnxruntime_onnx"`` and as ``backend: "onnxruntime"``), a Python
+model, and an ensemble chaining them, over HTTP and gRPC; plus load failures, busy ports and clean
+shutdown."""
 
 from __future__ import annotations
 
@@ -360,8 +361,8 @@ def test_server_log_is_captured(server: EmbeddedServer) -> None:
     # The backend applied the config's tunables to the ONNX Runtime session.
     loaded = [line for line in server.log().splitlines() if "onnxruntime backend: affine_backend" in line]
     assert loaded and all(
-        "on CPUExecutionProvider (intra_op_threads=1, inter_op_threads=1, graph_optimization=ORT_ENABLE_EXTENDED"
-        in line
+        "on CPUExecutionProvider (intra_op_threads=1, inter_op_threads=1, "
+        "graph_optimization=ORT_ENABLE_EXTENDED" in line
         for line in loaded
     ), loaded
     assert server.startup_seconds is not None and server.startup_seconds > 0

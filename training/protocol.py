@@ -83,7 +83,7 @@ def run_protocol(
     grid: dict[str, list[float]] | None = None,
     progress: str | None = "detector protocol",
 ) -> list[dict[str, Any]]:
-    """The paper's ten repeats: per repeat the fitted detector, the split, and held-out adversarial results."""
+    """The paper's ten repeats: per repeat the fitted detector, the split and held-out adversarial results."""
     gid = split_groups(originals, split_by)
     splits = pair_splits(gid, repeats, 0.5, seed)
     out = []

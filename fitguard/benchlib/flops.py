@@ -105,7 +105,7 @@ def torch_flops(module: Any, example: Any) -> int:
 
 
 def pipeline_flops(classifier_onnx: str | Path, quality_onnx: str | Path, patches: int) -> dict[str, Any]:
-    """FLOPs per image of the served pipeline: the classifier on the crop plus the quality model on P patches."""
+    """FLOPs per image of the served pipeline: the classifier on the crop, the quality model on P patches."""
     cls = onnx_flops(classifier_onnx, batch=1)
     qual = onnx_flops(quality_onnx, batch=1, inner=patches)
     return {

@@ -39,6 +39,104 @@ def _timed(fn: Callable[[], object], sync: Callable[[], None], batch: int, secon
     }
 
 
+def _torch_runs(
+    model: Any, device: str, batches: Sequence[int], seconds: float, sync: Callable[[], None]
+) -> dict[str, Any]:
+    """torch fp32, and fp16 (bf16 on the CPU) autocast with channels-last memory."""
+    import torch
+
+    from fitguard.contract import INPUT_SIZE
+
+    half = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    low = "fp16" if device.startswith("cuda") else "bf16"
+    runs: dict[str, Any] = {}
+    for name, fp16, channels_last in (
+        ("torch-fp32", False, False),
+        (f"torch-{low}-channels-last", True, True),
+    ):
+        m = model.to(memory_format=torch.channels_last) if channels_last else model
+        per_batch = {}
+        for b in batches:
+            x = torch.randint(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, device=device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            ctx = torch.autocast(device.split(":")[0], dtype=half) if fp16 else contextlib.nullcontext()
+
+            def step(m: Any = m, x: Any = x, ctx: Any = ctx) -> None:
+                with torch.inference_mode(), ctx:
+                    m(x)
+
+            per_batch[str(b)] = _timed(step, sync, b, seconds)
+        runs[name] = per_batch
+    return runs
+
+
+def _onnx_candidates(available: set[str], cuda: bool, cache: str, batches: Sequence[int]) -> list[Any]:
+    """(runtime name, providers) to try: TensorRT fp16 and CUDA on a GPU, the CPU provider otherwise."""
+    from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
+
+    if not cuda:
+        return [("onnxruntime-cpu-fp32", ["CPUExecutionProvider"])]
+    candidates: list[tuple[str, list[Any]]] = []
+    if "TensorrtExecutionProvider" in available:
+        largest = f"{CLASSIFIER_INPUT}:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}"
+        trt = (
+            "TensorrtExecutionProvider",
+            {
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache,
+                "trt_profile_min_shapes": f"{CLASSIFIER_INPUT}:1x3x{INPUT_SIZE}x{INPUT_SIZE}",
+                "trt_profile_max_shapes": largest,
+                "trt_profile_opt_shapes": largest,
+            },
+        )
+        candidates.append(("onnxruntime-tensorrt-fp16", [trt, "CUDAExecutionProvider"]))
+    candidates.append(("onnxruntime-cuda-fp32", ["CUDAExecutionProvider"]))
+    return candidates
+
+
+def _onnx_runs(model: Any, ort: Any, cuda: bool, batches: Sequence[int], seconds: float) -> dict[str, Any]:
+    """The served classifier graph in ONNX Runtime, per execution provider that loads."""
+    import onnx
+
+    from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
+    from fitguard.export.onnx_export import export_classifier
+
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "classifier.onnx"
+        onnx.save(export_classifier(model), str(path))  # the served graph, as `fitguard export` writes it
+        for name, providers in _onnx_candidates(set(ort.get_available_providers()), cuda, tmp, batches):
+            try:
+                sess = ort.InferenceSession(str(path), providers=providers)
+            except Exception as exc:  # a missing TensorRT library must not cost the CUDA figure
+                runs[name] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                continue
+            per_batch = {}
+            rng = np.random.default_rng(0)
+            for b in batches:
+                x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
+                per_batch[str(b)] = _timed(
+                    lambda s=sess, x=x: s.run(None, {CLASSIFIER_INPUT: x}), lambda: None, b, seconds
+                )
+            runs[name] = per_batch
+    return runs
+
+
+def _best(runtimes: dict[str, Any]) -> dict[str, Any]:
+    best_name, best = None, None
+    for name, per_batch in runtimes.items():
+        for r in per_batch.values():
+            if (
+                isinstance(r, dict)
+                and "throughput" in r
+                and (best is None or r["throughput"] > best["throughput"])
+            ):
+                best_name, best = name, r
+    return {"runtime": best_name, **(best or {})}
+
+
 def gpu_backbone(
     backbone: str, weights: str | None, batches: Sequence[int], seconds: float = 3.0, device: str = "cuda"
 ) -> dict[str, Any]:
@@ -52,105 +150,35 @@ def gpu_backbone(
     from fitguard.backbones import build_backbone
     from fitguard.benchlib.flops import torch_flops
     from fitguard.classifier import Classifier
-    from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
+    from fitguard.contract import INPUT_SIZE
 
     model = Classifier(build_backbone(backbone, weights)).eval()
     example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
-    flops = torch_flops(model, example)
     results: dict[str, Any] = {
         "backbone": backbone,
         "weights": weights,
         "device": device,
-        "flops_per_image": flops,
+        "flops_per_image": torch_flops(model, example),
         "runtimes": {},
     }
     cuda = device.startswith("cuda")
-    half = torch.float16 if cuda else torch.bfloat16
 
     def sync() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    gpu_model = model.to(device)
-    low = "fp16" if cuda else "bf16"
-    for name, fp16, channels_last in (
-        ("torch-fp32", False, False),
-        (f"torch-{low}-channels-last", True, True),
-    ):
-        m = gpu_model.to(memory_format=torch.channels_last) if channels_last else gpu_model
-        per_batch = {}
-        for b in batches:
-            x = torch.randint(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=torch.uint8, device=device)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast(device.split(":")[0], dtype=half) if fp16 else contextlib.nullcontext()
-
-            def step(m: Any = m, x: Any = x, ctx: Any = ctx) -> None:
-                with torch.inference_mode(), ctx:
-                    m(x)
-
-            per_batch[str(b)] = _timed(step, sync, b, seconds)
-        results["runtimes"][name] = per_batch
+    results["runtimes"].update(_torch_runs(model.to(device), device, batches, seconds, sync))
     model = model.cpu()
     if cuda:
         torch.cuda.empty_cache()
-
     try:
         import onnxruntime as ort
     except ImportError:
         ort = None
     available = set(ort.get_available_providers()) if ort else set()
     if "CUDAExecutionProvider" in available or (not cuda and ort is not None):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "classifier.onnx"
-            import onnx
-
-            from fitguard.export.onnx_export import export_classifier
-
-            onnx.save(export_classifier(model), str(path))  # the served graph, as `fitguard export` writes it
-            candidates: list[tuple[str, list[Any]]] = []
-            if "TensorrtExecutionProvider" in available:
-                trt = (
-                    "TensorrtExecutionProvider",
-                    {
-                        "trt_fp16_enable": True,
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": tmp,
-                        "trt_profile_min_shapes": f"{CLASSIFIER_INPUT}:1x3x{INPUT_SIZE}x{INPUT_SIZE}",
-                        "trt_profile_max_shapes": f"{CLASSIFIER_INPUT}:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
-                        "trt_profile_opt_shapes": f"{CLASSIFIER_INPUT}:{max(batches)}x3x{INPUT_SIZE}x{INPUT_SIZE}",
-                    },
-                )
-                candidates.append(("onnxruntime-tensorrt-fp16", [trt, "CUDAExecutionProvider"]))
-            if cuda:
-                candidates.append(("onnxruntime-cuda-fp32", ["CUDAExecutionProvider"]))
-            else:
-                candidates = [("onnxruntime-cpu-fp32", ["CPUExecutionProvider"])]
-            for name, providers in candidates:
-                try:
-                    sess = ort.InferenceSession(str(path), providers=providers)
-                except Exception as exc:  # a missing TensorRT library must not cost the CUDA figure
-                    results["runtimes"][name] = {"error": f"{exc.__class__.__name__}: {exc}"}
-                    continue
-                per_batch = {}
-                rng = np.random.default_rng(0)
-                for b in batches:
-                    x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
-                    per_batch[str(b)] = _timed(
-                        lambda s=sess, x=x: s.run(None, {CLASSIFIER_INPUT: x}), lambda: None, b, seconds
-                    )
-                results["runtimes"][name] = per_batch
+        results["runtimes"].update(_onnx_runs(model, ort, cuda, batches, seconds))
     else:
         results["onnxruntime_note"] = "onnxruntime-gpu not installed: ONNX Runtime CUDA/TensorRT not measured"
-
-    best_name, best = None, None
-    for name, per_batch in results["runtimes"].items():
-        for r in per_batch.values():
-            if (
-                isinstance(r, dict)
-                and "throughput" in r
-                and (best is None or r["throughput"] > best["throughput"])
-            ):
-                best_name, best = name, r
-    results["best"] = {"runtime": best_name, **(best or {})}
+    results["best"] = _best(results["runtimes"])
     return results

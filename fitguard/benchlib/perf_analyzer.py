@@ -40,11 +40,26 @@ def command(
     """The ``perf_analyzer`` command equivalent to ``fitguard bench`` (concurrency mode, bounded by count)."""
     lo, hi = min(concurrency), max(concurrency)
     args = [
-        "perf_analyzer", "-m", contract.ENSEMBLE, "-u", url, "-i", protocol, "-b", str(batch),
-        "--input-data", str(data_path),
-        "--concurrency-range", f"{lo}:{hi}",
-        "--measurement-mode", "count_windows", "--measurement-request-count", str(requests),
-        "--percentile", "99",
-        "-f", csv_out,
-    ]  # fmt: skip
+        "perf_analyzer",
+        "-m",
+        contract.ENSEMBLE,
+        "-u",
+        url,
+        "-i",
+        protocol,
+        "-b",
+        str(batch),
+        "--input-data",
+        str(data_path),
+        "--concurrency-range",
+        f"{lo}:{hi}",
+        "--measurement-mode",
+        "count_windows",
+        "--measurement-request-count",
+        str(requests),
+        "--percentile",
+        "99",
+        "-f",
+        csv_out,
+    ]
     return shlex.join(args)

@@ -126,9 +126,10 @@ def summary_text(result: dict[str, Any]) -> str:
             avg = "/".join(
                 _fmt(models.get(k, {}).get("avg_batch_size"), 2) for k in ("classifier", "quality")
             )
+            p50, p90, p99 = (_fmt(lat[k]) for k in ("p50", "p90", "p99"))
             lines.append(
-                f"  {lv['concurrency']:>4} {lv['throughput']:>7.2f} {_fmt(lat['p50']):>8} {_fmt(lat['p90']):>8} "
-                f"{_fmt(lat['p99']):>8} {lv['errors']:>7}  {slow_txt:<22} {avg}"
+                f"  {lv['concurrency']:>4} {lv['throughput']:>7.2f} {p50:>8} {p90:>8} {p99:>8} "
+                f"{lv['errors']:>7}  {slow_txt:<22} {avg}"
             )
         best = best_level(served["levels"])
         if best and best.get("server_stats"):
@@ -136,9 +137,11 @@ def summary_text(result: dict[str, Any]) -> str:
                 f"  Triton statistics at concurrency {best['concurrency']} (ms per image; queue per request):"
             )
             for name, s in best["server_stats"]["models"].items():
+                batch = _fmt(s["avg_batch_size"], 2)
                 lines.append(
-                    f"    {name:<11} batch {_fmt(s['avg_batch_size'], 2):>5}  queue {s['queue_ms_per_request']:>7.2f}  "
-                    f"in {s['compute_input_ms_per_image']:>6.2f}  infer {s['compute_infer_ms_per_image']:>7.2f}  "
+                    f"    {name:<11} batch {batch:>5}  queue {s['queue_ms_per_request']:>7.2f}  "
+                    f"in {s['compute_input_ms_per_image']:>6.2f}  "
+                    f"infer {s['compute_infer_ms_per_image']:>7.2f}  "
                     f"out {s['compute_output_ms_per_image']:>6.2f}  total {s['compute_ms_per_image']:>7.2f}"
                 )
     ip = result.get("inprocess")
@@ -167,9 +170,8 @@ def summary_text(result: dict[str, Any]) -> str:
         peak = result.get("gpu_gemm_peak")
         if peak:
             lines.append(f"GPU GEMM peak (GFLOP/s): {peak['gflops']}")
-        lines.append(
-            f"backbone {gpu['backbone']} alone on {gpu['device']} ({gpu['flops_per_image'] / 1e9:.1f} GFLOP/img):"
-        )
+        gflop = gpu["flops_per_image"] / 1e9
+        lines.append(f"backbone {gpu['backbone']} alone on {gpu['device']} ({gflop:.1f} GFLOP/img):")
         for name, per_batch in gpu["runtimes"].items():
             if "error" in per_batch:
                 lines.append(f"  {name}: {per_batch['error']}")
@@ -244,15 +246,27 @@ def markdown(result: dict[str, Any]) -> str:
     ip, nv = result.get("inprocess") or {}, result.get("naive") or {}
     fl, peak = result.get("flops") or {}, result.get("gemm_peak") or {}
     rows = [
-        ("served, best concurrency", best and f"{best['throughput']:.2f} img/s at c={best['concurrency']}",
-         best and f"p50 {best['latency_ms']['p50']:.0f} / p99 {best['latency_ms']['p99']:.0f} ms"),
-        ("served, concurrency 1", c1 and f"{c1['throughput']:.2f} img/s",
-         c1 and f"p50 {c1['latency_ms']['p50']:.0f} / p99 {c1['latency_ms']['p99']:.0f} ms"),
-        ("in-process ONNX (no server)", ip.get("best") and f"{ip['best']['throughput']:.2f} img/s",
-         ip.get("batch1") and f"p50 {ip['batch1']['latency_ms']['p50']:.0f} ms (1 image)"),
-        ("naive PyTorch eager + sklearn", nv and f"{nv['throughput']:.2f} img/s",
-         nv and f"p50 {nv['latency_ms']['p50']:.0f} ms"),
-    ]  # fmt: skip
+        (
+            "served, best concurrency",
+            best and f"{best['throughput']:.2f} img/s at c={best['concurrency']}",
+            best and f"p50 {best['latency_ms']['p50']:.0f} / p99 {best['latency_ms']['p99']:.0f} ms",
+        ),
+        (
+            "served, concurrency 1",
+            c1 and f"{c1['throughput']:.2f} img/s",
+            c1 and f"p50 {c1['latency_ms']['p50']:.0f} / p99 {c1['latency_ms']['p99']:.0f} ms",
+        ),
+        (
+            "in-process ONNX (no server)",
+            ip.get("best") and f"{ip['best']['throughput']:.2f} img/s",
+            ip.get("batch1") and f"p50 {ip['batch1']['latency_ms']['p50']:.0f} ms (1 image)",
+        ),
+        (
+            "naive PyTorch eager + sklearn",
+            nv and f"{nv['throughput']:.2f} img/s",
+            nv and f"p50 {nv['latency_ms']['p50']:.0f} ms",
+        ),
+    ]
     lines = [
         f"`{result.get('backbone')}`, {fl.get('patches', '?')} IQA patches, "
         f"{(fl.get('per_image') or 0) / 1e9:.2f} GFLOP/image; {result['date'][:10]}, {m['cpu_model']} "

@@ -481,7 +481,7 @@ class EmbeddedServer:
             return None
 
     def repository_index(self) -> list[dict]:
-        """Triton's repository index: one entry per model with ``name``, ``version``, ``state``, ``reason``."""
+        """Triton's repository index: per model its ``name``, ``version``, ``state`` and ``reason``."""
         req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
         with urllib.request.urlopen(req, timeout=5) as r:
             return list(json.loads(r.read()))

@@ -86,8 +86,10 @@ def test_bad_inputs_with_good_requests_in_flight(tiny_server, good_payloads, ref
                 _check_bad_outcome(corpus[i], outcome)
                 errors += isinstance(outcome, str)
                 verdicts += not isinstance(outcome, str)
-        print(f"\nbad-input corpus: {len(corpus)} kinds -> {errors} clear errors, {verdicts} verdicts; "
-              f"{2 * len(good_payloads)} good requests in flight alongside, all answered correctly")  # fmt: skip
+        print(
+            f"\nbad-input corpus: {len(corpus)} kinds -> {errors} clear errors, {verdicts} verdicts; "
+            f"{2 * len(good_payloads)} good requests in flight alongside, all answered correctly"
+        )
         # Still up, every model still ready, and still right.
         assert client.is_server_ready() and client.is_server_live()
         assert all(client.is_model_ready(m) for m in (ENSEMBLE, *MODELS))
@@ -183,14 +185,16 @@ def test_tensor_contract_violations_are_refused(tiny_server, good_payloads, refe
         if grpc:
             after = Answer.from_result(grpc_infer(client, [good_payloads[1]]))
             assert reference_answers[1].mismatch(after) is None
-        print(f"\n{protocol}: {len(seen)} tensor-contract violations refused: "
-              + "; ".join(f"{k}: {v[:80]}" for k, v in seen.items()))  # fmt: skip
+        print(
+            f"\n{protocol}: {len(seen)} tensor-contract violations refused: "
+            + "; ".join(f"{k}: {v[:80]}" for k, v in seen.items())
+        )
     finally:
         client.close()
 
 
 def test_batch_with_one_bad_image_fails_alone(tiny_server, good_payloads, reference_answers):
-    """One request carrying a bad image among good ones fails as a whole, with the reason; the next is fine."""
+    """A request carrying a bad image among good ones fails as a whole, with the reason; the next is fine."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 

@@ -85,7 +85,7 @@ def test_decode_mutated_images(fmt: str, width: int, height: int, seed: int, edi
     fmt=st.sampled_from(("PNG", "GIF", "BMP")),
 )
 def test_decode_forged_dimensions(width: int, height: int, fmt: str) -> None:
-    """Headers that claim any size up to 20000x20000 over a tiny payload: refused or decoded, never a crash."""
+    """Headers claiming any size up to 20000x20000 over a tiny payload: refused or decoded, never a crash."""
     data = bytearray(_seed_image(fmt, 2, 2, 0))
     if fmt == "PNG":
         import struct

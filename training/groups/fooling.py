@@ -113,7 +113,7 @@ def polynomial_mutation(
     low: float = 0.0,
     high: float = 255.0,
 ) -> np.ndarray:
-    """Deb's polynomial mutation: each gene mutates with probability ``rate``; larger ``eta``, smaller steps."""
+    """Deb's polynomial mutation; each gene mutates at ``rate``; larger ``eta``, smaller steps."""
     x = genes.astype(np.float32)
     u = rng.random(x.shape, dtype=np.float32)
     delta = np.where(u < 0.5, (2 * u) ** (1 / (eta + 1)) - 1, 1 - (2 * (1 - u)) ** (1 / (eta + 1)))

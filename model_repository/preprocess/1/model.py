@@ -1,4 +1,4 @@
-"""Triton Python backend adapter for the preprocess step (the logic is fitguard.preprocess, tested without Triton).
+"""Triton Python backend adapter for the preprocess step (the logic is fitguard.preprocess, tested alone).
 
 IMAGE (encoded bytes) -> CLASSIFIER_INPUT uint8 [3, 224, 224], IQA_PATCHES uint8 [P, 3, 224, 224].
 Settings come from the config's ``parameters`` (written by ``fitguard export``) and are read once. A bad
