@@ -1,27 +1,18 @@
 """Run the real ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships, on a model repository.
 
-The wheel carries Triton 2.51 with the Python backend and one Python backend stub per Python version, but no
-ONNX Runtime backend. We assemble a backend directory (cached) holding the wheel's backends, the stub for the
-running interpreter and our Python-based ``onnxruntime`` backend, so a repository written for the NGC
-container (``platform: "onnxruntime_onnx"``) is served unchanged.
+With the backend directory of :mod:`fitguard.serve.wheel`, a repository written for the NGC container
+(``platform: "onnxruntime_onnx"``) is served unchanged.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
-import hashlib
 import json
 import os
-import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -29,10 +20,21 @@ import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
+
+from fitguard.serve.errors import (
+    InvalidRepositoryError,
+    ModelLoadError,
+    PortInUseError,
+    ServerError,
+    exit_error,
+    log_failures,
+    short_reason,
+)
+from fitguard.serve.process import die_with_parent, free_port, kill_group, port_taken, shm_regions
+from fitguard.serve.wheel import backend_directory, find_tritonserver, has_gpu, server_environment
 
 __all__ = [
     "EmbeddedServer",
@@ -44,146 +46,7 @@ __all__ = [
     "find_tritonserver",
 ]
 
-_BACKEND_MODEL_PY = Path(__file__).with_name("backends") / "onnxruntime" / "model.py"
 _LOG_LINES_KEPT = 20_000
-
-
-class ServerError(RuntimeError):
-    """The embedded server could not start or stopped unexpectedly. ``log`` holds the server's output."""
-
-    def __init__(self, message: str, log: str = "") -> None:
-        super().__init__(message)
-        self.log = log
-
-
-class PortInUseError(ServerError):
-    """A port the server needs is taken."""
-
-
-class InvalidRepositoryError(ServerError):
-    """The model repository is missing or Triton rejected it."""
-
-
-class ModelLoadError(ServerError):
-    """One or more models failed to load; ``failures`` maps model name to the reason Triton gave."""
-
-    def __init__(self, failures: dict[str, str], log: str = "") -> None:
-        lines = "\n".join(f"  {name}: {reason}" for name, reason in failures.items())
-        super().__init__(f"model(s) failed to load:\n{lines}", log)
-        self.failures = failures
-
-
-# --------------------------------------------------------------------------------------------- wheel layout
-
-
-def _pytriton_root() -> Path:
-    try:
-        import pytriton
-    except ImportError as e:  # pragma: no cover - depends on the install
-        raise ServerError("the embedded server needs nvidia-pytriton: pip install 'fitguard[serve]'") from e
-    return Path(pytriton.__file__).resolve().parent
-
-
-def find_tritonserver() -> tuple[Path, Path]:
-    """Return (tritonserver binary, folder of the shared libraries it needs) from the installed wheel."""
-    root = _pytriton_root()
-    binary = root / "tritonserver" / "bin" / "tritonserver"
-    libs = root.parent / "nvidia_pytriton.libs"
-    if not binary.is_file():
-        raise ServerError(f"tritonserver not found in the nvidia-pytriton wheel (looked for {binary})")
-    return binary, libs
-
-
-def _cache_root() -> Path:
-    explicit = os.environ.get("FITGUARD_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "fitguard"
-
-
-def backend_directory() -> Path:
-    """Build (once, then reuse) the backend directory for this wheel, Python version and backend code.
-
-    Layout: ``python/`` (the wheel's Python backend plus the stub for this interpreter) and
-    ``onnxruntime/model.py`` (our Python-based backend). The folder name hashes everything that goes in, so
-    an upgrade of any part gets a fresh folder and concurrent builders never see a half-written one.
-    """
-    root = _pytriton_root() / "tritonserver"
-    pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise ServerError(
-            f"nvidia-pytriton ships no Python backend stub for Python {pyver} (looked for {stub})"
-        )
-    digest = hashlib.sha256()
-    digest.update(metadata.version("nvidia-pytriton").encode())
-    digest.update(pyver.encode())
-    digest.update(_BACKEND_MODEL_PY.read_bytes())
-    for part in (stub, root / "backends" / "python" / "libtriton_python.so"):
-        st = part.stat()
-        digest.update(f"{part}:{st.st_size}:{st.st_mtime_ns}".encode())
-    key = f"triton-backends-{metadata.version('nvidia-pytriton')}-py{pyver}-{digest.hexdigest()[:12]}"
-
-    for base in (_cache_root(), Path(tempfile.gettempdir()) / f"fitguard-{os.getuid()}"):
-        target = base / key
-        if (target / ".complete").is_file():
-            return target
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".building-", dir=base))
-        except OSError:
-            continue  # read-only cache: fall back to the temp folder
-        try:
-            shutil.copytree(
-                root / "backends", staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
-            shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
-            (staging / "onnxruntime").mkdir()
-            shutil.copy2(_BACKEND_MODEL_PY, staging / "onnxruntime" / "model.py")
-            (staging / ".complete").write_text(key + "\n")
-            try:
-                staging.rename(target)
-            except OSError:
-                if not (target / ".complete").is_file():  # not a lost race: a real failure
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
-    raise ServerError("could not create a backend directory in the cache or the temp folder")
-
-
-# --------------------------------------------------------------------------------------------- ports
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Same option Triton's servers use, so a port in TIME_WAIT is not reported as taken.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-# --------------------------------------------------------------------------------------------- process
-
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec. The kernel sends SIGTERM when the *thread* that forked us
-    # exits, which is why the server is spawned from a thread that lives exactly as long as the server.
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 _LIVE: weakref.WeakSet[EmbeddedServer] = weakref.WeakSet()
@@ -193,12 +56,6 @@ _LIVE: weakref.WeakSet[EmbeddedServer] = weakref.WeakSet()
 def _stop_all() -> None:
     for server in list(_LIVE):
         server.stop()
-
-
-_FAILED_LOAD = re.compile(r"failed to load '(?P<name>[^']+)'(?: version \d+)?: (?P<reason>.*?)\"?$")
-_POLL_FAILED = re.compile(r"Poll failed for model directory '(?P<name>[^']+)': (?P<reason>.*?)\"?$")
-_TABLE_ROW = re.compile(r"^\|\s*(?P<name>[^|]+?)\s*\|\s*\d+\s*\|\s*UNAVAILABLE: (?P<reason>.*?)\s*\|$")
-_PORT_IN_USE = re.compile(r"Socket '([^']*)' already in use|address already in use", re.IGNORECASE)
 
 
 class EmbeddedServer:
@@ -321,7 +178,7 @@ class EmbeddedServer:
             f"--metrics-port={self.metrics_port}",
             "--allow-metrics=true",
             # Without a GPU, GPU metrics and pinned memory only add warnings and start-up time.
-            *(() if _has_gpu() else ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")),
+            *(() if has_gpu() else ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")),
             f"--log-verbose={self.log_verbose}",
             f"--model-control-mode={self.model_control_mode}",
             "--strict-readiness=true",
@@ -335,14 +192,7 @@ class EmbeddedServer:
         ]
 
     def environment(self) -> dict[str, str]:
-        _, libs = find_tritonserver()
-        env = dict(os.environ)
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
-        # The stub embeds Python and finds its prefix through `python3` on PATH: putting this interpreter's
-        # bin/ first makes the stub see the same site-packages (numpy, onnxruntime, fitguard).
-        bindir = str(Path(sys.executable).parent)
-        env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH")) if p)
-        return env
+        return server_environment()
 
     def start(self) -> None:
         """Start the server and block until it is ready; raise a :class:`ServerError` subclass on failure."""
@@ -352,12 +202,12 @@ class EmbeddedServer:
         if not repo.is_dir():
             raise InvalidRepositoryError(f"model repository {repo} does not exist or is not a directory")
         self.ports = {
-            name: port if port else _free_port(self.host) for name, port in self._requested_ports.items()
+            name: port if port else free_port(self.host) for name, port in self._requested_ports.items()
         }
         if len(set(self.ports.values())) != len(self.ports):
             raise PortInUseError(f"the HTTP, gRPC and metrics ports must differ, got {self.ports}")
         for name, port in self.ports.items():
-            if _port_taken(self.host, port):
+            if port_taken(self.host, port):
                 raise PortInUseError(
                     f"{name} port {port} on {self.host} is already in use; choose another with "
                     f"--{name}-port (0 picks a free one)"
@@ -397,7 +247,7 @@ class EmbeddedServer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() can reach the Python stubs too
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         except BaseException as e:
             errors.append(e)
@@ -495,40 +345,23 @@ class EmbeddedServer:
         if any(entry.get("state") in ("LOADING", "UNLOADING") for entry in index):
             return None
         failures = {
-            entry["name"]: _short_reason(entry["reason"])
+            entry["name"]: short_reason(entry["reason"])
             for entry in index
             if entry.get("state") == "UNAVAILABLE" and entry.get("reason")
         }
         # A model whose config cannot be read never reaches the index's states: only the log names it.
         self._wait_for_log("Started HTTPService")
-        for name, reason in _log_failures(self.log()).items():
+        for name, reason in log_failures(self.log()).items():
             failures.setdefault(name, reason)
         return failures
 
     def _raise_for_exit(self) -> None:
         assert self._process is not None
         code = self._process.returncode
-        _kill_group(self._process.pid)  # stubs keep the log pipe open until they go
+        kill_group(self._process.pid)  # stubs keep the log pipe open until they go
         if self._thread is not None:
             self._thread.join(timeout=5)
-        log = self.log()
-        in_use = _PORT_IN_USE.search(log)
-        if in_use:
-            raise PortInUseError(
-                f"tritonserver could not bind {in_use.group(1) or 'a port'}: already in use", log
-            )
-        failures = _log_failures(log)
-        if failures:
-            raise ModelLoadError(failures, log)
-        tail = "\n".join(log.splitlines()[-30:])
-        if re.search(r"model[ _]repository", log, re.IGNORECASE) and "failed" in log:
-            raise InvalidRepositoryError(
-                f"tritonserver rejected model repository {self.model_repository}; last log lines:\n{tail}",
-                log,
-            )
-        raise ServerError(
-            f"tritonserver exited with code {code} during startup; last log lines:\n{tail}", log
-        )
+        raise exit_error(code, self.log(), self.model_repository)
 
     def stop(self) -> None:
         """Stop gracefully (SIGTERM, wait ``stop_timeout``), then kill the whole process group.
@@ -541,14 +374,14 @@ class EmbeddedServer:
             if process is None:
                 return
             _LIVE.discard(self)
-            regions = _shm_regions(process.pid)
+            regions = shm_regions(process.pid)
             if process.poll() is None:
                 try:
                     process.terminate()
                     process.wait(timeout=self.stop_timeout)
                 except subprocess.TimeoutExpired:
                     pass
-            _kill_group(process.pid)  # Python stubs and anything else left in the server's group
+            kill_group(process.pid)  # Python stubs and anything else left in the server's group
             process.wait()
             if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join(timeout=10)
@@ -561,46 +394,3 @@ class EmbeddedServer:
     def __repr__(self) -> str:
         state = f"running pid={self.pid}" if self.is_running() else "stopped"
         return f"EmbeddedServer({str(self.model_repository)!r}, http={self.http_url}, {state})"
-
-
-def _shm_regions(pgid: int) -> set[str]:
-    """Shared-memory region names the group's Python backend stubs were started with."""
-    regions: set[str] = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if os.getpgid(int(proc.name)) != pgid:
-                continue
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
-        regions |= {a.decode() for a in args if b"_shm_region_" in a and b"/" not in a}
-    return regions
-
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _short_reason(reason: str) -> str:
-    """Triton's reason without the Python traceback the stub appends ("\n\nAt:\n  file(line): ...")."""
-    return reason.split("\n\nAt:")[0].strip()
-
-
-def _log_failures(log: str) -> dict[str, str]:
-    failures: dict[str, str] = {}
-    parse_error = ""
-    for line in log.splitlines():
-        if line.startswith("[libprotobuf ERROR") and "] " in line:
-            parse_error = line.split("] ", 1)[1].strip()  # says where a config.pbtxt is malformed
-        m = _FAILED_LOAD.search(line) or _POLL_FAILED.search(line) or _TABLE_ROW.search(line.strip())
-        if m:
-            reason = _short_reason(m.group("reason"))
-            if "text proto" in reason and parse_error:
-                reason, parse_error = f"{reason}: {parse_error}", ""
-            failures.setdefault(m.group("name").strip(), reason)
-    return failures
-
-
-def _has_gpu() -> bool:
-    return any(Path("/dev").glob("nvidia[0-9]*"))
