@@ -14,15 +14,13 @@ from typing import Any, BinaryIO, TypeAlias
 import numpy as np
 from PIL import Image
 
-from fitguard.preprocess import encode_image
+from fitguard.preprocess import IMAGE_EXTENSIONS, encode_image
 
 from .errors import BadImage
 
 ImageInput: TypeAlias = (
     str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 )
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 
 def source_name(image: Any) -> str | None:

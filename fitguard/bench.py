@@ -13,20 +13,19 @@ and TensorRT when onnxruntime-gpu is installed).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fitguard import contract
-from fitguard.repository import MANIFEST_NAME, model_path
+from fitguard.benchlib.inputs import load_images, repository_backbone, repository_patches, served
+from fitguard.repository import model_path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 SCHEMA = "fitguard.bench/1"
 
 
@@ -57,98 +56,6 @@ class BenchConfig:
     backbone_alone: bool = False  # time the backbone per runtime (implied by device="cuda")
     runtime_seconds: float = 3.0
     notes: list[str] = field(default_factory=list)
-
-
-# ------------------------------------------------------------------------------------------------ images
-
-
-def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
-    """Encoded test images: the files of ``folder`` as they are, or the package-shipped photos as JPEG."""
-    if folder:
-        paths = sorted(
-            p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not paths:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-        return [p.read_bytes() for p in paths[:limit]], f"{len(paths[:limit])} files from {folder}"
-    from fitguard.preprocess import encode_image
-
-    try:
-        from fitguard.training.photos import package_photos
-
-        photos = package_photos()
-        source = "package-shipped photos (scikit-image, scikit-learn) as JPEG q90"
-    except ImportError:  # client-only install: smooth synthetic pictures keep the bench runnable
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        photos = {}
-        for i, (h, w) in enumerate([(480, 640), (600, 400), (512, 512), (375, 500)]):
-            base = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-            photos[f"synthetic{i}"] = np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w]
-        source = "synthetic images as JPEG q90 (install fitguard[train] for real photos)"
-    data = [encode_image(rgb, "JPEG", quality=90) for rgb in list(photos.values())[:limit]]
-    return data, source
-
-
-# ------------------------------------------------------------------------------------------------ server
-
-
-@contextlib.contextmanager
-def served(cfg: BenchConfig) -> Iterator[str | None]:
-    """The URL to drive: ``--url`` as given, or an embedded server started on ``--model-repository``."""
-    if cfg.url:
-        yield cfg.url
-    elif cfg.model_repository:
-        try:
-            from fitguard.serve import EmbeddedServer
-        except ImportError:
-            from fitguard.serve.embedded import EmbeddedServer
-
-        with EmbeddedServer(cfg.model_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
-            yield server.grpc_url if cfg.protocol == "grpc" else server.http_url
-    else:
-        yield None
-
-
-def _repository_patches(repository: str | None, protocol: str, url: str | None) -> int | None:
-    if repository:
-        from fitguard.repository import repository_settings
-
-        return repository_settings(repository).patches
-    if url:
-        from fitguard.benchlib.load import make_client
-
-        client = make_client(protocol, url)
-        try:
-            config = client.get_model_config(contract.PREPROCESS)
-            config = config.get("config", config) if isinstance(config, dict) else config
-            params = (
-                config["parameters"]
-                if isinstance(config, dict)
-                else {k: {"string_value": v.string_value} for k, v in config.config.parameters.items()}
-            )
-            return int(params["patches"]["string_value"])
-        except Exception:
-            return None
-        finally:
-            client.close()
-    return None
-
-
-def _repository_backbone(repository: str | None) -> tuple[str | None, str | None]:
-    if not repository:
-        return None, None
-    path = Path(repository) / MANIFEST_NAME
-    if path.is_file():
-        args = json.loads(path.read_text(encoding="utf-8")).get("arguments", {})
-        return args.get("backbone"), args.get("weights")
-    try:
-        from fitguard.repository import repository_settings
-
-        return repository_settings(repository).backbone or None, None
-    except Exception:
-        return None, None
 
 
 def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str, Any]:
@@ -208,7 +115,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     threads = cfg.threads or machine.usable_cores()
     images, image_source = load_images(cfg.images, cfg.max_images)
-    backbone, weights = _repository_backbone(cfg.model_repository)
+    backbone, weights = repository_backbone(cfg.model_repository)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -233,7 +140,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.url or repo:
         with served(cfg) as url:
             assert url is not None
-            patches = _repository_patches(cfg.model_repository, cfg.protocol, url)
+            patches = repository_patches(cfg.model_repository, cfg.protocol, url)
             result["served"] = _served_levels(cfg, url, images)
         if repo and patches:
             from fitguard.benchlib.flops import pipeline_flops
