@@ -169,6 +169,114 @@ def _check_target(out: Path) -> None:
         )
 
 
+def _check_arguments(
+    out: Path, files: tuple[Path, ...], patches: int, precision: str, accelerator: str
+) -> None:
+    from fitguard.export.verify import TOLERANCES
+
+    if patches < 1:
+        raise ValueError(f"patches must be >= 1, got {patches}")
+    if precision not in TOLERANCES:
+        raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
+    _check_target(out)
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+
+
+def _verified_graphs(
+    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """The three graphs, each through ``onnx.checker`` and its parity check against the original."""
+    from fitguard.export.onnx_export import (
+        apply_precision,
+        export_classifier,
+        export_detector,
+        export_quality,
+    )
+    from fitguard.export.verify import (
+        TOLERANCES,
+        check_classifier,
+        check_detector,
+        check_graph,
+        check_quality,
+        verification_inputs,
+    )
+
+    graphs = {
+        CLASSIFIER: apply_precision(export_classifier(classifier), precision),
+        QUALITY: apply_precision(export_quality(quality_model), precision),
+        DETECTOR: export_detector(det),
+    }
+    for name, graph in graphs.items():
+        check_graph(graph, name)
+    tol = TOLERANCES[precision]
+    inputs, patch_batch = verification_inputs(settings)
+    clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
+    q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
+    return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+
+
+def _write_models(
+    staging: Path,
+    src: Path,
+    graphs: dict[str, Any],
+    *,
+    settings: PreprocessSettings,
+    threshold: float,
+    accelerator: str,
+    instances: int,
+    extra: dict[str, str],
+) -> None:
+    """Configs rendered from the sources, the labels and the graphs, into ``staging``."""
+    import onnx
+
+    from fitguard.labels import labels_text
+
+    shutil.copytree(
+        src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
+    )
+    for name in (ENSEMBLE, *MODELS):
+        text = render_config(src, name, settings, threshold, accelerator, instances, extra)
+        config_path(staging, name).write_text(text, encoding="utf-8")
+    (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
+    for name, graph in graphs.items():
+        model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(model_path(staging, name)))
+
+
+def _publish(
+    out: Path,
+    *,
+    src: Path,
+    graphs: dict[str, Any],
+    files: dict[str, Path],
+    render: dict[str, Any],
+    manifest: dict[str, Any],
+) -> None:
+    """Write everything into a staging folder beside ``out``, then move it into place: all or nothing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    try:
+        _write_models(staging, src, graphs, **render)
+        for name, path in files.items():
+            shutil.copyfile(path, staging / name)
+        write_manifest(
+            staging,
+            manifest["arguments"],
+            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            versions=_versions(),
+            parity=manifest["parity"],
+        )
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; servers in containers may run as another user
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def export_repository(
     out: str | Path,
     *,
@@ -203,105 +311,48 @@ def export_repository(
     from fitguard.backbones import build_backbone
     from fitguard.classifier import Classifier
     from fitguard.detector import load_detector
-    from fitguard.export.onnx_export import (
-        apply_precision,
-        export_classifier,
-        export_detector,
-        export_quality,
-    )
-    from fitguard.export.verify import (
-        TOLERANCES,
-        ParityError,
-        check_classifier,
-        check_detector,
-        check_graph,
-        check_quality,
-        verification_inputs,
-    )
-    from fitguard.labels import labels_text
+    from fitguard.export.verify import ParityError
     from fitguard.quality import QualityModel, load_head
 
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
-    if patches < 1:
-        raise ValueError(f"patches must be >= 1, got {patches}")
-    if precision not in TOLERANCES:
-        raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
-    _check_target(out)
-    for path in (head, detector):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-
+    _check_arguments(out, (head, detector), patches, precision, accelerator)
     net = build_backbone(backbone, weights)
     head_module, head_info = load_head(head, net)
     det = load_detector(detector)
     classifier, quality_model = Classifier(net).eval(), QualityModel(net, head_module).eval()
     settings = PreprocessSettings(net.preset, patches, backbone=backbone)
-
     log(f"exporting {backbone} (weights {net.weights_id}), P={patches}, precision {precision}")
-    graphs = {
-        CLASSIFIER: apply_precision(export_classifier(classifier), precision),
-        QUALITY: apply_precision(export_quality(quality_model), precision),
-        DETECTOR: export_detector(det),
-    }
-    for name, graph in graphs.items():
-        check_graph(graph, name)
-    tol = TOLERANCES[precision]
-    inputs, patch_batch = verification_inputs(settings)
-    clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
-    q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
-    reports = [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+    graphs, reports = _verified_graphs(classifier, quality_model, det, settings, precision)
     for report in reports:
         log("parity " + report.line())
     failed = [r.model for r in reports if not r.passed]
     if failed:
         raise ParityError(f"parity check failed for {', '.join(failed)}; nothing written to {out}")
-
-    import onnx
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    try:
-        shutil.copytree(
-            src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
-        )
-        extra = {"backbone": backbone, "weights_id": net.weights_id}
-        for name in (ENSEMBLE, *MODELS):
-            text = render_config(src, name, settings, det.threshold, accelerator, instances, extra)
-            config_path(staging, name).write_text(text, encoding="utf-8")
-        (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
-        for name, graph in graphs.items():
-            model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(graph, str(model_path(staging, name)))
-        shutil.copyfile(head, staging / HEAD_NAME)
-        shutil.copyfile(detector, staging / DETECTOR_NAME)
-        arguments = {
-            "backbone": backbone,
-            "weights": weights,
-            "weights_id": net.weights_id,
-            "head": str(head.resolve()),
-            "head_backbone": head_info.get("backbone"),
-            "detector": str(detector.resolve()),
-            "threshold": float(det.threshold),
-            "patches": patches,
-            "precision": precision,
+    arguments = {
+        "backbone": backbone,
+        "weights": weights,
+        "weights_id": net.weights_id,
+        "head": str(head.resolve()),
+        "head_backbone": head_info.get("backbone"),
+        "detector": str(detector.resolve()),
+        "threshold": float(det.threshold),
+        **{"patches": patches, "precision": precision, "accelerator": accelerator, "instances": instances},
+        "preset": net.preset.to_dict(),
+    }
+    _publish(
+        out,
+        src=src,
+        graphs=graphs,
+        files={HEAD_NAME: head, DETECTOR_NAME: detector},
+        render={
+            "settings": settings,
+            "threshold": det.threshold,
             "accelerator": accelerator,
             "instances": instances,
-            "preset": net.preset.to_dict(),
-        }
-        write_manifest(
-            staging,
-            arguments,
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            versions=_versions(),
-            parity={r.model: r.to_dict() for r in reports},
-        )
-        os.chmod(staging, 0o755)  # mkdtemp makes 0700; servers in containers may run as another user
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            "extra": {"backbone": backbone, "weights_id": net.weights_id},
+        },
+        manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
+    )
     log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, manifest {out / MANIFEST_NAME})")
     return out

@@ -89,6 +89,38 @@ def fit_shipped(
     return fit_detector(x, y, g, target_far), held_out
 
 
+def _summary(
+    args: dict[str, Any],
+    *,
+    models: Models,
+    groups: dict[str, ImageGroup],
+    det: Detector,
+    held_out: dict[str, Any],
+    mixed: dict[str, Any] | None,
+    unfit_groups: tuple[str, ...],
+) -> dict[str, Any]:
+    """What ``train_detector`` writes beside the detector file (the caller adds the timings)."""
+    return {
+        "args": args,
+        "weights_id": models.backbone.weights_id,
+        "features": f"top-{TOP_K} sorted probabilities + quality",
+        "originals": groups[ORIGINALS].meta,
+        "adversarial": groups[ADVERSARIAL].meta,
+        "n_pairs": len(groups[ORIGINALS]),
+        "hyperparameters": {k: det.meta[k] for k in HYPERPARAMETERS},
+        "threshold": det.threshold,
+        "held_out": held_out,
+        "unfit_groups": list(unfit_groups),
+        "mixed_held_out": mixed,
+    }
+
+
+def _write(out: Path, det: Detector, summary: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_detector(out, det)
+    out.with_name(out.name + ".json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+
+
 def train_detector(
     backbone: str,
     head: str | Path,
@@ -119,6 +151,13 @@ def train_detector(
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()
     config = config or GroupConfig(seed=seed)
+    args = {
+        "backbone": backbone,
+        "iqa_head": str(head),
+        "images": None if images is None else str(images),
+        **{"weights": weights, "patches": patches, "target_far": target_far, "repeats": repeats},
+        **{"split_by": split_by, "seed": seed, "groups": asdict(config)},
+    }
     cache_dir = Path(cache) if cache is not None else default_cache_dir()
     models = load_models(backbone, head, weights)
     extra = tuple(n for n in unfit_groups if n != ADVERSARIAL)
@@ -139,40 +178,15 @@ def train_detector(
         target_far=target_far,
     )
     held_out = {k: summarize([r[k] for r in runs]) for k in HELD_OUT_KEYS}
-    args = {
-        "backbone": backbone,
-        "iqa_head": str(head),
-        "images": None if images is None else str(images),
-        "weights": weights,
-        "patches": patches,
-        "target_far": target_far,
-        "repeats": repeats,
-        "split_by": split_by,
-        "seed": seed,
-        "groups": asdict(config),
-    }
-    summary = {
-        "args": args,
-        "weights_id": models.backbone.weights_id,
-        "features": f"top-{TOP_K} sorted probabilities + quality",
-        "originals": groups[ORIGINALS].meta,
-        "adversarial": groups[ADVERSARIAL].meta,
-        "n_pairs": len(groups[ORIGINALS]),
-        "hyperparameters": {k: det.meta[k] for k in HYPERPARAMETERS},
-        "threshold": det.threshold,
-        "held_out": held_out,
-        "unfit_groups": list(unfit_groups),
-        "mixed_held_out": mixed,
-        "seconds": {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)},
-    }
+    summary = _summary(
+        args, models=models, groups=groups, det=det, held_out=held_out, mixed=mixed, unfit_groups=unfit_groups
+    )
+    summary["seconds"] = {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)}
     det.meta.update(
         {
             "backbone": backbone,
             "weights_id": models.backbone.weights_id,
-            "patches": patches,
-            "split_by": split_by,
-            "repeats": repeats,
-            "seed": seed,
+            **{k: args[k] for k in ("patches", "split_by", "repeats", "seed")},
             "head_key": models.key,
             "held_out": held_out,
             "fooling_rate": groups[ADVERSARIAL].meta.get("fooling_rate"),
@@ -180,10 +194,7 @@ def train_detector(
             "mixed_held_out": mixed,
         }
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_detector(out, det)
-    out.with_name(out.name + ".json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    _write(Path(out), det, summary)
     return summary
 
 

@@ -185,6 +185,25 @@ def shipped_detector_rates(det: Any, groups: dict[str, ImageGroup], feats: dict[
     return shipped
 
 
+def _setup(
+    meta: dict[str, Any], target_far: float | None, recipe: tuple[str, ...], groups: dict[str, ImageGroup]
+) -> dict[str, Any]:
+    """The rest of the report's ``setup``: rules, baselines and how each group was made."""
+    rule = meta.get("threshold_rule", "SVM boundary (0)")
+    if target_far is not None:
+        rule += f", target clean false-alarm rate {target_far}"
+    return {
+        "threshold_rule": rule,
+        "quality_threshold_baseline2": QUALITY_THRESHOLD,
+        "fars": list(FARS),
+        "detector_all_unfit_groups": list(recipe),
+        "originals": groups[ORIGINALS].meta,
+        "group_meta": {g: grp.meta for g, grp in groups.items()},
+        "group_notes": group_notes(groups),
+        "methods": METHOD_NAMES,
+    }
+
+
 def evaluate(
     backbone: str,
     head: str | Path,
@@ -240,27 +259,14 @@ def evaluate(
     seconds["plots"] = time.perf_counter() - t
     res.pop("_roc_example")
     seconds["total"] = time.perf_counter() - t0
-    rule = det.meta.get("threshold_rule", "SVM boundary (0)")
-    if target_far is not None:
-        rule += f", target clean false-alarm rate {target_far}"
     setup = {
         "backbone": backbone,
         "weights_id": models.backbone.weights_id,
         "iqa_head": str(head),
         "detector": str(detector),
         "images": "package-shipped photos" if images is None else str(images),
-        "patches": patches,
-        "repeats": repeats,
-        "seed": seed,
-        "split_by": split_by,
-        "threshold_rule": rule,
-        "quality_threshold_baseline2": QUALITY_THRESHOLD,
-        "fars": list(FARS),
-        "detector_all_unfit_groups": list(recipe),
-        "originals": groups[ORIGINALS].meta,
-        "group_meta": {g: grp.meta for g, grp in groups.items()},
-        "group_notes": group_notes(groups),
-        "methods": METHOD_NAMES,
+        **{"patches": patches, "repeats": repeats, "seed": seed, "split_by": split_by},
+        **_setup(det.meta, target_far, recipe, groups),
     }
     rep = {
         "setup": setup,

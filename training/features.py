@@ -102,6 +102,28 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _extractor(backbone: Backbone, device: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 patches [B, 3, S, S] -> quality features [B, D] float32, normalised as the graph does."""
+    import torch
+
+    from fitguard.backbones import UInt8Normalize
+
+    dev = _device(device)
+    normalize = UInt8Normalize(backbone.preset).to(dev)
+    net = backbone.to(dev).eval()
+    if dev.type == "cpu":  # depthwise/pointwise convolutions run faster channels-last on CPU
+        net = net.to(memory_format=torch.channels_last)
+
+    def extract(patches: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(patches).to(dev))
+            if dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return net.quality_features(x).float().cpu().numpy()
+
+    return extract
+
+
 def patch_features(
     images: Iterable[np.ndarray] | Iterable[Callable[[], np.ndarray]],
     backbone: Backbone,
@@ -125,18 +147,10 @@ def patch_features(
         ``(features, unique)``: float32 [N, P, D], and a bool [N, P] mask that is False for a patch
         identical to an earlier patch of the same image (so training can skip duplicates).
     """
-    import torch
     from tqdm.auto import tqdm
 
-    from fitguard.backbones import UInt8Normalize
-
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), backbone)
-    dev = _device(device)
-    normalize = UInt8Normalize(backbone.preset).to(dev)
-    net = backbone.to(dev).eval()
-    if dev.type == "cpu":  # depthwise/pointwise convolutions run ~1.5x faster channels-last on CPU
-        net = net.to(memory_format=torch.channels_last)
-
+    extract = _extractor(backbone, device)
     rows: list[np.ndarray] = []
     uniq: list[np.ndarray] = []
     pending: dict[str, list[tuple[int, int]]] = {}  # patch key -> (image, patch) slots waiting for it
@@ -145,12 +159,7 @@ def patch_features(
     def flush() -> None:
         if not batch:
             return
-        x = torch.from_numpy(np.stack([p for _, p in batch])).to(dev)
-        with torch.inference_mode():
-            x = normalize(x)
-            if dev.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            feats = net.quality_features(x).float().cpu().numpy()
+        feats = extract(np.stack([p for _, p in batch]))
         for (key, _), vec in zip(batch, feats, strict=True):
             cache.put(key, vec)
             for i, j in pending.pop(key):

@@ -94,6 +94,58 @@ def _fmt(x: Any, nd: int = 1) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+def _served_lines(served: dict[str, Any]) -> list[str]:
+    """One row per concurrency level, then Triton's per-model statistics at the best level."""
+    lines = [
+        f"served ({served['protocol']}, {served['url']}, batch {served['batch']} per request):",
+        "  conc   img/s   p50 ms   p90 ms   p99 ms  errors  slowest step (ms/img)   avg batch c/q",
+    ]
+    for lv in served["levels"]:
+        lat, st = lv["latency_ms"], lv.get("server_stats") or {}
+        models = st.get("models", {})
+        slow = st.get("slowest_step")
+        slow_txt = f"{slow} ({models[slow]['compute_ms_per_image']:.1f})" if slow else "-"
+        avg = "/".join(_fmt(models.get(k, {}).get("avg_batch_size"), 2) for k in ("classifier", "quality"))
+        p50, p90, p99 = (_fmt(lat[k]) for k in ("p50", "p90", "p99"))
+        lines.append(
+            f"  {lv['concurrency']:>4} {lv['throughput']:>7.2f} {p50:>8} {p90:>8} {p99:>8} "
+            f"{lv['errors']:>7}  {slow_txt:<22} {avg}"
+        )
+    best = best_level(served["levels"])
+    if best and best.get("server_stats"):
+        lines.append(
+            f"  Triton statistics at concurrency {best['concurrency']} (ms per image; queue per request):"
+        )
+        for name, s in best["server_stats"]["models"].items():
+            batch = _fmt(s["avg_batch_size"], 2)
+            lines.append(
+                f"    {name:<11} batch {batch:>5}  queue {s['queue_ms_per_request']:>7.2f}  "
+                f"in {s['compute_input_ms_per_image']:>6.2f}  "
+                f"infer {s['compute_infer_ms_per_image']:>7.2f}  "
+                f"out {s['compute_output_ms_per_image']:>6.2f}  total {s['compute_ms_per_image']:>7.2f}"
+            )
+    return lines
+
+
+def _gpu_lines(gpu: dict[str, Any], peak: dict[str, Any] | None) -> list[str]:
+    """The backbone alone per GPU runtime and batch size."""
+    lines: list[str] = []
+    if peak:
+        lines.append(f"GPU GEMM peak (GFLOP/s): {peak['gflops']}")
+    gflop = gpu["flops_per_image"] / 1e9
+    lines.append(f"backbone {gpu['backbone']} alone on {gpu['device']} ({gflop:.1f} GFLOP/img):")
+    for name, per_batch in gpu["runtimes"].items():
+        if "error" in per_batch:
+            lines.append(f"  {name}: {per_batch['error']}")
+            continue
+        parts = [
+            f"b{k}: {v['throughput']:.0f} img/s p50 {_fmt(v['latency_ms']['p50'], 2)} ms"
+            for k, v in per_batch.items()
+        ]
+        lines.append(f"  {name}: " + "; ".join(parts))
+    return lines
+
+
 def summary_text(result: dict[str, Any]) -> str:
     lines: list[str] = []
     m = result["machine"]
@@ -114,36 +166,7 @@ def summary_text(result: dict[str, Any]) -> str:
         )
     served = result.get("served")
     if served:
-        lines.append(f"served ({served['protocol']}, {served['url']}, batch {served['batch']} per request):")
-        lines.append(
-            "  conc   img/s   p50 ms   p90 ms   p99 ms  errors  slowest step (ms/img)   avg batch c/q"
-        )
-        for lv in served["levels"]:
-            lat, st = lv["latency_ms"], lv.get("server_stats") or {}
-            models = st.get("models", {})
-            slow = st.get("slowest_step")
-            slow_txt = f"{slow} ({models[slow]['compute_ms_per_image']:.1f})" if slow else "-"
-            avg = "/".join(
-                _fmt(models.get(k, {}).get("avg_batch_size"), 2) for k in ("classifier", "quality")
-            )
-            p50, p90, p99 = (_fmt(lat[k]) for k in ("p50", "p90", "p99"))
-            lines.append(
-                f"  {lv['concurrency']:>4} {lv['throughput']:>7.2f} {p50:>8} {p90:>8} {p99:>8} "
-                f"{lv['errors']:>7}  {slow_txt:<22} {avg}"
-            )
-        best = best_level(served["levels"])
-        if best and best.get("server_stats"):
-            lines.append(
-                f"  Triton statistics at concurrency {best['concurrency']} (ms per image; queue per request):"
-            )
-            for name, s in best["server_stats"]["models"].items():
-                batch = _fmt(s["avg_batch_size"], 2)
-                lines.append(
-                    f"    {name:<11} batch {batch:>5}  queue {s['queue_ms_per_request']:>7.2f}  "
-                    f"in {s['compute_input_ms_per_image']:>6.2f}  "
-                    f"infer {s['compute_infer_ms_per_image']:>7.2f}  "
-                    f"out {s['compute_output_ms_per_image']:>6.2f}  total {s['compute_ms_per_image']:>7.2f}"
-                )
+        lines += _served_lines(served)
     ip = result.get("inprocess")
     if ip:
         parts = [
@@ -167,20 +190,7 @@ def summary_text(result: dict[str, Any]) -> str:
         lines.append(f"backbone alone ({ba['runtime']}): " + ", ".join(parts))
     gpu = result.get("backbone_runtimes")
     if gpu:
-        peak = result.get("gpu_gemm_peak")
-        if peak:
-            lines.append(f"GPU GEMM peak (GFLOP/s): {peak['gflops']}")
-        gflop = gpu["flops_per_image"] / 1e9
-        lines.append(f"backbone {gpu['backbone']} alone on {gpu['device']} ({gflop:.1f} GFLOP/img):")
-        for name, per_batch in gpu["runtimes"].items():
-            if "error" in per_batch:
-                lines.append(f"  {name}: {per_batch['error']}")
-                continue
-            parts = [
-                f"b{k}: {v['throughput']:.0f} img/s p50 {_fmt(v['latency_ms']['p50'], 2)} ms"
-                for k, v in per_batch.items()
-            ]
-            lines.append(f"  {name}: " + "; ".join(parts))
+        lines += _gpu_lines(gpu, result.get("gpu_gemm_peak"))
     lines.append("ratios (target):")
     for name, t in result.get("targets", {}).items():
         state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
