@@ -164,7 +164,7 @@ def grpc_channel_args() -> list[tuple[str, int]]:
     """tritonclient's default channel options plus a short reconnect back-off.
 
     gRPC's default back-off grows to seconds: after a server restart the same client then kept failing
-    for 6-7 s although the server was up (HTTP recovered in 0.3 s).
+    for seconds although the server was up (docs/client.md has the figures).
     """
     from tritonclient.grpc import KeepAliveOptions
 
