@@ -13,6 +13,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("prepare", "fetch the Debian packages and prepare the derived sets (cached)"),
         ("describe", "per set: images, distinct groups, classes, where it came from"),
         ("accuracy", "clean top-1 / top-5 accuracy of a backbone's classifier on a labelled set"),
+        ("sheets", "contact sheets (PNG) of kept and dropped stamps and scenes"),
     ):
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument(
@@ -25,7 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if name == "accuracy":
             p.add_argument("--dataset", default="objects", help="a labelled set (objects, imagenet)")
             p.add_argument("--backbone", default="efficientnet_lite0")
-        if name != "prepare":
+        if name == "sheets":
+            p.add_argument("--out", default="docs/data", help="folder for the PNGs (default docs/data)")
+        if name in ("describe", "accuracy"):
             p.add_argument("--root", help="folder of a real set (imagenet, tid2013, kadid10k)")
             p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -40,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.data_command == "accuracy":
             return _accuracy(args)
+        if args.data_command == "sheets":
+            return _sheets(args)
         names = args.dataset or list(PREPARED)
         rows = [describe(load_dataset(n, root=args.root, data_dir=args.data_dir)) for n in names]
     except PackageFetchError as exc:
@@ -69,4 +74,19 @@ def _accuracy(args: argparse.Namespace) -> int:
     else:
         print(f"{args.backbone} on {args.dataset}: {result['images']} images, {result['groups']} groups, "
               f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}")  # fmt: skip
+    return 0
+
+
+def _sheets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fitguard.training.datasets.objects import prepare_objects
+    from fitguard.training.datasets.sheets import scene_sheets, stamp_sheets
+
+    out = Path(args.out)
+    paths = scene_sheets(out, args.data_dir) + stamp_sheets(
+        prepare_objects(args.data_dir), out, args.data_dir
+    )
+    for path in paths:
+        print(f"{path} ({path.stat().st_size // 1024} KiB)")
     return 0
