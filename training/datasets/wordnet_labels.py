@@ -2,12 +2,13 @@
 
 A term (``tiger``, ``sliced orange``) is looked up as a noun; its senses are tried in WordNet's order
 and the first sense whose hyponym closure (the sense itself and everything below it) holds ImageNet
-classes gives the label set; where nothing lies below the first (most common) sense, the nearest
-ImageNet class above it does (``woodlouse`` -> isopod: a more general name, still a right answer): ``tiger`` (sense 1 is a fierce person) -> tiger 292; ``dog`` -> the 118
-dog classes; ``penguin`` -> king penguin 145. A stamp's terms come from its English description
-("A Sumatran tiger.") and then its file name, longest phrase first. A set larger than
-:data:`MAX_CLASSES` is too broad to judge an answer by, and drops the stamp, as does a name with no
-class. ``stamp_labels.tsv`` overrides names WordNet gets wrong, with a reason per line.
+classes gives the label set: ``tiger`` (sense 1 is a fierce person) -> tiger 292; ``dog`` -> the 118
+dog classes; ``penguin`` -> king penguin 145. Where nothing lies below the first (most common) sense,
+the nearest ImageNet class above it does (``woodlouse`` -> isopod: a more general name, still a right
+answer). A stamp's terms come from its English description ("A Sumatran tiger."), or its file name
+where it has none, longest phrase first. A set larger than :data:`MAX_CLASSES` is too broad to judge
+an answer by, and drops the stamp, as does a name with no class. ``stamp_labels.tsv`` overrides
+names WordNet gets wrong, with a reason per line.
 """
 
 from __future__ import annotations
@@ -23,29 +24,9 @@ from typing import Any
 MAX_CLASSES = 150
 OVERRIDES = Path(__file__).with_name("stamp_labels.tsv")
 STOPWORDS = frozenset(["a", "an", "the", "and", "some", "two", "three", "pair", "very"])
+# A description's naming phrase ends before the first of these ("A hoverfly resembles a honeybee").
 CLAUSE_WORDS = frozenset(
-    [
-        "that",
-        "which",
-        "who",
-        "is",
-        "are",
-        "was",
-        "lets",
-        "resembles",
-        "called",
-        "used",
-        "from",
-        "to",
-        "for",
-        "like",
-        "with",
-        "in",
-        "on",
-        "during",
-        "it",
-        "its",
-    ]
+    "that which who is are was lets resembles called used from to for like with in on during it its".split()  # noqa: SIM905
 )
 
 
@@ -76,7 +57,7 @@ def read_overrides(path: Path = OVERRIDES) -> dict[str, tuple[tuple[str, ...], s
     return out
 
 
-def main_phrase(text: str) -> list[list[str]]:
+def main_phrase(text: str) -> list[str]:
     """The naming phrase of a description, as lower-case words: cut at the first punctuation or clause
     word ("Venus—the second planet", "A hoverfly resembles a bee"), quotes and articles dropped, and
     "X of Y" read as Y ("a head of lettuce" names lettuce)."""
@@ -87,10 +68,7 @@ def main_phrase(text: str) -> list[list[str]]:
             words = words[:i]
             break
     words = [w for w in words if w not in STOPWORDS]
-    if "of" in words:
-        i = words.index("of")
-        return [words[i + 1 :]]
-    return [words]
+    return words[words.index("of") + 1 :] if "of" in words else words
 
 
 def terms(description: str, stamp_id: str) -> list[str]:
@@ -100,12 +78,12 @@ def terms(description: str, stamp_id: str) -> list[str]:
     if not description.strip():
         name = re.sub(r"(_mirror|[-_]?\d+)$", "", name)
     out: list[str] = []
-    for words in main_phrase(description or name.replace("_", " ").replace("-", " ")):
-        for n in range(len(words), 0, -1):
-            for start in range(len(words) - n, -1, -1):
-                phrase = "_".join(words[start : start + n])
-                if phrase not in out:
-                    out.append(phrase)
+    words = main_phrase(description or name.replace("_", " ").replace("-", " "))
+    for n in range(len(words), 0, -1):
+        for start in range(len(words) - n, -1, -1):
+            phrase = "_".join(words[start : start + n])
+            if phrase not in out:
+                out.append(phrase)
     return out
 
 
