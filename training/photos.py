@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitguard.preprocess import BadImageError, decode_image
+from fitguard.preprocess import IMAGE_EXTENSIONS, BadImageError, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ SKIMAGE_PHOTOS: tuple[str, ...] = (
 )
 SKLEARN_PHOTOS: tuple[str, ...] = ("china", "flower")
 PACKAGE_PHOTOS: tuple[str, ...] = SKIMAGE_PHOTOS + SKLEARN_PHOTOS
-
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"}
-)
 
 
 def package_photos(names: tuple[str, ...] | list[str] | None = None) -> dict[str, np.ndarray]:
@@ -74,7 +70,7 @@ def folder_photos(folder: str | Path) -> dict[str, np.ndarray]:
     if not root.is_dir():
         raise FileNotFoundError(f"photo folder {root} does not exist")
     out: dict[str, np.ndarray] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
         try:
             rgb = decode_image(path.read_bytes())
         except BadImageError as exc:

@@ -28,24 +28,25 @@ LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
 APT_PACKAGES = ("wordnet-base", "wordnet-sense-index")
 
 # Files nltk's WordNetCorpusReader opens (lexnames is written separately).
+_POS = ("adj", "adv", "noun", "verb")
 WORDNET_FILES = (
-    "data.adj", "data.adv", "data.noun", "data.verb",
-    "index.adj", "index.adv", "index.noun", "index.verb",
-    "adj.exc", "adv.exc", "noun.exc", "verb.exc",
+    *(f"{kind}.{pos}" for kind in ("data", "index") for pos in _POS),
+    *(f"{pos}.exc" for pos in _POS),
     "index.sense",
-)  # fmt: skip
+)
 
 # WordNet 3.0's lexicographer files, numbered 00..44 (lexnames(5WN)); used when the man page is absent.
-LEXNAMES: tuple[str, ...] = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
-    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling",
-    "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person",
-    "noun.phenomenon", "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation",
-    "noun.shape", "noun.state", "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition",
-    "verb.communication", "verb.competition", "verb.consumption", "verb.contact", "verb.creation",
-    "verb.emotion", "verb.motion", "verb.perception", "verb.possession", "verb.social", "verb.stative",
-    "verb.weather", "adj.ppl",
-)  # fmt: skip
+LEXNAMES: tuple[str, ...] = tuple(
+    """
+    adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body
+    noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location
+    noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process
+    noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change
+    verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation
+    verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather
+    adj.ppl
+    """.split()
+)
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 

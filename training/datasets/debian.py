@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fitguard.cache import cache_root
+
 RECORD = "package.json"
 
 
@@ -25,9 +27,8 @@ class PackageFetchError(RuntimeError):
 
 
 def default_data_dir() -> Path:
-    """``$FITGUARD_CACHE/data``, else ``~/.cache/fitguard/data`` (beside the feature cache)."""
-    base = os.environ.get("FITGUARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fitguard")
-    return Path(base) / "data"
+    """``data/`` under :func:`fitguard.cache.cache_root`, beside the feature cache."""
+    return cache_root() / "data"
 
 
 @dataclass(frozen=True)

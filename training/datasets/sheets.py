@@ -7,12 +7,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from fitguard.preprocess import IMAGE_EXTENSIONS
 from fitguard.training.datasets.debian import fetch_package
 from fitguard.training.datasets.items import read_manifest
 from fitguard.training.datasets.scenes import SCENE_PACKAGES, read_scene_list
 from fitguard.training.datasets.stamps import STAMP_PACKAGE, load_rgba
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def contact_sheet(tiles: Iterable[tuple[Image.Image, str]], thumb: int, cols: int) -> Image.Image:
@@ -37,7 +36,7 @@ def candidate_scenes(data_dir: str | Path | None = None) -> list[tuple[str, Path
     out = []
     for name in SCENE_PACKAGES:
         pkg = fetch_package(name, data_dir)
-        files = sorted(p for p in (pkg.root / "usr/share").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in (pkg.root / "usr/share").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         files = [p for p in files if p.is_file() and not p.is_symlink() and "screenshot" not in p.name]
         files = [p for p in files if "images_dark" not in p.parts and "locale" not in p.parts]
         if name == "plasma-workspace-wallpapers":
