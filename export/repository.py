@@ -66,13 +66,22 @@ def _datatype(name: str) -> int:
     return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
 
 
-def check_signature(config: Any, patches: int) -> None:
-    """Raise ValueError unless ``config``'s inputs and outputs are exactly the contract's (P = ``patches``)."""
-    inputs, outputs = SIGNATURES[config.name]
+def check_signature(config: Any, patches: int, preprocess: str = "python") -> None:
+    """Raise ValueError unless ``config``'s inputs and outputs are exactly the contract's (P = ``patches``)
+    for a repository with the ``preprocess`` step (``python`` or ``dali``)."""
+    if preprocess == "python":
+        inputs, outputs = SIGNATURES[config.name]
+    else:
+        from fitguard.export.dali import signature
+
+        inputs, outputs = signature(config.name, preprocess)
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
         want = {
-            t.name: (_datatype(t.datatype), tuple(patches if d == -1 else d for d in t.shape))
+            t.name: (
+                _datatype(t.datatype),
+                tuple(patches if d == -1 and t.name == IQA_PATCHES else d for d in t.shape),
+            )
             for t in expected
         }
         if got != want:
@@ -101,6 +110,7 @@ def render_config(
     accelerator: str,
     instances: int,
     extra: dict[str, str],
+    preprocess: str = "python",
 ) -> str:
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config."""
     from google.protobuf import text_format
@@ -118,7 +128,11 @@ def render_config(
         _set_parameters(config, {"threshold": repr(float(threshold))})
     _pin_patches(config, settings.patches)
     apply_accelerator(config, accelerator, instances)
-    check_signature(config, settings.patches)
+    if preprocess == "dali":
+        from fitguard.export.dali import to_dali
+
+        to_dali(config, accelerator)
+    check_signature(config, settings.patches, preprocess)
     header = (
         f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
     )
@@ -172,6 +186,7 @@ def export_repository(
     precision: str = "fp32",
     accelerator: str = "none",
     instances: int = 1,
+    preprocess: str = "python",
     source: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -186,6 +201,8 @@ def export_repository(
         precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
         accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
         instances: instances per model (preprocess, classifier, quality).
+        preprocess: ``python`` (the Python backend step) or ``dali`` (a serialized DALI pipeline for the
+            NGC image's DALI backend; see :mod:`fitguard.export.dali`).
         log: where the parity report lines go.
 
     Raises:
@@ -217,6 +234,8 @@ def export_repository(
         raise ValueError(f"patches must be >= 1, got {patches}")
     if precision not in TOLERANCES:
         raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
+    if preprocess not in ("python", "dali"):
+        raise ValueError(f"unknown preprocess step {preprocess!r}; choose python or dali")
     if accelerator not in ACCELERATORS:
         raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
     _check_target(out)
@@ -243,6 +262,10 @@ def export_repository(
     clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
     q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
     reports = [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+    if preprocess == "dali":
+        from fitguard.export import dali
+
+        reports.append(dali.check_parity(settings))
     for report in reports:
         log("parity " + report.line())
     failed = [r.model for r in reports if not r.passed]
@@ -259,8 +282,13 @@ def export_repository(
         )
         extra = {"backbone": backbone, "weights_id": net.weights_id}
         for name in (ENSEMBLE, *MODELS):
-            text = render_config(src, name, settings, det.threshold, accelerator, instances, extra)
+            text = render_config(
+                src, name, settings, det.threshold, accelerator, instances, extra, preprocess
+            )
             (staging / name / "config.pbtxt").write_text(text, encoding="utf-8")
+        if preprocess == "dali":
+            batch = read_config(staging / PREPROCESS / "config.pbtxt").max_batch_size
+            dali.write_step(staging, settings, max_batch_size=batch, accelerator=accelerator)
         (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
         for name, graph in graphs.items():
             (staging / name / "1").mkdir(parents=True, exist_ok=True)
@@ -279,6 +307,7 @@ def export_repository(
             "precision": precision,
             "accelerator": accelerator,
             "instances": instances,
+            "preprocess": preprocess,
             "preset": net.preset.to_dict(),
         }
         write_manifest(
@@ -293,5 +322,7 @@ def export_repository(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, manifest {out / MANIFEST_NAME})")
+    log(
+        f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, manifest {out / MANIFEST_NAME})"
+    )
     return out
