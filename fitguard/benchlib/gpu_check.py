@@ -45,7 +45,7 @@ class CheckConfig:
     decode_seconds: float = 3.0
     decode_batch: int = 64
     workers: int | None = None  # CPU decode processes (None: every core)
-    budget_s: float = 420.0  # the model sweep stops in time for decode and the JSON
+    budget_s: float = 360.0  # the model sweep stops in time for decode and the JSON (8 min in all)
     images: str | None = None
     dry_run: bool = False
 
@@ -283,7 +283,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", type=int, help="IQA patches per image (P; default 5)")
     p.add_argument("--batches", type=_ints, help="comma-separated batch sizes (default 1,8,32,64,128,256)")
     p.add_argument("--seconds", type=float, help="timing per variant and batch (default 0.8)")
-    p.add_argument("--budget", type=float, help="seconds for the model sweep before decode (default 420)")
+    p.add_argument("--budget", type=float, help="seconds for the model sweep before decode (default 360)")
     return p
 
 
