@@ -185,3 +185,17 @@ def test_serialized_cpu_pipeline_answers_like_the_python_step(dali_repositories:
     want_crops, want_patches = settings.prepare_batch(photos)
     assert np.abs(crops.astype(np.int16) - want_crops).max() <= PIXEL_TOLERANCE["crop"]
     assert np.array_equal(patches, want_patches)
+
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_embedded_server_refuses_a_dali_repository_by_name(dali_repositories: dict[str, Path]) -> None:
+    """The embedded server has no DALI backend: the load fails and says so (serve DALI in the NGC image)."""
+    from fitguard.serve import EmbeddedServer
+    from fitguard.serve.embedded import ServerError
+
+    with (
+        pytest.raises(ServerError, match="backend 'dali'"),
+        EmbeddedServer(dali_repositories["none"], http_port=0, grpc_port=0, metrics_port=0),
+    ):
+        pass
