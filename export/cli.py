@@ -7,6 +7,7 @@ import sys
 
 from fitguard.contract import DEFAULT_PATCHES
 from fitguard.export.accelerators import ACCELERATORS
+from fitguard.export.repository import PREPROCESS_STEPS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="graph precision (fp32)")
     parser.add_argument("--accelerator", default="none", choices=ACCELERATORS, help="deployment target")
     parser.add_argument("--instances", type=int, default=1, help="instances per model")
+    parser.add_argument(
+        "--preprocess",
+        default="python",
+        choices=PREPROCESS_STEPS,
+        help="preprocess step: python (default, any server) or dali (the NGC image's DALI backend; "
+        "on the GPU with a GPU accelerator)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
 
 
@@ -51,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             accelerator=args.accelerator,
             instances=args.instances,
+            preprocess=args.preprocess,
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:
         print(f"fitguard export: error: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"fitguard export: error: {exc}", file=sys.stderr)
         return 2
     return 0

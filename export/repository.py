@@ -44,6 +44,9 @@ from fitguard.repository import (
 )
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
+# The preprocess step's implementations: the Python backend (any server) or a serialized DALI pipeline
+# (the NGC image's DALI backend; see fitguard.export.dali).
+PREPROCESS_STEPS = ("python", "dali")
 _VERSIONED_PACKAGES = (
     "torch",
     "torchvision",
@@ -74,13 +77,22 @@ def _datatype(name: str) -> int:
     return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
 
 
-def check_signature(config: Any, patches: int) -> None:
-    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``)."""
-    inputs, outputs = SIGNATURES[config.name]
+def check_signature(config: Any, patches: int, preprocess: str = "python") -> None:
+    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``) for a
+    repository with the ``preprocess`` step (``python`` or ``dali``)."""
+    if preprocess == "python":
+        inputs, outputs = SIGNATURES[config.name]
+    else:
+        from fitguard.export.dali import signature
+
+        inputs, outputs = signature(config.name, preprocess)
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
         want = {
-            t.name: (_datatype(t.datatype), tuple(patches if d == -1 else d for d in t.shape))
+            t.name: (
+                _datatype(t.datatype),
+                tuple(patches if d == -1 and t.name == IQA_PATCHES else d for d in t.shape),
+            )
             for t in expected
         }
         if got != want:
@@ -109,6 +121,7 @@ def render_config(
     accelerator: str,
     instances: int,
     extra: dict[str, str],
+    preprocess: str = "python",
 ) -> str:
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config."""
     from google.protobuf import text_format
@@ -126,7 +139,11 @@ def render_config(
         _set_parameters(config, {"threshold": repr(float(threshold))})
     _pin_patches(config, settings.patches)
     apply_accelerator(config, accelerator, instances)
-    check_signature(config, settings.patches)
+    if preprocess == "dali":
+        from fitguard.export.dali import to_dali
+
+        to_dali(config, accelerator)
+    check_signature(config, settings.patches, preprocess)
     header = (
         f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
     )
@@ -170,7 +187,7 @@ def _check_target(out: Path) -> None:
 
 
 def _check_arguments(
-    out: Path, files: tuple[Path, ...], patches: int, precision: str, accelerator: str
+    out: Path, files: tuple[Path, ...], *, patches: int, precision: str, accelerator: str, preprocess: str
 ) -> None:
     from fitguard.export.verify import TOLERANCES
 
@@ -178,6 +195,8 @@ def _check_arguments(
         raise ValueError(f"patches must be >= 1, got {patches}")
     if precision not in TOLERANCES:
         raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
+    if preprocess not in PREPROCESS_STEPS:
+        raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
     if accelerator not in ACCELERATORS:
         raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
     _check_target(out)
@@ -229,6 +248,7 @@ def _write_models(
     accelerator: str,
     instances: int,
     extra: dict[str, str],
+    preprocess: str,
 ) -> None:
     """Configs rendered from the sources, the labels and the graphs, into ``staging``."""
     import onnx
@@ -239,8 +259,13 @@ def _write_models(
         src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
     )
     for name in (ENSEMBLE, *MODELS):
-        text = render_config(src, name, settings, threshold, accelerator, instances, extra)
+        text = render_config(src, name, settings, threshold, accelerator, instances, extra, preprocess)
         config_path(staging, name).write_text(text, encoding="utf-8")
+    if preprocess == "dali":
+        from fitguard.export import dali
+
+        batch = read_config(config_path(staging, PREPROCESS)).max_batch_size
+        dali.write_step(staging, settings, max_batch_size=batch, accelerator=accelerator)
     (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
     for name, graph in graphs.items():
         model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
@@ -288,6 +313,7 @@ def export_repository(
     precision: str = "fp32",
     accelerator: str = "none",
     instances: int = 1,
+    preprocess: str = "python",
     source: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -316,7 +342,14 @@ def export_repository(
 
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
-    _check_arguments(out, (head, detector), patches, precision, accelerator)
+    _check_arguments(
+        out,
+        (head, detector),
+        patches=patches,
+        precision=precision,
+        accelerator=accelerator,
+        preprocess=preprocess,
+    )
     net = build_backbone(backbone, weights)
     head_module, head_info = load_head(head, net)
     det = load_detector(detector)
@@ -324,6 +357,10 @@ def export_repository(
     settings = PreprocessSettings(net.preset, patches, backbone=backbone)
     log(f"exporting {backbone} (weights {net.weights_id}), P={patches}, precision {precision}")
     graphs, reports = _verified_graphs(classifier, quality_model, det, settings, precision)
+    if preprocess == "dali":
+        from fitguard.export import dali
+
+        reports.append(dali.check_parity(settings))
     for report in reports:
         log("parity " + report.line())
     failed = [r.model for r in reports if not r.passed]
@@ -338,6 +375,7 @@ def export_repository(
         "detector": str(detector.resolve()),
         "threshold": float(det.threshold),
         **{"patches": patches, "precision": precision, "accelerator": accelerator, "instances": instances},
+        "preprocess": preprocess,
         "preset": net.preset.to_dict(),
     }
     _publish(
@@ -351,8 +389,12 @@ def export_repository(
             "accelerator": accelerator,
             "instances": instances,
             "extra": {"backbone": backbone, "weights_id": net.weights_id},
+            "preprocess": preprocess,
         },
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )
-    log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, manifest {out / MANIFEST_NAME})")
+    log(
+        f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, "
+        f"manifest {out / MANIFEST_NAME})"
+    )
     return out

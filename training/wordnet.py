@@ -36,8 +36,7 @@ WORDNET_FILES = (
 )
 
 # WordNet 3.0's lexicographer files, numbered 00..44 (lexnames(5WN)); used when the man page is absent.
-LEXNAMES: tuple[str, ...] = tuple(
-    """
+_LEXNAMES_TEXT = """
     adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body
     noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location
     noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process
@@ -45,8 +44,8 @@ LEXNAMES: tuple[str, ...] = tuple(
     verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation
     verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather
     adj.ppl
-    """.split()
-)
+"""
+LEXNAMES: tuple[str, ...] = tuple(_LEXNAMES_TEXT.split())
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 

@@ -28,9 +28,20 @@ REAL: tuple[str, ...] = ("imagenet", "tid2013", "kadid10k")
 DATASETS: tuple[str, ...] = PREPARED + ("photos",) + REAL
 
 __all__ = [
-    "DATASETS", "PREPARED", "REAL", "Dataset", "Item", "PackageFetchError", "default_data_dir",
-    "describe", "fetch_package", "group_folds", "group_split", "load_dataset", "prepare_all",
-]  # fmt: skip
+    "DATASETS",
+    "PREPARED",
+    "REAL",
+    "Dataset",
+    "Item",
+    "PackageFetchError",
+    "default_data_dir",
+    "describe",
+    "fetch_package",
+    "group_folds",
+    "group_split",
+    "load_dataset",
+    "prepare_all",
+]
 
 
 def load_dataset(

@@ -72,8 +72,10 @@ def _accuracy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{args.backbone} on {args.dataset}: {result['images']} images, {result['groups']} groups, "
-              f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}")  # fmt: skip
+        print(
+            f"{args.backbone} on {args.dataset}: {result['images']} images, {result['groups']} groups, "
+            f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}"
+        )
     return 0
 
 

@@ -62,10 +62,14 @@ def draw_specs(
         left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
         specs.append(
             CompositeSpec(
-                scene=names[index], crop=(left, top, side), cover=COVERS[k % len(COVERS)],
-                fx=float(rng.uniform()), fy=float(rng.uniform()), flip=bool(rng.random() < 0.5),
+                scene=names[index],
+                crop=(left, top, side),
+                cover=COVERS[k % len(COVERS)],
+                fx=float(rng.uniform()),
+                fy=float(rng.uniform()),
+                flip=bool(rng.random() < 0.5),
             )
-        )  # fmt: skip
+        )
     return specs
 
 

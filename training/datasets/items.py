@@ -1,4 +1,5 @@
-"""What every data source yields: :class:`Item` (one image and what is known about it) in a :class:`Dataset`."""
+"""What every data source yields: :class:`Item` (one image and what is known about it) in a
+:class:`Dataset`."""
 
 from __future__ import annotations
 

@@ -38,9 +38,21 @@ def _file_name(stamp_id: str) -> str:
 def _recipe(version: str, scenes_folder: Path) -> list:
     overrides = hashlib.sha256(wl.OVERRIDES.read_bytes()).hexdigest()[:12]
     return [
-        RECIPE, version, st.FLAT_MAX, st.STAT_SIDE, wl.MAX_CLASSES, overrides, STAMP_SIDE, PER_STAMP, SEED,
-        comp.SIZE, comp.COVERS, comp.MAX_EXTENT, comp.CROP_RANGE, scenes_folder.name,
-    ]  # fmt: skip
+        RECIPE,
+        version,
+        st.FLAT_MAX,
+        st.STAT_SIDE,
+        wl.MAX_CLASSES,
+        overrides,
+        STAMP_SIDE,
+        PER_STAMP,
+        SEED,
+        comp.SIZE,
+        comp.COVERS,
+        comp.MAX_EXTENT,
+        comp.CROP_RANGE,
+        scenes_folder.name,
+    ]
 
 
 def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Path:
@@ -61,8 +73,13 @@ def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Pat
     mapper, overrides = wl.ImageNetWordNet(), wl.read_overrides()
     records = []
     for stamp in st.list_stamps(pkg.root, workers=workers):
-        record = {"id": stamp.id, "file": stamp.file, "description": stamp.description,
-                  "flat": round(stamp.flat, 4), "photograph": stamp.photograph}  # fmt: skip
+        record = {
+            "id": stamp.id,
+            "file": stamp.file,
+            "description": stamp.description,
+            "flat": round(stamp.flat, 4),
+            "photograph": stamp.photograph,
+        }
         if stamp.id.endswith("_mirror"):
             record["dropped"] = "mirror image of another stamp"
         elif not stamp.photograph:
@@ -79,11 +96,19 @@ def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Pat
                 s.to_dict() for s in comp.draw_specs(stamp.id, backgrounds, PER_STAMP, SEED)
             ]
         records.append(record)
-    write_manifest(folder, {
-        "set": "objects", "recipe": RECIPE, "key": key, "package": pkg.name, "version": pkg.version,
-        "scenes": scenes_folder.name, "packages": {pkg.name: pkg.version, **scene_manifest["packages"]},
-        "stamps": records,
-    })  # fmt: skip
+    write_manifest(
+        folder,
+        {
+            "set": "objects",
+            "recipe": RECIPE,
+            "key": key,
+            "package": pkg.name,
+            "version": pkg.version,
+            "scenes": scenes_folder.name,
+            "packages": {pkg.name: pkg.version, **scene_manifest["packages"]},
+            "stamps": records,
+        },
+    )
     return folder
 
 
@@ -120,15 +145,31 @@ def load_objects(data_dir: str | Path | None = None, group_by: str = "stamp") ->
     for r in manifest["stamps"]:
         for k, spec_dict in enumerate(r.get("composites", [])):
             spec = comp.CompositeSpec(**{**spec_dict, "crop": tuple(spec_dict["crop"])})
-            meta = {"stamp": r["id"], "scene": spec.scene, "spec": spec_dict, "package": manifest["package"],
-                    "version": manifest["version"], "file": r["file"], "licence": r["licence"]}  # fmt: skip
+            meta = {
+                "stamp": r["id"],
+                "scene": spec.scene,
+                "spec": spec_dict,
+                "package": manifest["package"],
+                "version": manifest["version"],
+                "file": r["file"],
+                "licence": r["licence"],
+            }
             items.append(
                 Item(
-                    name=f"{r['id']}#{k}", source=name, group=r["id"] if group_by == "stamp" else spec.scene,
-                    labels=frozenset(r["labels"]), meta=meta,
-                    load=_composite_loader(folder / "stamps" / _file_name(r["id"]), scenes_dir / f"{spec.scene}.png", spec),
+                    name=f"{r['id']}#{k}",
+                    source=name,
+                    group=r["id"] if group_by == "stamp" else spec.scene,
+                    labels=frozenset(r["labels"]),
+                    meta=meta,
+                    load=_composite_loader(
+                        folder / "stamps" / _file_name(r["id"]), scenes_dir / f"{spec.scene}.png", spec
+                    ),
                 )
-            )  # fmt: skip
-    provenance = {"folder": str(folder), "recipe": manifest["recipe"], "packages": manifest["packages"],
-                  "stamps": sum(1 for r in manifest["stamps"] if "composites" in r)}  # fmt: skip
+            )
+    provenance = {
+        "folder": str(folder),
+        "recipe": manifest["recipe"],
+        "packages": manifest["packages"],
+        "stamps": sum(1 for r in manifest["stamps"] if "composites" in r),
+    }
     return Dataset(name, items, provenance)

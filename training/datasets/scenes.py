@@ -88,9 +88,13 @@ def prepare_scenes(data_dir: str | Path | None = None) -> Path:
     entries = read_scene_list()
     photo_versions = {d: metadata.version(d) for d in ("scikit-image", "scikit-learn")}
     key = recipe_key(
-        RECIPE, MAX_SIDE, {n: p.version for n, p in packages.items()}, photo_versions,
-        [(e.package, e.file) for e in entries], PACKAGE_PHOTOS,
-    )  # fmt: skip
+        RECIPE,
+        MAX_SIDE,
+        {n: p.version for n, p in packages.items()},
+        photo_versions,
+        [(e.package, e.file) for e in entries],
+        PACKAGE_PHOTOS,
+    )
     folder = base / "sets" / f"scenes-{key}"
     if read_manifest(folder) is not None:
         return folder
@@ -103,18 +107,38 @@ def prepare_scenes(data_dir: str | Path | None = None) -> Path:
             small = downscale(img)
         small.save(folder / "images" / f"{entry.name}.png", optimize=False, compress_level=1)
         records.append(
-            {"name": entry.name, "package": pkg.name, "version": pkg.version, "file": entry.file,
-             "licence": pkg.licence(entry.file), "reason": entry.reason, "size": list(small.size)}
-        )  # fmt: skip
+            {
+                "name": entry.name,
+                "package": pkg.name,
+                "version": pkg.version,
+                "file": entry.file,
+                "licence": pkg.licence(entry.file),
+                "reason": entry.reason,
+                "size": list(small.size),
+            }
+        )
     for name, rgb in package_photos().items():
         small = downscale(Image.fromarray(rgb))
         small.save(folder / "images" / f"photo-{name}.png", compress_level=1)
-        records.append({"name": f"photo-{name}", **_photo_provenance(name), "size": list(small.size),
-                        "reason": "package photo (training.photos.PACKAGE_PHOTOS)"})  # fmt: skip
-    write_manifest(folder, {
-        "set": "scenes", "recipe": RECIPE, "key": key, "max_side": MAX_SIDE,
-        "packages": {n: p.version for n, p in packages.items()} | photo_versions, "entries": records,
-    })  # fmt: skip
+        records.append(
+            {
+                "name": f"photo-{name}",
+                **_photo_provenance(name),
+                "size": list(small.size),
+                "reason": "package photo (training.photos.PACKAGE_PHOTOS)",
+            }
+        )
+    write_manifest(
+        folder,
+        {
+            "set": "scenes",
+            "recipe": RECIPE,
+            "key": key,
+            "max_side": MAX_SIDE,
+            "packages": {n: p.version for n, p in packages.items()} | photo_versions,
+            "entries": records,
+        },
+    )
     return folder
 
 
@@ -142,7 +166,7 @@ def load_scenes(data_dir: str | Path | None = None, debian_only: bool = False) -
             labels=None,
             load=_png_loader(folder / "images" / f"{r['name']}.png"),
             meta=r,
-        )  # fmt: skip
+        )
         for r in manifest["entries"]
         if not (debian_only and r["package"] not in SCENE_PACKAGES)
     ]

@@ -86,11 +86,14 @@ def stamp_sheets(objects_folder: Path, out: Path, data_dir: str | Path | None = 
     def tiles(rows: list[tuple[str, str]], side: int) -> list[tuple[Image.Image, str]]:
         return [(load_rgba(root / "usr/share/tuxpaint/stamps" / f"{i}.png", side * 2), c) for i, c in rows]
 
-    return _save(out, {
-        "stamps-kept.png": (tiles(kept, 72), 72, 16),
-        "stamps-drawings.png": (tiles(drawings, 56), 56, 20),
-        "stamps-unlabelled.png": (tiles(unlabelled, 56), 56, 20),
-    })  # fmt: skip
+    return _save(
+        out,
+        {
+            "stamps-kept.png": (tiles(kept, 72), 72, 16),
+            "stamps-drawings.png": (tiles(drawings, 56), 56, 20),
+            "stamps-unlabelled.png": (tiles(unlabelled, 56), 56, 20),
+        },
+    )
 
 
 def _save(out: Path, sheets: dict[str, tuple[list, int, int]]) -> list[Path]:

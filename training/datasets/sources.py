@@ -54,7 +54,7 @@ def load_iqa(name: str, root: str | Path) -> Dataset:
             it.load,
             score=it.score,
             meta={"distortion": it.distortion, "level": it.level, "raw": it.raw},
-        )  # fmt: skip
+        )
         for it in loaded
     ]
     return Dataset(name, items, {"root": str(root), "loader": f"training.iqa_data.load_{name}"})
