@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitguard.contract import DEFAULT_PATCHES
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
 from fitguard.export.accelerators import ACCELERATORS
 from fitguard.export.repository import PREPROCESS_STEPS
 
@@ -34,6 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="preprocess step: python (default, any server) or dali (the NGC image's DALI backend; "
         "on the GPU with a GPU accelerator)",
     )
+    parser.add_argument(
+        "--quality-features",
+        default=PATCHES_MODE,
+        choices=QUALITY_MODES,
+        help="patches: DTNIQ-f runs the backbone on P patches (the paper's method); shared: the classifier's "
+        "pass over the centre crop gives the quality features, one backbone pass per image (the head must be "
+        "trained with --quality-features shared)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
 
 
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             accelerator=args.accelerator,
             instances=args.instances,
             preprocess=args.preprocess,
+            quality_features=args.quality_features,
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:
         print(f"fitguard export: error: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ entry in :data:`PRECISIONS` plus its tolerances in :mod:`fitguard.export.verify`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,10 +46,14 @@ class ExportError(RuntimeError):
     """A model could not be turned into a valid graph."""
 
 
-def _torch_export(
-    module: Any, example: Any, input_name: str, output_name: str, dynamic: dict[int, str]
+def torch_export(
+    module: Any, example: Any, input_name: str, output_names: str | Sequence[str], dynamic: dict[int, str]
 ) -> onnx.ModelProto:
+    """One module with one input to a graph with the given tensor names and dynamic axes of the input."""
     import torch
+
+    if isinstance(output_names, str):
+        output_names = (output_names,)
 
     dims = {axis: torch.export.Dim(name) for axis, name in dynamic.items()}
     program = torch.onnx.export(
@@ -57,7 +61,7 @@ def _torch_export(
         (example,),
         dynamo=True,
         input_names=[input_name],
-        output_names=[output_name],
+        output_names=list(output_names),
         dynamic_shapes=(dims,),
         opset_version=OPSET,
         optimize=True,
@@ -81,8 +85,8 @@ def export_classifier(classifier: Any) -> onnx.ModelProto:
     import torch
 
     example = torch.zeros(EXPORT_BATCH, 3, 224, 224, dtype=torch.uint8)
-    model = _torch_export(classifier, example, CLASSIFIER_INPUT, PROBS, {0: BATCH_DIM})
-    _annotate(
+    model = torch_export(classifier, example, CLASSIFIER_INPUT, PROBS, {0: BATCH_DIM})
+    annotate(
         model, "classifier", backbone=classifier.backbone.name, weights_id=classifier.backbone.weights_id
     )
     return model
@@ -93,8 +97,8 @@ def export_quality(quality_model: Any) -> onnx.ModelProto:
     import torch
 
     example = torch.zeros(EXPORT_BATCH, EXPORT_PATCHES, 3, 224, 224, dtype=torch.uint8)
-    model = _torch_export(quality_model, example, IQA_PATCHES, QUALITY_SCORE, {0: BATCH_DIM, 1: PATCH_DIM})
-    _annotate(
+    model = torch_export(quality_model, example, IQA_PATCHES, QUALITY_SCORE, {0: BATCH_DIM, 1: PATCH_DIM})
+    annotate(
         model, "quality", backbone=quality_model.backbone.name, weights_id=quality_model.backbone.weights_id
     )
     return model
@@ -224,7 +228,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         ]
     )
     graph.name = "fitguard_detector"
-    _annotate(
+    annotate(
         svm,
         "detector",
         threshold=repr(float(detector.threshold)),
@@ -234,7 +238,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
     return svm
 
 
-def _annotate(model: onnx.ModelProto, role: str, **meta: str) -> None:
+def annotate(model: onnx.ModelProto, role: str, **meta: str) -> None:
     from fitguard import __version__
 
     model.producer_name, model.producer_version = "fitguard", __version__

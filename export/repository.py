@@ -24,11 +24,15 @@ from fitguard.contract import (
     DEFAULT_PATCHES,
     DETECTOR,
     ENSEMBLE,
+    IQA_FEATURES,
     IQA_PATCHES,
     MODELS,
+    PATCHES_MODE,
     PREPROCESS,
     QUALITY,
-    SIGNATURES,
+    QUALITY_MODES,
+    SHARED_MODE,
+    signatures,
 )
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
 from fitguard.export.manifest import write_manifest
@@ -77,21 +81,25 @@ def _datatype(name: str) -> int:
     return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
 
 
-def check_signature(config: Any, patches: int, preprocess: str = "python") -> None:
-    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``) for a
-    repository with the ``preprocess`` step (``python`` or ``dali``)."""
+def check_signature(
+    config: Any, patches: int, preprocess: str = "python", mode: str = PATCHES_MODE, feature_dim: int = -1
+) -> None:
+    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``, quality
+    features of ``feature_dim``) for a repository with the ``preprocess`` step (``python`` or ``dali``) and
+    the quality mode ``mode``."""
     if preprocess == "python":
-        inputs, outputs = SIGNATURES[config.name]
+        inputs, outputs = signatures(mode)[config.name]
     else:
         from fitguard.export.dali import signature
 
         inputs, outputs = signature(config.name, preprocess)
+    pinned = {IQA_PATCHES: patches, IQA_FEATURES: feature_dim}
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
         want = {
             t.name: (
                 _datatype(t.datatype),
-                tuple(patches if d == -1 and t.name == IQA_PATCHES else d for d in t.shape),
+                tuple(pinned.get(t.name, d) if d == -1 else d for d in t.shape),
             )
             for t in expected
         }
@@ -122,8 +130,10 @@ def render_config(
     instances: int,
     extra: dict[str, str],
     preprocess: str = "python",
+    feature_dim: int = -1,
 ) -> str:
-    """The deployable ``config.pbtxt`` text of model ``name``, from its source config."""
+    """The deployable ``config.pbtxt`` text of model ``name``, from its source config (``feature_dim``: the
+    quality features' size, used in shared quality mode)."""
     from google.protobuf import text_format
 
     config = read_config(config_path(source, name))
@@ -138,12 +148,16 @@ def render_config(
     elif name == DETECTOR:
         _set_parameters(config, {"threshold": repr(float(threshold))})
     _pin_patches(config, settings.patches)
+    if settings.shared:
+        from fitguard.export.shared import to_shared
+
+        to_shared(config, feature_dim)
     apply_accelerator(config, accelerator, instances)
     if preprocess == "dali":
         from fitguard.export.dali import to_dali
 
         to_dali(config, accelerator)
-    check_signature(config, settings.patches, preprocess)
+    check_signature(config, settings.patches, preprocess, settings.quality_features, feature_dim)
     header = (
         f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
     )
@@ -187,10 +201,23 @@ def _check_target(out: Path) -> None:
 
 
 def _check_arguments(
-    out: Path, files: tuple[Path, ...], *, patches: int, precision: str, accelerator: str, preprocess: str
+    out: Path,
+    files: tuple[Path, ...],
+    *,
+    patches: int,
+    precision: str,
+    accelerator: str,
+    preprocess: str,
+    quality_features: str,
 ) -> None:
     from fitguard.export.verify import TOLERANCES
 
+    if quality_features not in QUALITY_MODES:
+        raise ValueError(
+            f"unknown quality features {quality_features!r}; choose from {', '.join(QUALITY_MODES)}"
+        )
+    if quality_features == SHARED_MODE and preprocess != "python":
+        raise ValueError("--quality-features shared is served with the python preprocess step only")
     if patches < 1:
         raise ValueError(f"patches must be >= 1, got {patches}")
     if precision not in TOLERANCES:
@@ -209,6 +236,8 @@ def _verified_graphs(
     classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
 ) -> tuple[dict[str, Any], list[Any]]:
     """The three graphs, each through ``onnx.checker`` and its parity check against the original."""
+    if settings.shared:
+        return _verified_shared_graphs(classifier, quality_model, det, settings, precision)
     from fitguard.export.onnx_export import (
         apply_precision,
         export_classifier,
@@ -238,6 +267,33 @@ def _verified_graphs(
     return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
 
 
+def _verified_shared_graphs(
+    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """Shared quality mode: the two-output classifier, the head on features, the detector; each checked."""
+    from fitguard.classifier import SharedClassifier
+    from fitguard.export.onnx_export import apply_precision, export_detector
+    from fitguard.export.shared import check_shared_graphs, export_feature_quality, export_shared_classifier
+    from fitguard.export.verify import TOLERANCES, check_detector, check_graph, verification_inputs
+    from fitguard.quality import FeatureQuality
+
+    net = classifier.backbone
+    graphs = {
+        CLASSIFIER: apply_precision(export_shared_classifier(SharedClassifier(net).eval()), precision),
+        QUALITY: apply_precision(
+            export_feature_quality(FeatureQuality(quality_model.head).eval(), net.quality_dim, net), precision
+        ),
+        DETECTOR: export_detector(det),
+    }
+    for name, graph in graphs.items():
+        check_graph(graph, name)
+    tol = TOLERANCES[precision]
+    inputs, _ = verification_inputs(settings)
+    originals = {"classifier": classifier, "backbone": net, "quality_model": quality_model}
+    reports, probs, quality = check_shared_graphs(graphs, originals, inputs, tol)
+    return graphs, [*reports, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+
+
 def _write_models(
     staging: Path,
     src: Path,
@@ -249,6 +305,7 @@ def _write_models(
     instances: int,
     extra: dict[str, str],
     preprocess: str,
+    feature_dim: int,
 ) -> None:
     """Configs rendered from the sources, the labels and the graphs, into ``staging``."""
     import onnx
@@ -259,7 +316,9 @@ def _write_models(
         src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
     )
     for name in (ENSEMBLE, *MODELS):
-        text = render_config(src, name, settings, threshold, accelerator, instances, extra, preprocess)
+        text = render_config(
+            src, name, settings, threshold, accelerator, instances, extra, preprocess, feature_dim
+        )
         config_path(staging, name).write_text(text, encoding="utf-8")
     if preprocess == "dali":
         from fitguard.export import dali
@@ -314,6 +373,7 @@ def export_repository(
     accelerator: str = "none",
     instances: int = 1,
     preprocess: str = "python",
+    quality_features: str = PATCHES_MODE,
     source: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -328,6 +388,8 @@ def export_repository(
         precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
         accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
         instances: instances per model (preprocess, classifier, quality).
+        quality_features: ``patches`` (DTNIQ-f on P patches) or ``shared`` (the classifier's pass gives
+            the quality features; the head must have been trained in that mode, and P does not apply).
         log: where the parity report lines go.
 
     Raises:
@@ -338,7 +400,7 @@ def export_repository(
     from fitguard.classifier import Classifier
     from fitguard.detector import load_detector
     from fitguard.export.verify import ParityError
-    from fitguard.quality import QualityModel, load_head
+    from fitguard.quality import QualityModel, check_head_mode, load_head
 
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
@@ -349,13 +411,20 @@ def export_repository(
         precision=precision,
         accelerator=accelerator,
         preprocess=preprocess,
+        quality_features=quality_features,
     )
     net = build_backbone(backbone, weights)
     head_module, head_info = load_head(head, net)
+    check_head_mode(head_info, quality_features, head)
     det = load_detector(detector)
     classifier, quality_model = Classifier(net).eval(), QualityModel(net, head_module).eval()
-    settings = PreprocessSettings(net.preset, patches, backbone=backbone)
-    log(f"exporting {backbone} (weights {net.weights_id}), P={patches}, precision {precision}")
+    if quality_features == SHARED_MODE:
+        patches = 0  # no patches are cut: the classifier's pass gives the quality features
+    settings = PreprocessSettings(net.preset, patches, backbone=backbone, quality_features=quality_features)
+    log(
+        f"exporting {backbone} (weights {net.weights_id}), quality features {quality_features}, "
+        f"P={patches}, precision {precision}"
+    )
     graphs, reports = _verified_graphs(classifier, quality_model, det, settings, precision)
     if preprocess == "dali":
         from fitguard.export import dali
@@ -376,6 +445,7 @@ def export_repository(
         "threshold": float(det.threshold),
         **{"patches": patches, "precision": precision, "accelerator": accelerator, "instances": instances},
         "preprocess": preprocess,
+        "quality_features": quality_features,
         "preset": net.preset.to_dict(),
     }
     _publish(
@@ -388,8 +458,13 @@ def export_repository(
             "threshold": det.threshold,
             "accelerator": accelerator,
             "instances": instances,
-            "extra": {"backbone": backbone, "weights_id": net.weights_id},
+            "extra": {
+                "backbone": backbone,
+                "weights_id": net.weights_id,
+                "quality_features": quality_features,
+            },
             "preprocess": preprocess,
+            "feature_dim": net.quality_dim,
         },
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )

@@ -63,6 +63,16 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
 
+    def logits_and_quality_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass: the logits and :meth:`quality_features` of the same input (shared quality mode).
+
+        The logits come from the deepest level, averaged over space as every registered ``features``
+        pools it; export checks them against :meth:`forward`.
+        """
+        levels = self.features.levels(x)
+        logits = self.fc(levels[-1].mean(dim=(2, 3)))
+        return logits, _level_statistics(levels)
+
     def quality_features(self, x: torch.Tensor) -> torch.Tensor:
         """Mean and standard deviation over space of every level's channels: [N, :attr:`quality_dim`].
 
@@ -70,11 +80,15 @@ class Backbone(nn.Module):
         noise; the spread of shallow activations is where distortions show (multi-level pooling, as in
         MLSP, Hosu et al. 2020); docs/iqa.md measures the gain.
         """
-        parts = []
-        for level in self.features.levels(x):
-            std, mean = torch.std_mean(level, dim=(2, 3))
-            parts += [mean, std]
-        return torch.cat(parts, dim=1)
+        return _level_statistics(self.features.levels(x))
+
+
+def _level_statistics(levels: list[torch.Tensor]) -> torch.Tensor:
+    parts = []
+    for level in levels:
+        std, mean = torch.std_mean(level, dim=(2, 3))
+        parts += [mean, std]
+    return torch.cat(parts, dim=1)
 
 
 class UInt8Normalize(nn.Module):

@@ -29,3 +29,17 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.backbone(self.normalize(x)), dim=1)
+
+
+class SharedClassifier(nn.Module):
+    """Shared quality mode: uint8 [N, 3, 224, 224] -> (probabilities [N, 1000], quality features [N, D])
+    from one backbone pass; the quality step's head reads the features."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.normalize = UInt8Normalize(backbone.preset)
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = self.backbone.logits_and_quality_features(self.normalize(x))
+        return torch.softmax(logits, dim=1), features

@@ -20,6 +20,7 @@ MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY, DETECTOR)
 IMAGE = "IMAGE"
 CLASSIFIER_INPUT = "CLASSIFIER_INPUT"
 IQA_PATCHES = "IQA_PATCHES"
+IQA_FEATURES = "IQA_FEATURES"
 PROBS = "PROBS"
 QUALITY_SCORE = "QUALITY"
 CLASS_ID = "CLASS_ID"
@@ -33,6 +34,13 @@ TOP_K = 5
 QUALITY_BINS = 70  # DTNIQ-f: 70-way softmax over MOS bins 1..70
 DEFAULT_PATCHES = 4
 INPUT_SIZE = 224  # classifier crop and IQA patch side
+
+# Where the quality head reads its backbone features. ``patches``: DTNIQ-f runs the backbone again on P
+# native-resolution patches (the paper's method). ``shared``: the classifier's own pass over the centre crop
+# also returns the quality features (IQA_FEATURES), so an image costs one backbone pass.
+PATCHES_MODE = "patches"
+SHARED_MODE = "shared"
+QUALITY_MODES: tuple[str, ...] = (PATCHES_MODE, SHARED_MODE)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,10 @@ def classifier_input() -> Tensor:
 
 def iqa_patches(patches: int = -1) -> Tensor:
     return Tensor(IQA_PATCHES, "UINT8", (patches, 3, INPUT_SIZE, INPUT_SIZE))
+
+
+def iqa_features(dim: int = -1) -> Tensor:
+    return Tensor(IQA_FEATURES, "FP32", (dim,))
 
 
 ENSEMBLE_INPUTS: tuple[Tensor, ...] = (Tensor(IMAGE, "BYTES", (1,)),)
@@ -84,6 +96,25 @@ SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
     QUALITY: (QUALITY_INPUTS, QUALITY_OUTPUTS),
     DETECTOR: (DETECTOR_INPUTS, DETECTOR_OUTPUTS),
 }
+
+
+def signatures(mode: str = PATCHES_MODE) -> dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
+    """The contract of every model in a repository of quality mode ``mode`` (the ensemble's never changes).
+
+    In shared mode the preprocess step emits the crop only, the classifier also returns the quality
+    features of its pass (dimension -1: the backbone's, pinned at export), and quality reads those.
+    """
+    if mode == PATCHES_MODE:
+        return dict(SIGNATURES)
+    if mode != SHARED_MODE:
+        raise ValueError(f"unknown quality mode {mode!r}; choose from {', '.join(QUALITY_MODES)}")
+    return {
+        **SIGNATURES,
+        PREPROCESS: (PREPROCESS_INPUTS, (classifier_input(),)),
+        CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features())),
+        QUALITY: ((iqa_features(),), QUALITY_OUTPUTS),
+    }
+
 
 # Quality metadata that clients report (pyiqa style): normalised MOS, higher is better.
 QUALITY_RANGE = (0.0, 1.0)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from fitguard.contract import DEFAULT_PATCHES, INPUT_SIZE
+from fitguard.contract import DEFAULT_PATCHES, INPUT_SIZE, PATCHES_MODE, QUALITY_MODES, SHARED_MODE
 from fitguard.presets import Preset
 
 # File suffixes of the image formats the decoder reads; folders of images are listed by these.
@@ -185,6 +185,22 @@ def iqa_patches(rgb: np.ndarray, patches: int = DEFAULT_PATCHES, size: int = INP
     return out
 
 
+def quality_views(
+    rgb: np.ndarray, preset: Preset, mode: str = PATCHES_MODE, patches: int = DEFAULT_PATCHES
+) -> np.ndarray:
+    """What the quality head's backbone features are computed on, as served in quality mode ``mode``.
+
+    ``patches``: the P native-resolution patches (P, 3, 224, 224). ``shared``: the classifier's own input,
+    the centre crop, as one view (1, 3, crop, crop). Training cuts its inputs with this function so the
+    head learns the features it is served.
+    """
+    if mode == SHARED_MODE:
+        return classifier_crop(rgb, preset)[None]
+    if mode != PATCHES_MODE:
+        raise ValueError(f"unknown quality mode {mode!r}; choose from {', '.join(QUALITY_MODES)}")
+    return iqa_patches(rgb, patches)
+
+
 def prepare(
     data: bytes, preset: Preset, patches: int = DEFAULT_PATCHES, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -243,17 +259,24 @@ class Parameters:
 
 @dataclass(frozen=True)
 class PreprocessSettings:
-    """What the preprocess step needs: the backbone's preset, the patch count and the input limits."""
+    """What the preprocess step needs: the backbone's preset, the patch count, the input limits and the
+    quality mode (in ``shared`` mode no patches are cut: the classifier's pass gives the quality features)."""
 
     preset: Preset
     patches: int
     limits: Limits = DEFAULT_LIMITS
     backbone: str = ""
+    quality_features: str = PATCHES_MODE
+
+    @property
+    def shared(self) -> bool:
+        return self.quality_features == SHARED_MODE
 
     def to_parameters(self) -> dict[str, str]:
         p = self.preset
         return {
             "backbone": self.backbone,
+            "quality_features": self.quality_features,
             "patches": str(self.patches),
             "resize": str(p.resize),
             "crop": str(p.crop),
@@ -287,13 +310,19 @@ class PreprocessSettings:
                 max_aspect=p.float("max_aspect", limits.max_aspect),
             ),
             backbone=p.str("backbone", ""),
+            quality_features=p.str("quality_features", PATCHES_MODE),
         )
 
-    def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
-        """One encoded image -> (classifier input [3, 224, 224], patches [P, 3, 224, 224]), uint8."""
+    def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+        """One encoded image -> (classifier input [3, 224, 224], patches [P, 3, 224, 224] or None in
+        shared mode), uint8."""
+        if self.shared:
+            return classifier_crop(decode_image(data, self.limits), self.preset), None
         return prepare(data, self.preset, self.patches, self.limits)
 
-    def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded images -> stacked inputs. Raises :class:`BadImageError` on the first bad one."""
+    def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Encoded images -> stacked inputs (patches None in shared mode). Raises :class:`BadImageError` on
+        the first bad one."""
         pairs = [self.prepare(data) for data in images]
-        return np.stack([c for c, _ in pairs]), np.stack([q for _, q in pairs])
+        crops = np.stack([c for c, _ in pairs])
+        return crops, None if self.shared else np.stack([q for _, q in pairs])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fitguard.backbones import QUALITY_FEATURES, Backbone, UInt8Normalize
-from fitguard.contract import QUALITY_BINS
+from fitguard.contract import PATCHES_MODE, QUALITY_BINS, QUALITY_MODES
 
 
 class BadHeadError(ValueError):
@@ -90,6 +90,17 @@ class QualityModel(nn.Module):
         return q.reshape(n, p).mean(dim=1, keepdim=True)
 
 
+class FeatureQuality(nn.Module):
+    """Shared quality mode: quality features [N, D] of the classifier's pass -> quality [N, 1]."""
+
+    def __init__(self, head: QualityHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return expected_quality(self.head(features)).unsqueeze(1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Quality-head files
 # --------------------------------------------------------------------------------------------------
@@ -98,12 +109,23 @@ HEAD_FORMAT = "fitguard.iqa-head/2"
 
 
 def save_head(
-    path: str | Path, head: QualityHead, backbone: Backbone, meta: dict[str, Any] | None = None
+    path: str | Path,
+    head: QualityHead,
+    backbone: Backbone,
+    meta: dict[str, Any] | None = None,
+    mode: str = PATCHES_MODE,
 ) -> None:
-    """Write a head with what it needs to be checked against a backbone at load time."""
+    """Write a head with what it needs to be checked against a backbone at load time.
+
+    ``mode`` is the quality mode whose inputs the head was trained on (:data:`QUALITY_MODES`: P patches,
+    or the classifier's centre crop); a head is served only in the mode it was trained for.
+    """
+    if mode not in QUALITY_MODES:
+        raise ValueError(f"unknown quality mode {mode!r}; choose from {', '.join(QUALITY_MODES)}")
     torch.save(
         {
             "format": HEAD_FORMAT,
+            "mode": mode,
             "backbone": backbone.name,
             "weights_id": backbone.weights_id,
             "features": QUALITY_FEATURES,
@@ -148,4 +170,15 @@ def load_head(path: str | Path, backbone: Backbone | None = None) -> tuple[Quali
     except Exception as exc:
         raise BadHeadError(f"{path}: head weights do not load: {exc}") from None
     info = {k: v for k, v in blob.items() if k != "state_dict"}
+    info.setdefault("mode", PATCHES_MODE)  # heads written before the shared mode read patches
     return head.eval(), info
+
+
+def check_head_mode(info: dict[str, Any], mode: str, path: str | Path) -> None:
+    """Raise :class:`BadHeadError` unless the head (``info`` of :func:`load_head`) was trained for
+    ``mode``."""
+    if info.get("mode", PATCHES_MODE) != mode:
+        raise BadHeadError(
+            f"{path}: head was trained on {info.get('mode')!r}-mode inputs, not {mode!r}; train it with "
+            f"`fitguard train iqa --quality-features {mode}`"
+        )

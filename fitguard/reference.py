@@ -28,10 +28,13 @@ from fitguard.contract import (
     DETECTOR,
     FIT,
     FIT_SCORE,
+    IQA_FEATURES,
     IQA_PATCHES,
+    PATCHES_MODE,
     PROBS,
     QUALITY,
     QUALITY_SCORE,
+    SHARED_MODE,
     TOP5_IDS,
     TOP5_PROBS,
 )
@@ -45,7 +48,8 @@ Outputs = dict[str, np.ndarray]
 class _Pipeline:
     settings: PreprocessSettings
 
-    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray | None) -> Outputs:
+        """The models on prepared inputs; ``patches`` is None in shared quality mode."""
         raise NotImplementedError
 
     def predict(self, images: Sequence[bytes]) -> Outputs:
@@ -77,7 +81,10 @@ class ReferencePipeline(_Pipeline):
         weights: str | None = "default",
         patches: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        quality_features: str = PATCHES_MODE,
     ) -> ReferencePipeline:
+        """In ``shared`` quality mode the quality model reads the centre crop as its one patch: the
+        features the classifier's pass gives the served quality step."""
         from fitguard.backbones import build_backbone
         from fitguard.classifier import Classifier
         from fitguard.detector import load_detector
@@ -85,7 +92,11 @@ class ReferencePipeline(_Pipeline):
 
         net = build_backbone(backbone, weights)
         head_module, _ = load_head(head, net)
-        settings = PreprocessSettings(net.preset, patches or DEFAULT_PATCHES, limits, backbone)
+        if quality_features == SHARED_MODE:
+            patches = 0
+        elif not patches:
+            patches = DEFAULT_PATCHES
+        settings = PreprocessSettings(net.preset, patches, limits, backbone, quality_features)
         return cls(
             settings,
             classifier=Classifier(net).eval(),
@@ -105,16 +116,19 @@ class ReferencePipeline(_Pipeline):
             repository / DETECTOR_NAME,
             args["weights"],
             settings.patches,
+            quality_features=settings.quality_features,
         )
         pipeline.settings = settings
         return pipeline
 
-    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray | None) -> Outputs:
         import torch
 
+        crops = torch.from_numpy(np.ascontiguousarray(classifier_input))
         with torch.inference_mode():
-            probs = self.classifier(torch.from_numpy(np.ascontiguousarray(classifier_input))).numpy()
-            quality = self.quality_model(torch.from_numpy(np.ascontiguousarray(patches))).numpy()
+            probs = self.classifier(crops).numpy()
+            views = crops[:, None] if patches is None else torch.from_numpy(np.ascontiguousarray(patches))
+            quality = self.quality_model(views).numpy()
         return reference_outputs(probs, quality, self.detector)
 
 
@@ -155,9 +169,15 @@ class OnnxPipeline(_Pipeline):
         }
         return cls(repository_settings(repository), sessions=sessions)
 
-    def run(self, classifier_input: np.ndarray, patches: np.ndarray) -> Outputs:
-        (probs,) = self.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: classifier_input})
-        (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
+    def run(self, classifier_input: np.ndarray, patches: np.ndarray | None) -> Outputs:
+        if patches is None:  # shared quality mode: the classifier's pass also gives the quality features
+            probs, features = self.sessions[CLASSIFIER].run(
+                [PROBS, IQA_FEATURES], {CLASSIFIER_INPUT: classifier_input}
+            )
+            (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_FEATURES: features})
+        else:
+            (probs,) = self.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: classifier_input})
+            (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
         names = [CLASS_ID, TOP5_IDS, TOP5_PROBS, FIT, FIT_SCORE]
         detected = self.sessions[DETECTOR].run(names, {PROBS: probs, QUALITY_SCORE: quality})
         return {**dict(zip(names, detected, strict=True)), QUALITY_SCORE: quality}

@@ -66,6 +66,35 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def tiny_shared_repository(tmp_path_factory: pytest.TempPathFactory):
+    """The ``tiny`` repository in shared quality mode: the classifier's pass gives the quality features
+    (a seeded random head saved for that mode, the same synthetic detector). Returns its Path."""
+    import torch
+
+    from fitguard.backbones import build_backbone
+    from fitguard.detector import save_detector
+    from fitguard.export import export_repository
+    from fitguard.quality import QualityHead, save_head
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("tiny_shared_repository")
+    net = build_backbone("tiny")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        head = QualityHead(net.quality_dim)
+    save_head(root / "head.pt", head, net, mode="shared")
+    save_detector(root / "detector.joblib", synthetic_detector())
+    return export_repository(
+        root / "repository",
+        backbone="tiny",
+        head=root / "head.pt",
+        detector=root / "detector.joblib",
+        quality_features="shared",
+        log=lambda _: None,
+    )
+
+
+@pytest.fixture(scope="session")
 def tiny_server(tiny_repository):
     """The embedded Triton server on free ports, serving ``tiny_repository``."""
     from fitguard.serve import EmbeddedServer

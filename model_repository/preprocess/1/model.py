@@ -1,6 +1,7 @@
 """Triton Python backend adapter for the preprocess step (the logic is fitguard.preprocess, tested alone).
 
-IMAGE (encoded bytes) -> CLASSIFIER_INPUT uint8 [3, 224, 224], IQA_PATCHES uint8 [P, 3, 224, 224].
+IMAGE (encoded bytes) -> CLASSIFIER_INPUT uint8 [3, 224, 224], IQA_PATCHES uint8 [P, 3, 224, 224] (no
+patches in shared quality mode).
 Settings come from the config's ``parameters`` (written by ``fitguard export``) and are read once. A bad
 image answers its own request with an error; the other requests of the batch still get their answers.
 """
@@ -35,9 +36,10 @@ class TritonPythonModel:
     def _answer(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
         images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy().reshape(-1)
         crops, patches = self.settings.prepare_batch([bytes(image) for image in images])
-        return pb_utils.InferenceResponse(
-            output_tensors=[pb_utils.Tensor(CLASSIFIER_INPUT, crops), pb_utils.Tensor(IQA_PATCHES, patches)]
-        )
+        outputs = [pb_utils.Tensor(CLASSIFIER_INPUT, crops)]
+        if patches is not None:  # None in shared quality mode: the classifier's pass gives the features
+            outputs.append(pb_utils.Tensor(IQA_PATCHES, patches))
+        return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def execute(self, requests: list) -> list:
         responses = []
