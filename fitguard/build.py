@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fitguard.contract import DEFAULT_PATCHES
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
 from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
@@ -30,6 +30,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--photos", default=None, help="folder of reference photos (default: package-shipped)"
     )
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image")
+    parser.add_argument(
+        "--quality-features",
+        choices=QUALITY_MODES,
+        default=PATCHES_MODE,
+        help="patches: DTNIQ-f on P patches; shared: the classifier's pass gives the quality features "
+        "(one backbone pass per image; docs/iqa.md compares the two)",
+    )
     parser.add_argument("--splits", type=int, default=10, help="IQA evaluation splits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="build", help="build folder")
@@ -43,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
         photos=args.photos,
         patches=args.patches,
+        quality_features=args.quality_features,
         splits=args.splits,
         seed=args.seed,
         force=args.force,
@@ -117,6 +125,7 @@ def build(
     weights: str | None = "default",
     photos: str | None = None,
     patches: int = DEFAULT_PATCHES,
+    quality_features: str = PATCHES_MODE,
     splits: int = 10,
     seed: int = 0,
     force: bool = False,
@@ -132,6 +141,8 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     record = _Record(out / BUILD_FILE, force)
     common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
+    if quality_features != PATCHES_MODE:  # stamps of patch-mode builds stay as they were
+        common["quality_features"] = quality_features
     head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
     models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
     iqa_args = _iqa_args(common, splits)
@@ -140,7 +151,13 @@ def build(
         head,
         iqa_args,
         lambda: train_iqa(
-            **models, dataset="synthetic", photos=photos, out=head, splits=splits, cache_dir=out / "cache"
+            **models,
+            dataset="synthetic",
+            photos=photos,
+            out=head,
+            splits=splits,
+            cache_dir=out / "cache",
+            quality_features=quality_features,
         ),
     )
     group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=seed)
@@ -177,7 +194,13 @@ def build(
         repository / MANIFEST_NAME,
         {**det_args, "detector": _file_hash(detector)},
         lambda: export_repository(
-            repository, backbone=backbone, weights=weights, head=head, detector=detector, patches=patches
+            repository,
+            backbone=backbone,
+            weights=weights,
+            head=head,
+            detector=detector,
+            patches=patches,
+            quality_features=quality_features,
         ),
     )
     record.data["repository"] = str(repository)

@@ -214,3 +214,54 @@ def test_shared_quality_differs_from_patch_quality_where_the_views_differ(
     np.testing.assert_allclose(reference.predict([data])[c.QUALITY_SCORE], want, atol=1e-6)
     manifest = json.loads((tiny_shared_repository / "manifest.json").read_text())
     assert manifest["arguments"]["head_backbone"] == "tiny"
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def test_training_reads_the_served_shared_features(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    """Head features in shared mode are the backbone's on the classifier crop; the detector's quality
+    reads the crop too, because the head file says which mode it was trained for."""
+    from fitguard.preprocess import classifier_crop
+    from fitguard.training.features import patch_features
+    from fitguard.training.group_features import compute_features, load_models
+    from fitguard.training.groups import ImageGroup
+
+    net = build_backbone("tiny")
+    images = [photos["chelsea"], photos["rocket"]]
+    feats, unique = patch_features(images, net, 1, tmp_path / "cache", progress=False, mode=c.SHARED_MODE)
+    crops = torch.from_numpy(np.stack([classifier_crop(rgb, net.preset) for rgb in images]))
+    with torch.inference_mode():
+        _, want = SharedClassifier(net)(crops)
+    assert feats.shape == (2, 1, net.quality_dim) and unique.all()
+    np.testing.assert_allclose(feats[:, 0], want.numpy(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one view per image"):
+        patch_features(images, net, 4, tmp_path / "cache", progress=False, mode=c.SHARED_MODE)
+
+    torch.manual_seed(0)
+    save_head(tmp_path / "head.pt", QualityHead(net.quality_dim, hidden=64), net, mode=c.SHARED_MODE)
+    models = load_models("tiny", tmp_path / "head.pt")
+    canvases = np.stack([rgb[:256, :256] for rgb in images])
+    ints = np.arange(2, dtype=np.int64)
+    group = ImageGroup("originals", canvases, ints, ints, ints, np.array(["a", "b"]), np.zeros(2, np.int64))
+    got = compute_features(models, group, patches=4)
+    with torch.inference_mode():
+        crops = np.stack([classifier_crop(rgb, net.preset) for rgb in group.images])
+        want_q = models.quality(torch.from_numpy(crops)[:, None]).reshape(-1).numpy()
+    np.testing.assert_allclose(got.quality, want_q, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_train_iqa_cli_in_shared_mode(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(photos[name]).save(folder / f"{name}.png")
+    out = tmp_path / "shared.pt"
+    argv = ["train", "iqa", "--backbone", "tiny", "--cache-dir", str(tmp_path / "cache"), "--hidden", "64"]
+    argv += ["--dataset", "synthetic", "--photos", str(folder), "--views", "2", "--splits", "2"]
+    assert main([*argv, "--out", str(out), "--quality-features", "shared"]) == 0
+    metrics = json.loads(Path(f"{out}.metrics.json").read_text())
+    assert metrics["quality_features"] == c.SHARED_MODE and metrics["patches"] == 1
+    assert len(metrics["splits"]) == 2 and all(np.isfinite(s["srcc"]) for s in metrics["splits"])
+    assert load_head(out)[1]["mode"] == c.SHARED_MODE

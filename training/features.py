@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fitguard.cache import cache_root
-from fitguard.preprocess import iqa_patches
+from fitguard.preprocess import iqa_patches, quality_views
 
 if TYPE_CHECKING:
     import torch
@@ -133,8 +133,12 @@ def patch_features(
     batch_size: int = 32,
     device: str | None = None,
     progress: bool = True,
+    mode: str = "patches",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of the ``patches`` IQA patches of every image, from the cache where present.
+
+    In ``shared`` quality ``mode`` the one view of an image is the classifier's centre crop (``patches``
+    must then be 1): the features the classifier's pass gives the served quality step.
 
     Args:
         images: RGB uint8 (H, W, 3) arrays, or callables returning one (loaded one at a time).
@@ -149,6 +153,8 @@ def patch_features(
     """
     from tqdm.auto import tqdm
 
+    if mode != "patches" and patches != 1:
+        raise ValueError(f"{mode} quality mode has one view per image, not {patches}")
     cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir(), backbone)
     extract = _extractor(backbone, device)
     rows: list[np.ndarray] = []
@@ -171,7 +177,7 @@ def patch_features(
     bar = tqdm(images, total=total, desc=f"features ({backbone.name})", unit="img", disable=not progress)
     for i, image in enumerate(bar):
         rgb = image() if callable(image) else image
-        cut = iqa_patches(rgb, patches)
+        cut = iqa_patches(rgb, patches) if mode == "patches" else quality_views(rgb, backbone.preset, mode)
         rows.append(np.empty((patches, backbone.quality_dim), dtype=np.float32))
         seen: set[str] = set()
         mask = np.ones(patches, dtype=bool)

@@ -1,9 +1,10 @@
 """What the served models say about each image of a group: classifier logits and quality.
 
 Features are computed as the server computes them: the canvas's centre crop is cut by the served
-geometry (:func:`fitguard.training.groups.classifier_batch`) and its patches by
-:func:`fitguard.preprocess.iqa_patches`, then the torch classifier and DTNIQ-f run, and
-:func:`fitguard.detector.detector_features` makes the 6-d vector [top-5 sorted probabilities, quality].
+geometry (:func:`fitguard.training.groups.classifier_batch`) and its quality views (P patches, or the
+centre crop in shared quality mode) by :func:`fitguard.preprocess.quality_views`, then the torch
+classifier and DTNIQ-f run, and :func:`fitguard.detector.detector_features` makes the 6-d vector
+[top-5 sorted probabilities, quality].
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fitguard.contract import DEFAULT_PATCHES
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE
 from fitguard.detector import detector_features
-from fitguard.preprocess import iqa_patches
+from fitguard.preprocess import quality_views
 from fitguard.training.groups import ImageGroup, predict_logits, stable_key
 
 if TYPE_CHECKING:
@@ -93,10 +94,14 @@ def compute_features(
         with np.load(path) as z:
             return GroupFeatures(z["logits"], z["quality"])
     logits = predict_logits(models.backbone, group.images, desc=f"{group.name}: classifier")
+    # The quality head reads what it was trained on and is served: P patches, or the classifier's crop.
+    preset, mode = models.backbone.preset, models.head_info.get("mode", PATCHES_MODE)
     quality = []
     with torch.inference_mode():
         for i in tqdm(range(0, len(group), batch_size), desc=f"{group.name}: quality", leave=False):
-            batch = np.stack([iqa_patches(img, patches) for img in group.images[i : i + batch_size]])
+            batch = np.stack(
+                [quality_views(img, preset, mode, patches) for img in group.images[i : i + batch_size]]
+            )
             quality.append(models.quality(torch.from_numpy(batch)).reshape(-1).float().numpy())
     feats = GroupFeatures(logits.astype(np.float32), np.concatenate(quality).astype(np.float32))
     if path is not None:

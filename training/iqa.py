@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.contract import DEFAULT_PATCHES, QUALITY_BINS
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_BINS, QUALITY_MODES, SHARED_MODE
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def train_iqa(
     device: str | None = None,
     progress: bool = True,
     quick: bool = False,
+    quality_features: str = PATCHES_MODE,
 ) -> dict[str, Any]:
     """Train and evaluate a quality head; write the head, ``<out>.metrics.json`` and ``<out>.scatter.png``.
 
@@ -244,6 +245,8 @@ def train_iqa(
     ``config`` defaults to :class:`HeadConfig` with the paper's 2048-wide layers, except on the synthetic
     set, where a 512-wide head scores the same held-out SRCC in a quarter of the time (docs/iqa.md).
     ``quick`` trains a small synthetic set (6 views per photo, 2 splits) for tests that need some head.
+    ``quality_features``: ``patches`` trains on the P patches of each image; ``shared`` on the classifier's
+    centre crop, the features the classifier's pass gives the served quality step (``patches`` is then 1).
 
     Returns:
         The metrics written to ``<out>.metrics.json``.
@@ -255,6 +258,10 @@ def train_iqa(
     from fitguard.training.features import default_cache_dir, patch_features
     from fitguard.training.iqa_data import SYNTHETIC_METRIC, SYNTHETIC_VIEWS, load_dataset
 
+    if quality_features not in QUALITY_MODES:
+        raise ValueError(f"unknown quality mode {quality_features!r}; choose from {', '.join(QUALITY_MODES)}")
+    if quality_features == SHARED_MODE:
+        patches = 1
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +275,13 @@ def train_iqa(
     net = build_backbone(backbone, weights)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     feats, unique = patch_features(
-        [it.load for it in items], net, patches, cache, device=device, progress=progress
+        [it.load for it in items],
+        net,
+        patches,
+        cache,
+        device=device,
+        progress=progress,
+        mode=quality_features,
     )
     t_feat = time.perf_counter()
 
@@ -321,6 +334,7 @@ def train_iqa(
         "images": len(items),
         "references": int(len(np.unique(refs))),
         "patches": patches,
+        "quality_features": quality_features,
         "splits": per_split,
         "split_scheme": SPLIT_SCHEME,
         "srcc_mean": float(np.nanmean(srccs)) if len(srccs) else None,
@@ -344,7 +358,7 @@ def train_iqa(
         },
         "torch_threads": torch.get_num_threads(),
     }  # fmt: skip
-    save_head(out, head, net, meta=metrics)
+    save_head(out, head, net, meta=metrics, mode=quality_features)
     metrics_path = Path(f"{out}.metrics.json")
     metrics_path.write_text(json.dumps(metrics, indent=2))
     if scatter_true:
@@ -398,6 +412,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--quality-features",
+        choices=QUALITY_MODES,
+        default=PATCHES_MODE,
+        help="what the head reads: P patches, or the classifier's centre crop (shared; as served by "
+        "fitguard export --quality-features shared)",
+    )
+    parser.add_argument(
         "--weights", default="default", help="backbone weights: default, imagenet, a path, random"
     )
     parser.add_argument(
@@ -424,6 +445,7 @@ def run(args: argparse.Namespace) -> int:
         backbone=args.backbone, dataset=args.dataset, out=args.out, root=args.root, photos=args.photos,
         patches=args.patches, splits=args.splits, seed=args.seed, weights=args.weights,
         cache_dir=args.cache_dir, views=args.views, config=config, device=args.device,
+        quality_features=args.quality_features,
     )  # fmt: skip
     print(
         f"{metrics['backbone']} on {metrics['dataset']} ({metrics['images']} images, {metrics['references']} "
