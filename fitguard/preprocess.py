@@ -42,6 +42,10 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+# A reduced-scale decode keeps the shorter side at least this many times the resize target: the resize then
+# still averages over several decoded pixels, so the crop stays close to the full decode's
+# (docs/performance.md has the measured differences at 1x and 2x).
+REDUCED_DECODE_MARGIN = 2
 
 _INTERPOLATION = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -59,6 +63,27 @@ def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_
     Raises:
         BadImageError: empty, oversized, undecodable or absurdly shaped input, with the reason.
     """
+    return to_rgb(_open(data, limits, None)[0])
+
+
+def decode_scaled(
+    data: bytes | bytearray | memoryview, short_side: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`decode_image`, but a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    shorter side is still at least ``short_side``; returns the RGB array and the full (width, height)
+    after EXIF orientation, so a resize can place pixels exactly as from the full-size decode.
+
+    libjpeg's scaled IDCT decodes a 12 MP photo in a fraction of the full time; the resize that follows
+    then starts from fewer pixels. Other formats decode at full size.
+    """
+    img, full = _open(data, limits, short_side)
+    return to_rgb(img), full
+
+
+def _open(
+    data: bytes | bytearray | memoryview, limits: Limits, draft_short_side: int | None
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decoded (and EXIF-oriented) PIL image, and its full size after orientation."""
     data = bytes(data)
     if not data:
         raise BadImageError("empty input: no image bytes")
@@ -70,6 +95,11 @@ def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_
             img = Image.open(io.BytesIO(data))
             _check_size(img.size, limits)  # from the header, before any pixel is decoded
             img.seek(0)
+            full = img.size
+            if draft_short_side and img.format == "JPEG" and min(full) >= 2 * draft_short_side:
+                scale = draft_short_side / min(full)
+                img.draft(None, (math.ceil(full[0] * scale), math.ceil(full[1] * scale)))
+            drafted = img.size
             img.load()
     except BadImageError:
         raise
@@ -82,7 +112,9 @@ def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_
     # Broken EXIF must not cost the verdict: keep the stored orientation.
     with contextlib.suppress(Exception):
         img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+    if img.size != drafted:  # a quarter turn swapped the sides
+        full = (full[1], full[0])
+    return img, full
 
 
 def _check_size(size: tuple[int, int], limits: Limits) -> None:
@@ -115,12 +147,19 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def resize_shorter(rgb: np.ndarray, size: int, interpolation: str = "bilinear") -> np.ndarray:
-    """Resize so the shorter side is ``size`` (torchvision ``Resize(int)`` semantics on PIL images)."""
+def resize_shorter(
+    rgb: np.ndarray, size: int, interpolation: str = "bilinear", full_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Resize so the shorter side is ``size`` (torchvision ``Resize(int)`` semantics on PIL images).
+
+    ``full_size``: the (width, height) of the image ``rgb`` was decoded from at reduced scale; the output
+    size is computed from it, so it is the full-size decode's.
+    """
     h, w = rgb.shape[:2]
-    short, long = (w, h) if w <= h else (h, w)
+    fw, fh = full_size or (w, h)
+    short, long = (fw, fh) if fw <= fh else (fh, fw)
     new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    new_w, new_h = (new_short, new_long) if fw <= fh else (new_long, new_short)
     if (new_w, new_h) == (w, h):
         return rgb
     img = Image.fromarray(rgb).resize((new_w, new_h), _INTERPOLATION[interpolation])
@@ -146,9 +185,12 @@ def center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     return rgb[top : top + size, left : left + size]
 
 
-def classifier_crop(rgb: np.ndarray, preset: Preset) -> np.ndarray:
-    """The classifier input: resize, centre crop, HWC -> CHW uint8 of shape (3, crop, crop)."""
-    crop = center_crop(resize_shorter(rgb, preset.resize, preset.interpolation), preset.crop)
+def classifier_crop(rgb: np.ndarray, preset: Preset, full_size: tuple[int, int] | None = None) -> np.ndarray:
+    """The classifier input: resize, centre crop, HWC -> CHW uint8 of shape (3, crop, crop).
+
+    ``full_size``: see :func:`resize_shorter` (for ``rgb`` from :func:`decode_scaled`).
+    """
+    crop = center_crop(resize_shorter(rgb, preset.resize, preset.interpolation, full_size), preset.crop)
     return np.ascontiguousarray(crop.transpose(2, 0, 1))
 
 
@@ -267,6 +309,8 @@ class PreprocessSettings:
     limits: Limits = DEFAULT_LIMITS
     backbone: str = ""
     quality_features: str = PATCHES_MODE
+    # Shared mode needs the classifier crop only: decode JPEGs at reduced DCT scale (decode_scaled).
+    reduced_decode: bool = True
 
     @property
     def shared(self) -> bool:
@@ -277,6 +321,7 @@ class PreprocessSettings:
         return {
             "backbone": self.backbone,
             "quality_features": self.quality_features,
+            "reduced_decode": str(self.reduced_decode).lower(),
             "patches": str(self.patches),
             "resize": str(p.resize),
             "crop": str(p.crop),
@@ -311,13 +356,17 @@ class PreprocessSettings:
             ),
             backbone=p.str("backbone", ""),
             quality_features=p.str("quality_features", PATCHES_MODE),
+            reduced_decode=p.bool("reduced_decode", True),
         )
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         """One encoded image -> (classifier input [3, 224, 224], patches [P, 3, 224, 224] or None in
         shared mode), uint8."""
         if self.shared:
-            return classifier_crop(decode_image(data, self.limits), self.preset), None
+            if not self.reduced_decode:
+                return classifier_crop(decode_image(data, self.limits), self.preset), None
+            rgb, full = decode_scaled(data, REDUCED_DECODE_MARGIN * self.preset.resize, self.limits)
+            return classifier_crop(rgb, self.preset, full), None
         return prepare(data, self.preset, self.patches, self.limits)
 
     def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
