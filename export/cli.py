@@ -7,6 +7,8 @@ import sys
 
 from fitguard.contract import DEFAULT_PATCHES
 from fitguard.export.accelerators import ACCELERATORS
+from fitguard.export.monitoring import MONITORING
+from fitguard.export.overload import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +27,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", help="graph precision (fp32)")
     parser.add_argument("--accelerator", default="none", choices=ACCELERATORS, help="deployment target")
     parser.add_argument("--instances", type=int, default=1, help="instances per model")
+    parser.add_argument(
+        "--monitoring",
+        default="on",
+        choices=MONITORING,
+        help="verdict metrics on /metrics (a monitor step after the detector); default on",
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_SIZE,
+        help=f"requests each model queues before refusing more (0: unbounded; default {DEFAULT_MAX_QUEUE_SIZE})",
+    )
+    parser.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=DEFAULT_QUEUE_TIMEOUT_MS,
+        help=f"longest wait in a model's queue before refusal (0: none; default {DEFAULT_QUEUE_TIMEOUT_MS})",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
 
 
@@ -33,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fitguard.detector import BadDetectorError
     from fitguard.export.onnx_export import ExportError
+    from fitguard.export.overload import QueuePolicy
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
     from fitguard.models import BadHeadError, WeightsUnavailableError
@@ -49,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             precision=args.precision,
             accelerator=args.accelerator,
             instances=args.instances,
+            monitoring=args.monitoring,
+            queue=QueuePolicy(args.max_queue_size, args.queue_timeout_ms),
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:
         print(f"fitguard export: error: {exc}", file=sys.stderr)

@@ -26,12 +26,15 @@ from fitguard.contract import (
     ENSEMBLE,
     IQA_PATCHES,
     MODELS,
+    MONITOR,
     PREPROCESS,
     QUALITY,
     SIGNATURES,
 )
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
 from fitguard.export.manifest import MANIFEST_NAME, write_manifest
+from fitguard.export.monitoring import check_monitoring, drop_monitor_step
+from fitguard.export.overload import QueuePolicy, apply_queue_policy
 from fitguard.pipeline import DETECTOR_NAME, HEAD_NAME, PreprocessSettings, read_config
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
@@ -101,6 +104,8 @@ def render_config(
     accelerator: str,
     instances: int,
     extra: dict[str, str],
+    queue: QueuePolicy | None = None,
+    monitoring: bool = True,
 ) -> str:
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config."""
     from google.protobuf import text_format
@@ -109,14 +114,17 @@ def render_config(
     if config.name != name:
         raise ValueError(f"{source / name / 'config.pbtxt'} names model {config.name!r}, expected {name!r}")
     if name == PREPROCESS:
-        _set_parameters(config, {**settings.to_parameters(), **extra})
+        _set_parameters(config, {**settings.to_parameters(), **extra, "monitoring": str(monitoring).lower()})
     elif name == QUALITY:
         _set_parameters(config, {"patches": str(settings.patches), **extra})
     elif name == CLASSIFIER:
         _set_parameters(config, extra)
     elif name == DETECTOR:
         _set_parameters(config, {"threshold": repr(float(threshold))})
+    elif name == ENSEMBLE and not monitoring:
+        drop_monitor_step(config)
     _pin_patches(config, settings.patches)
+    apply_queue_policy(config, queue or QueuePolicy())
     apply_accelerator(config, accelerator, instances)
     check_signature(config, settings.patches)
     header = (
@@ -172,6 +180,8 @@ def export_repository(
     precision: str = "fp32",
     accelerator: str = "none",
     instances: int = 1,
+    monitoring: str = "on",
+    queue: QueuePolicy | None = None,
     source: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -186,6 +196,9 @@ def export_repository(
         precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
         accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
         instances: instances per model (preprocess, classifier, quality).
+        monitoring: ``on`` serves the monitor step and the bad-image counter (verdict metrics on
+            ``/metrics``), ``off`` leaves both out (see :mod:`fitguard.export.monitoring`).
+        queue: every model's queue policy (see :mod:`fitguard.export.overload`); default when None.
         log: where the parity report lines go.
 
     Raises:
@@ -219,6 +232,8 @@ def export_repository(
         raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
     if accelerator not in ACCELERATORS:
         raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
+    monitored = check_monitoring(monitoring)
+    queue = queue or QueuePolicy()
     _check_target(out)
     for path in (head, detector):
         if not path.is_file():
@@ -257,9 +272,13 @@ def export_repository(
         shutil.copytree(
             src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
         )
+        if not monitored:
+            shutil.rmtree(staging / MONITOR)
         extra = {"backbone": backbone, "weights_id": net.weights_id}
-        for name in (ENSEMBLE, *MODELS):
-            text = render_config(src, name, settings, det.threshold, accelerator, instances, extra)
+        for name in (ENSEMBLE, *MODELS, *((MONITOR,) if monitored else ())):
+            text = render_config(
+                src, name, settings, det.threshold, accelerator, instances, extra, queue, monitored
+            )
             (staging / name / "config.pbtxt").write_text(text, encoding="utf-8")
         (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
         for name, graph in graphs.items():
@@ -279,6 +298,8 @@ def export_repository(
             "precision": precision,
             "accelerator": accelerator,
             "instances": instances,
+            "monitoring": monitoring,
+            **queue.to_dict(),
             "preset": net.preset.to_dict(),
         }
         write_manifest(
