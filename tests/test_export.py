@@ -75,6 +75,7 @@ def test_source_configs_follow_the_contract() -> None:
         c.CLASSIFIER,
         c.QUALITY,
         c.DETECTOR,
+        c.MONITOR,
     ]
     classifier = read_config(SOURCE / c.CLASSIFIER / "config.pbtxt")
     assert classifier.output[0].label_filename == "labels.txt"
