@@ -20,8 +20,8 @@ from fitguard.export.monitoring import drop_monitor_step
 from fitguard.export.overload import QueuePolicy
 from fitguard.export.repository import SOURCE, check_signature, render_config
 from fitguard.pipeline import PreprocessSettings, read_config
-from fitguard.presets import preset_for
 from fitguard.preprocess import encode_image
+from fitguard.presets import preset_for
 
 QUEUED = (c.PREPROCESS, c.CLASSIFIER, c.QUALITY, c.DETECTOR, c.MONITOR)
 
