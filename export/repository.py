@@ -124,7 +124,7 @@ def render_config(
     elif name == ENSEMBLE and not monitoring:
         drop_monitor_step(config)
     _pin_patches(config, settings.patches)
-    apply_queue_policy(config, queue or QueuePolicy())
+    apply_queue_policy(config, queue or QueuePolicy(), entry=name == PREPROCESS)
     apply_accelerator(config, accelerator, instances)
     check_signature(config, settings.patches)
     header = (
