@@ -42,11 +42,14 @@ def test_every_model_gets_the_queue_policy() -> None:
     from tritonclient.grpc import model_config_pb2 as mc
 
     for name in QUEUED:
+        # The size is bounded at the entry step only (export/overload.py: a Triton 2.51 ensemble bug).
+        size = 7 if name == c.PREPROCESS else 0
         source = read_config(SOURCE / name / "config.pbtxt").dynamic_batching.default_queue_policy
-        assert source.max_queue_size > 0 and source.timeout_action == mc.ModelQueuePolicy.REJECT
+        assert (source.max_queue_size > 0) == (name == c.PREPROCESS), name
+        assert source.timeout_action == mc.ModelQueuePolicy.REJECT and source.default_timeout_microseconds
         queue = _render(name, QueuePolicy(max_queue_size=7, timeout_ms=250)).dynamic_batching
         policy = queue.default_queue_policy
-        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 250_000), name
+        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (size, 250_000), name
         assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
     assert not _render(c.ENSEMBLE).HasField("dynamic_batching")  # an ensemble has no queue of its own
     no_timeout = _render(c.CLASSIFIER, QueuePolicy(max_queue_size=0, timeout_ms=0)).dynamic_batching
