@@ -7,12 +7,12 @@ unfit counts, the quality histogram, the refusal reasons and the unfit classes.
 
 from __future__ import annotations
 
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import synthetic_detector
+from scrape import scrape
 
 from fitguard import contract as c
 from fitguard import monitoring as m
@@ -127,19 +127,6 @@ def test_verdict_metrics_bound_the_class_labels() -> None:
 
 
 # ---------------------------------------------------------------------------------------- the server
-
-
-def scrape(metrics_url: str) -> dict[str, dict[tuple, float]]:
-    """``/metrics`` parsed: sample name (``_total``, ``_bucket``, ``_count``...) -> {sorted labels: value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return out
 
 
 def _split_threshold(scores: np.ndarray) -> float:
