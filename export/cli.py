@@ -37,7 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-queue-size",
         type=int,
         default=DEFAULT_MAX_QUEUE_SIZE,
-        help=f"requests each model queues before refusing more (0: unbounded; default {DEFAULT_MAX_QUEUE_SIZE})",
+        help="requests the entry step (preprocess) queues before refusing more at once "
+        f"(0: unbounded; default {DEFAULT_MAX_QUEUE_SIZE})",
     )
     parser.add_argument(
         "--queue-timeout-ms",
