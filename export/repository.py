@@ -273,7 +273,7 @@ def export_repository(
             src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
         )
         if not monitored:
-            shutil.rmtree(staging / MONITOR)
+            shutil.rmtree(staging / MONITOR, ignore_errors=True)
         extra = {"backbone": backbone, "weights_id": net.weights_id}
         for name in (ENSEMBLE, *MODELS, *((MONITOR,) if monitored else ())):
             text = render_config(
