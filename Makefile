@@ -12,7 +12,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup system-deps data build demo test test-fast report bench lint clean
 
-setup: $(VENV)/.installed system-deps
+setup: $(VENV)/.installed system-deps $(BIN)/promtool
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq --no-install-recommends wordnet-base wordnet-sense-index >/dev/null); \
 	  else echo "note: install Debian's wordnet-base and wordnet-sense-index for the WordNet plots (sudo apt-get install wordnet-base)"; fi; \
 	fi
+
+# promtool checks and unit-tests the alert rules (docker/monitoring) offline; Debian's prometheus package
+# ships it. Only the binary is extracted into the venv: nothing is installed or started.
+$(BIN)/promtool: | $(VENV)/.installed
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; else \
+	  tmp=$$(mktemp -d) && cd $$tmp && \
+	  { apt-get download prometheus >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
+	  dpkg -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$@ && cd / && rm -rf $$tmp; fi
 
 # Offline data sets from Debian packages (apt-get download + dpkg -x, no system install), prepared
 # once into the data cache: $$FITGUARD_CACHE/data, else ~/.cache/fitguard/data.

@@ -1,6 +1,7 @@
 """Typed exceptions of the client SDK: one base class, one subclass per way a request can fail.
 
-Only :class:`ServerUnavailable` and :class:`Timeout` are retried; bad input is never retried.
+Only :class:`ServerUnavailable`, :class:`Timeout` and :class:`Overloaded` are retried; bad input is never
+retried.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ class ServerUnavailable(FitguardError):
 
 class Timeout(FitguardError):
     """The server did not answer within the client's timeout (retried with back-off)."""
+
+
+class Overloaded(FitguardError):
+    """The server refused the request to protect its latency: a model's queue was full, or the request
+    waited in it longer than the queue timeout. Retried with jittered back-off within the deadline."""
 
 
 class ModelNotReady(FitguardError):
@@ -47,4 +53,4 @@ class BadImage(FitguardError):
         return (type(self), (self.reason, self.source))
 
 
-RETRYABLE: tuple[type[FitguardError], ...] = (ServerUnavailable, Timeout)
+RETRYABLE: tuple[type[FitguardError], ...] = (ServerUnavailable, Timeout, Overloaded)

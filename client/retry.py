@@ -1,4 +1,5 @@
-"""Retry with exponential back-off, for unavailable servers and timeouts only, within a total budget."""
+"""Retry with jittered exponential back-off, for unavailable or overloaded servers and timeouts only, within
+a total budget."""
 
 from __future__ import annotations
 

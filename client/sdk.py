@@ -72,7 +72,7 @@ class FitClient:
         protocol: ``"grpc"`` (default) or ``"http"`` (binary tensor extension).
         model: the ensemble's name in the model repository.
         timeout: seconds one request may take (connection and answer).
-        retries: retries after a failed attempt, for unavailable servers and timeouts only.
+        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only.
         retry_deadline: total seconds spent retrying one request before giving up.
         ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them
             (certificate file paths); ``ssl_context`` (HTTP only) and ``insecure`` (HTTP: skip

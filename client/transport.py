@@ -19,11 +19,21 @@ import numpy as np
 
 from fitguard import contract
 
-from .errors import BadImage, FitguardError, ModelNotReady, ServerError, ServerUnavailable, Timeout
+from .errors import (
+    BadImage,
+    FitguardError,
+    ModelNotReady,
+    Overloaded,
+    ServerError,
+    ServerUnavailable,
+    Timeout,
+)
 
 Protocol_ = Literal["grpc", "http"]
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS)
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's wrapping; the reason follows
+# What Triton's queue policy answers (gRPC UNAVAILABLE, HTTP 503): a full queue, or a wait past the timeout.
+_OVERLOAD = ("exceeds maximum queue size", "request timeout expired")
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,10 @@ def map_error(exc: BaseException, conn: Connection, what: str) -> FitguardError:
         message = str(exc.message() or exc)
         code = status.removeprefix("StatusCode.")
         lowered = message.lower()
+        if any(marker in lowered for marker in _OVERLOAD):
+            return Overloaded(
+                f"{what}: server at {where} is overloaded ({_ENSEMBLE_PREFIX.sub('', message)})"
+            )
         if code in ("UNAVAILABLE", "503", "502", "504") or "failed to connect" in lowered:
             return ServerUnavailable(f"{what}: server at {where} is unavailable ({message})")
         if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in lowered or "timed out" in lowered:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fitguard.contract import CLASSIFIER, DETECTOR, ENSEMBLE, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, ENSEMBLE, MONITOR, QUALITY
 
 ACCELERATORS: tuple[str, ...] = ("none", "cuda", "tensorrt-fp16")
 GPU_MODELS = (CLASSIFIER, QUALITY)
@@ -30,8 +30,8 @@ def apply_accelerator(config: Any, accelerator: str = "none", instances: int = 1
     del config.instance_group[:]
     group = config.instance_group.add()
     group.kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
-    # More preprocess instances keep a GPU fed; the tiny detector needs one.
-    group.count = 1 if config.name == DETECTOR else instances
+    # More preprocess instances keep a GPU fed; the tiny detector and the monitor need one.
+    group.count = 1 if config.name in (DETECTOR, MONITOR) else instances
     config.optimization.ClearField("execution_accelerators")
     if accelerator == "tensorrt-fp16" and config.name in GPU_MODELS:
         trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add()

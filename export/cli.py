@@ -7,7 +7,9 @@ import sys
 
 from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
 from fitguard.export.accelerators import ACCELERATORS
-from fitguard.export.repository import PREPROCESS_STEPS
+from fitguard.export.configs import PREPROCESS_STEPS
+from fitguard.export.monitoring import MONITORING
+from fitguard.export.overload import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "on the GPU with a GPU accelerator)",
     )
     parser.add_argument(
+        "--monitoring",
+        default="on",
+        choices=MONITORING,
+        help="verdict metrics on /metrics (a monitor step after the detector); default on",
+    )
+    parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=DEFAULT_MAX_QUEUE_SIZE,
+        help="requests the entry step (preprocess) queues before refusing more at once "
+        f"(0: unbounded; default {DEFAULT_MAX_QUEUE_SIZE})",
+    )
+    parser.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=DEFAULT_QUEUE_TIMEOUT_MS,
+        help=f"longest wait in a model's queue before refusal (0: none; default {DEFAULT_QUEUE_TIMEOUT_MS})",
+    )
+    parser.add_argument(
         "--quality-features",
         default=PATCHES_MODE,
         choices=QUALITY_MODES,
@@ -51,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from fitguard.backbones import WeightsUnavailableError
     from fitguard.detector import BadDetectorError
     from fitguard.export.onnx_export import ExportError
+    from fitguard.export.overload import QueuePolicy
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
     from fitguard.quality import BadHeadError
@@ -68,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
             accelerator=args.accelerator,
             instances=args.instances,
             preprocess=args.preprocess,
+            monitoring=args.monitoring,
+            queue=QueuePolicy(args.max_queue_size, args.queue_timeout_ms),
             quality_features=args.quality_features,
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:

@@ -24,18 +24,17 @@ from fitguard.contract import (
     DEFAULT_PATCHES,
     DETECTOR,
     ENSEMBLE,
-    IQA_FEATURES,
-    IQA_PATCHES,
-    MODELS,
+    MONITOR,
     PATCHES_MODE,
     PREPROCESS,
     QUALITY,
     QUALITY_MODES,
     SHARED_MODE,
-    signatures,
 )
-from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
+from fitguard.export.configs import Serving, render_config
 from fitguard.export.manifest import write_manifest
+from fitguard.export.monitoring import check_monitoring
+from fitguard.export.overload import QueuePolicy
 from fitguard.preprocess import PreprocessSettings
 from fitguard.repository import (
     DETECTOR_NAME,
@@ -48,9 +47,6 @@ from fitguard.repository import (
 )
 
 SOURCE = Path(__file__).resolve().parents[1] / "model_repository"
-# The preprocess step's implementations: the Python backend (any server) or a serialized DALI pipeline
-# (the NGC image's DALI backend; see fitguard.export.dali).
-PREPROCESS_STEPS = ("python", "dali")
 _VERSIONED_PACKAGES = (
     "torch",
     "torchvision",
@@ -70,98 +66,6 @@ def source_repository() -> Path:
             "(pip install -e .) or pass source=/path/to/model_repository"
         )
     return SOURCE
-
-
-# --------------------------------------------------------------------------------------------- configs
-
-
-def _datatype(name: str) -> int:
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
-
-
-def check_signature(
-    config: Any, patches: int, preprocess: str = "python", mode: str = PATCHES_MODE, feature_dim: int = -1
-) -> None:
-    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``, quality
-    features of ``feature_dim``) for a repository with the ``preprocess`` step (``python`` or ``dali``) and
-    the quality mode ``mode``."""
-    if preprocess == "python":
-        inputs, outputs = signatures(mode)[config.name]
-    else:
-        from fitguard.export.dali import signature
-
-        inputs, outputs = signature(config.name, preprocess)
-    pinned = {IQA_PATCHES: patches, IQA_FEATURES: feature_dim}
-    for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
-        got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
-        want = {
-            t.name: (
-                _datatype(t.datatype),
-                tuple(pinned.get(t.name, d) if d == -1 else d for d in t.shape),
-            )
-            for t in expected
-        }
-        if got != want:
-            raise ValueError(f"{config.name}: {kind}s {got} do not match the tensor contract {want}")
-
-
-def _set_parameters(config: Any, values: dict[str, str]) -> None:
-    for key, value in values.items():
-        config.parameters[key].string_value = value
-
-
-def _pin_patches(config: Any, patches: int) -> None:
-    for tensor in (*config.input, *config.output):
-        if tensor.name == IQA_PATCHES:
-            tensor.dims[0] = patches
-    for warmup in config.model_warmup:
-        if IQA_PATCHES in warmup.inputs:
-            warmup.inputs[IQA_PATCHES].dims[0] = patches
-
-
-def render_config(
-    source: Path,
-    name: str,
-    settings: PreprocessSettings,
-    threshold: float,
-    accelerator: str,
-    instances: int,
-    extra: dict[str, str],
-    preprocess: str = "python",
-    feature_dim: int = -1,
-) -> str:
-    """The deployable ``config.pbtxt`` text of model ``name``, from its source config (``feature_dim``: the
-    quality features' size, used in shared quality mode)."""
-    from google.protobuf import text_format
-
-    config = read_config(config_path(source, name))
-    if config.name != name:
-        raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
-    if name == PREPROCESS:
-        _set_parameters(config, {**settings.to_parameters(), **extra})
-    elif name == QUALITY:
-        _set_parameters(config, {"patches": str(settings.patches), **extra})
-    elif name == CLASSIFIER:
-        _set_parameters(config, extra)
-    elif name == DETECTOR:
-        _set_parameters(config, {"threshold": repr(float(threshold))})
-    _pin_patches(config, settings.patches)
-    if settings.shared:
-        from fitguard.export.shared import to_shared
-
-        to_shared(config, feature_dim)
-    apply_accelerator(config, accelerator, instances)
-    if preprocess == "dali":
-        from fitguard.export.dali import to_dali
-
-        to_dali(config, accelerator)
-    check_signature(config, settings.patches, preprocess, settings.quality_features, feature_dim)
-    header = (
-        f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
-    )
-    return header + text_format.MessageToString(config)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -206,9 +110,8 @@ def _check_arguments(
     *,
     patches: int,
     precision: str,
-    accelerator: str,
-    preprocess: str,
     quality_features: str,
+    preprocess: str,
 ) -> None:
     from fitguard.export.verify import TOLERANCES
 
@@ -222,10 +125,6 @@ def _check_arguments(
         raise ValueError(f"patches must be >= 1, got {patches}")
     if precision not in TOLERANCES:
         raise ValueError(f"unknown precision {precision!r}; available: {', '.join(TOLERANCES)}")
-    if preprocess not in PREPROCESS_STEPS:
-        raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
-    if accelerator not in ACCELERATORS:
-        raise ValueError(f"unknown accelerator {accelerator!r}; choose from {', '.join(ACCELERATORS)}")
     _check_target(out)
     for path in files:
         if not path.is_file():
@@ -301,10 +200,8 @@ def _write_models(
     *,
     settings: PreprocessSettings,
     threshold: float,
-    accelerator: str,
-    instances: int,
+    serving: Serving,
     extra: dict[str, str],
-    preprocess: str,
     feature_dim: int,
 ) -> None:
     """Configs rendered from the sources, the labels and the graphs, into ``staging``."""
@@ -315,16 +212,18 @@ def _write_models(
     shutil.copytree(
         src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
     )
-    for name in (ENSEMBLE, *MODELS):
+    if not serving.monitoring:
+        shutil.rmtree(staging / MONITOR, ignore_errors=True)
+    for name in serving.models:
         text = render_config(
-            src, name, settings, threshold, accelerator, instances, extra, preprocess, feature_dim
+            src, name, settings, threshold=threshold, serving=serving, extra=extra, feature_dim=feature_dim
         )
         config_path(staging, name).write_text(text, encoding="utf-8")
-    if preprocess == "dali":
+    if serving.preprocess == "dali":
         from fitguard.export import dali
 
         batch = read_config(config_path(staging, PREPROCESS)).max_batch_size
-        dali.write_step(staging, settings, max_batch_size=batch, accelerator=accelerator)
+        dali.write_step(staging, settings, max_batch_size=batch, accelerator=serving.accelerator)
     (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
     for name, graph in graphs.items():
         model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +272,8 @@ def export_repository(
     accelerator: str = "none",
     instances: int = 1,
     preprocess: str = "python",
+    monitoring: str = "on",
+    queue: QueuePolicy | None = None,
     quality_features: str = PATCHES_MODE,
     source: str | Path | None = None,
     log: Callable[[str], None] = print,
@@ -386,8 +287,9 @@ def export_repository(
         weights: backbone weights (see :func:`fitguard.backbones.build_backbone`).
         patches: IQA patches per image (P).
         precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
-        accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
-        instances: instances per model (preprocess, classifier, quality).
+        accelerator, instances, preprocess, queue: how it is served (see :class:`Serving`).
+        monitoring: ``on`` serves the monitor step and the bad-image counter (verdict metrics on
+            ``/metrics``), ``off`` leaves both out (see :mod:`fitguard.export.monitoring`).
         quality_features: ``patches`` (DTNIQ-f on P patches) or ``shared`` (the classifier's pass gives
             the quality features; the head must have been trained in that mode, and P does not apply).
         log: where the parity report lines go.
@@ -404,14 +306,20 @@ def export_repository(
 
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
+    serving = Serving(
+        accelerator=accelerator,
+        instances=instances,
+        preprocess=preprocess,
+        monitoring=check_monitoring(monitoring),
+        queue=queue or QueuePolicy(),
+    )
     _check_arguments(
         out,
         (head, detector),
         patches=patches,
         precision=precision,
-        accelerator=accelerator,
-        preprocess=preprocess,
         quality_features=quality_features,
+        preprocess=preprocess,
     )
     net = build_backbone(backbone, weights)
     head_module, head_info = load_head(head, net)
@@ -443,9 +351,10 @@ def export_repository(
         "head_backbone": head_info.get("backbone"),
         "detector": str(detector.resolve()),
         "threshold": float(det.threshold),
-        **{"patches": patches, "precision": precision, "accelerator": accelerator, "instances": instances},
-        "preprocess": preprocess,
+        "patches": patches,
         "quality_features": quality_features,
+        "precision": precision,
+        **serving.to_dict(),
         "preset": net.preset.to_dict(),
     }
     _publish(
@@ -456,20 +365,17 @@ def export_repository(
         render={
             "settings": settings,
             "threshold": det.threshold,
-            "accelerator": accelerator,
-            "instances": instances,
+            "serving": serving,
             "extra": {
                 "backbone": backbone,
                 "weights_id": net.weights_id,
                 "quality_features": quality_features,
             },
-            "preprocess": preprocess,
             "feature_dim": net.quality_dim,
         },
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )
     log(
-        f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, "
-        f"manifest {out / MANIFEST_NAME})"
+        f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, manifest {MANIFEST_NAME})"
     )
     return out

@@ -55,6 +55,8 @@ class BenchConfig:
     gpu_batches: tuple[int, ...] = (1, 8, 32, 64)
     backbone_alone: bool = False  # time the backbone per runtime (implied by device="cuda")
     runtime_seconds: float = 3.0
+    baseline_repository: str | None = None  # served beside model_repository, alternating rounds
+    baseline_rounds: int = 3
     notes: list[str] = field(default_factory=list)
 
 
@@ -155,6 +157,23 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 "no --model-repository: FLOPs and in-process references need the model files"
             )
 
+    if repo and cfg.baseline_repository:
+        from fitguard.benchlib import baseline
+
+        print(f"[bench] {repo} against baseline {cfg.baseline_repository}", file=sys.stderr, flush=True)
+        result["baseline"] = baseline.compare(
+            repo,
+            cfg.baseline_repository,
+            images,
+            concurrency=cfg.concurrency,
+            requests=cfg.requests,
+            duration=cfg.duration,
+            rounds=cfg.baseline_rounds,
+            protocol=cfg.protocol,
+            batch=cfg.batch,
+            deadline_s=cfg.level_deadline,
+        )
+
     if repo and cfg.references:
         n = cfg.reference_requests
         print("[bench] in-process ONNX pipeline", file=sys.stderr, flush=True)
@@ -216,6 +235,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="with --url: the local copy of the served repository, for the reference points",
     )
+    parser.add_argument(
+        "--baseline-repository",
+        metavar="DIR",
+        help="with --model-repository: also serve DIR and compare in alternating rounds "
+        "(served_vs_baseline: throughput ratio; p50_vs_baseline)",
+    )
+    parser.add_argument(
+        "--baseline-rounds", type=int, default=3, help="alternating rounds for --baseline-repository"
+    )
     parser.add_argument("--images", metavar="DIR", help="folder of images (default: package-shipped photos)")
     parser.add_argument(
         "--max-images", type=int, default=16, help="use at most this many images (default 16)"
@@ -275,6 +303,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise SystemExit("--batch must be between 1 and the ensemble's max_batch_size (16)")
     if args.reference_repository and not args.url:
         raise SystemExit("--reference-repository goes with --url")
+    if args.baseline_repository and not args.model_repository:
+        raise SystemExit("--baseline-repository goes with --model-repository")
     cfg = BenchConfig(
         url=args.url,
         model_repository=args.model_repository or args.reference_repository,
@@ -298,6 +328,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         gpu_batches=args.gpu_batches,
         backbone_alone=args.backbone_alone,
         runtime_seconds=args.runtime_seconds,
+        baseline_repository=args.baseline_repository,
+        baseline_rounds=args.baseline_rounds,
     )
     if not (
         cfg.url

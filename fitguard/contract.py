@@ -15,6 +15,8 @@ CLASSIFIER = "classifier"
 QUALITY = "quality"
 DETECTOR = "detector"
 MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY, DETECTOR)
+# Optional step after the detector that counts verdicts for Prometheus (`fitguard export --monitoring`).
+MONITOR = "monitor"
 
 # Tensor names.
 IMAGE = "IMAGE"
@@ -89,12 +91,22 @@ DETECTOR_OUTPUTS: tuple[Tensor, ...] = (
     Tensor(FIT_SCORE, "FP32", (1,)),
 )
 
+# The monitor passes the verdict through unchanged: the answer a client gets is the one that was counted.
+MONITOR_INPUTS: tuple[Tensor, ...] = (
+    Tensor(CLASS_ID, "INT64", (1,)),
+    Tensor(QUALITY_SCORE, "FP32", (1,)),
+    Tensor(FIT, "BOOL", (1,)),
+    Tensor(FIT_SCORE, "FP32", (1,)),
+)
+MONITOR_OUTPUTS = MONITOR_INPUTS
+
 SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
     ENSEMBLE: (ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS),
     PREPROCESS: (PREPROCESS_INPUTS, PREPROCESS_OUTPUTS),
     CLASSIFIER: (CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS),
     QUALITY: (QUALITY_INPUTS, QUALITY_OUTPUTS),
     DETECTOR: (DETECTOR_INPUTS, DETECTOR_OUTPUTS),
+    MONITOR: (MONITOR_INPUTS, MONITOR_OUTPUTS),
 }
 
 

@@ -25,6 +25,7 @@ from fitguard.client import (
     Failure,
     FitClient,
     ModelNotReady,
+    Overloaded,
     RetryPolicy,
     ServerError,
     ServerUnavailable,
@@ -243,6 +244,31 @@ def test_retries_unavailable_then_succeeds() -> None:
     assert server.batches == [1, 1, 1]
 
 
+def test_overload_is_retried_with_jitter_within_the_deadline() -> None:
+    server = FakeServer()
+    with fake_client(server) as client:
+        server.failures = [Overloaded("queue full"), Overloaded("queue timeout")]
+        assert client.classify(cls(3)).class_id == 3
+    assert server.batches == [1, 1, 1]
+
+    policy = RetryPolicy(retries=50, backoff=0.02, max_backoff=0.04, deadline=0.3, jitter=0.5)
+    slept: list[float] = []
+
+    def refused() -> int:
+        raise Overloaded("queue full")
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    with pytest.raises(Overloaded):
+        retry_mod.call(refused, policy, sleep=sleep)
+    nominal = list(policy.waits())[: len(slept)]
+    assert all(n / 2 <= w <= n for w, n in zip(slept, nominal, strict=True))
+    assert len(set(slept)) == len(slept)  # jittered: no two clients wait in lock-step
+    assert sum(slept) <= policy.deadline
+
+
 def test_backoff_schedule_is_exponential_and_capped() -> None:
     policy = RetryPolicy(retries=5, backoff=0.1, max_backoff=0.3, deadline=60, jitter=0.0)
     slept: list[float] = []
@@ -379,13 +405,13 @@ def test_async_retry_and_no_retry_on_bad_input() -> None:
 
     async def main() -> None:
         async with fake_async_client(server) as client:
-            server.failures = [ServerUnavailable("down")]
+            server.failures = [ServerUnavailable("down"), Overloaded("queue full")]
             assert (await client.classify(cls(4))).class_id == 4
             with pytest.raises(BadImage):
                 await client.classify(b"bad")
 
     asyncio.run(main())
-    assert server.batches == [1, 1, 1]
+    assert server.batches == [1, 1, 1, 1]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,6 +461,14 @@ def test_error_mapping() -> None:
         (E("out of memory", "StatusCode.INTERNAL"), ServerError),
         (ConnectionRefusedError(111, "Connection refused"), ServerUnavailable),
         (TimeoutError("timed out"), Timeout),
+        # Triton's queue policy: a full queue or a wait past the timeout, inside the ensemble
+        (
+            E("in ensemble 'fitguard', [request id: <id_unknown>] Exceeds maximum queue size", "503"),
+            Overloaded,
+        ),
+        (E("in ensemble 'fitguard', Exceeds maximum queue size", "StatusCode.UNAVAILABLE"), Overloaded),
+        (E("in ensemble 'fitguard', Request timeout expired", "StatusCode.UNAVAILABLE"), Overloaded),
+        (E("Request timeout expired", "503"), Overloaded),
     ]
     for exc, kind in cases:
         assert type(map_error(exc, conn, "infer")) is kind, exc

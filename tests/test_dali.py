@@ -144,8 +144,8 @@ def dali_repositories(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pat
 def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[str, Path]) -> None:
     from tritonclient.grpc import model_config_pb2 as mc
 
+    from fitguard.export.configs import check_signature
     from fitguard.export.manifest import verify_repository
-    from fitguard.export.repository import check_signature
 
     for accelerator, repo in dali_repositories.items():
         manifest = verify_repository(repo)

@@ -511,6 +511,8 @@ def test_entrypoint_builds_the_documented_command(tmp_path):
 
 # A stand-in for Triton's triton_python_backend_utils, enough for the preprocess model's calls.
 _FAKE_PB_UTILS = """
+import types
+
 import numpy as np
 
 class TritonError(Exception):
@@ -531,6 +533,13 @@ class InferenceResponse:
 
 def get_input_tensor_by_name(request, name):
     return request[name]
+
+class MetricFamily:  # the custom metrics API (the bad-image counter)
+    COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+    def __init__(self, name, description, kind):
+        self.name = name
+    def Metric(self, labels=None, buckets=None):
+        return types.SimpleNamespace(increment=lambda n: None, observe=lambda x: None)
 """
 
 _SERVER_IMAGE_CHECK = """

@@ -20,9 +20,10 @@ from fitguard.cli import main
 from fitguard.detector import quality_logit, save_detector
 from fitguard.export import verify
 from fitguard.export.accelerators import apply_accelerator
+from fitguard.export.configs import Serving, check_signature, render_config
 from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
 from fitguard.export.onnx_export import export_detector
-from fitguard.export.repository import SOURCE, check_signature, export_repository, render_config
+from fitguard.export.repository import SOURCE, export_repository
 from fitguard.labels import labels_text
 from fitguard.preprocess import Limits, PreprocessSettings, encode_image
 from fitguard.presets import preset_for
@@ -70,6 +71,7 @@ def test_source_configs_follow_the_contract() -> None:
         c.CLASSIFIER,
         c.QUALITY,
         c.DETECTOR,
+        c.MONITOR,
     ]
     classifier = read_config(SOURCE / c.CLASSIFIER / "config.pbtxt")
     assert classifier.output[0].label_filename == "labels.txt"
@@ -102,7 +104,14 @@ def test_accelerators_set_instance_groups_and_tensorrt() -> None:
                 ]
             else:
                 assert not accelerators
-        text = render_config(SOURCE, c.QUALITY, settings, 0.0, accelerator, 3, {})
+        text = render_config(
+            SOURCE,
+            c.QUALITY,
+            settings,
+            threshold=0.0,
+            serving=Serving(accelerator=accelerator, instances=3),
+            extra={},
+        )
         assert "KIND_GPU" in text if gpu else "KIND_CPU" in text
     with pytest.raises(ValueError, match="unknown accelerator"):
         apply_accelerator(read_config(SOURCE / c.CLASSIFIER / "config.pbtxt"), "tpu")

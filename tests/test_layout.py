@@ -32,8 +32,20 @@ def test_the_core_imports_neither_export_nor_training() -> None:
 
 
 def test_the_preprocess_backend_imports_the_contract_and_preprocess_only() -> None:
+    """Plus the manifest check and the bad-image counter, which counts refusals where they happen."""
     modules = imported_modules(ROOT / "model_repository" / "preprocess" / "1" / "model.py")
-    assert modules == {"fitguard.contract", "fitguard.preprocess", "fitguard.export.manifest"}, modules
+    assert modules == {
+        "fitguard.contract",
+        "fitguard.preprocess",
+        "fitguard.export.manifest",
+        "fitguard.monitoring",
+    }, modules
+
+
+def test_the_monitor_backend_reads_the_verdict_only() -> None:
+    modules = imported_modules(ROOT / "model_repository" / "monitor" / "1" / "model.py")
+    assert modules == {"fitguard.contract", "fitguard.labels", "fitguard.monitoring", "fitguard.preprocess"}
+    assert imported_modules(ROOT / "fitguard" / "monitoring.py") <= {"fitguard.contract"}
 
 
 def test_the_manifest_check_stays_light() -> None:

@@ -18,7 +18,7 @@ from fitguard.classifier import Classifier, SharedClassifier
 from fitguard.cli import main
 from fitguard.detector import save_detector
 from fitguard.export import export_repository, verify_repository
-from fitguard.export.repository import check_signature
+from fitguard.export.configs import check_signature
 from fitguard.preprocess import encode_image, quality_views
 from fitguard.presets import preset_for
 from fitguard.quality import BadHeadError, QualityHead, load_head, save_head

@@ -111,6 +111,7 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
         CLASSIFIER,
         CLASSIFIER_INPUT,
         DETECTOR,
+        IQA_FEATURES,
         IQA_PATCHES,
         PROBS,
         QUALITY,
@@ -122,9 +123,14 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
         t0 = time.perf_counter()
         crop, patches = pipe.settings.prepare_batch([images[i % len(images)]])
         t1 = time.perf_counter()
-        (probs,) = pipe.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: crop})
+        if patches is None:  # shared quality mode: the classifier's pass also gives the quality features
+            probs, features = pipe.sessions[CLASSIFIER].run([PROBS, IQA_FEATURES], {CLASSIFIER_INPUT: crop})
+            quality_input = {IQA_FEATURES: features}
+        else:
+            (probs,) = pipe.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: crop})
+            quality_input = {IQA_PATCHES: patches}
         t2 = time.perf_counter()
-        (quality,) = pipe.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
+        (quality,) = pipe.sessions[QUALITY].run([QUALITY_SCORE], quality_input)
         t3 = time.perf_counter()
         pipe.sessions[DETECTOR].run(None, {PROBS: probs, QUALITY_SCORE: quality})
         t4 = time.perf_counter()

@@ -24,6 +24,12 @@ TARGETS: dict[str, tuple[str, float, str]] = {
         0.5,
         "backbone FLOPs x served images/s / fp32 GEMM peak of the same cores",
     ),
+    "served_vs_baseline": (
+        ">=",
+        0.95,
+        "best images/s of --model-repository / of --baseline-repository (e.g. monitoring on / off), "
+        "alternating rounds of one run",
+    ),
 }
 
 
@@ -69,6 +75,8 @@ def ratios(result: dict[str, Any]) -> dict[str, float | None]:
             _session_peak(result),
         ),
         "inprocess_preprocess_share": (inproc.get("split_ms_per_image") or {}).get("preprocess_share"),
+        "served_vs_baseline": (result.get("baseline") or {}).get("served_vs_baseline"),
+        "p50_vs_baseline": (result.get("baseline") or {}).get("p50_vs_baseline"),
     }
     return out
 
@@ -195,7 +203,13 @@ def summary_text(result: dict[str, Any]) -> str:
     for name, t in result.get("targets", {}).items():
         state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         lines.append(f"  {name:<26} {_fmt(t['value'], 3):>8}  ({t['target']}) {state}")
-    for name in ("served_vs_inprocess_batch1", "backbone_alone_vs_gemm_peak", "inprocess_preprocess_share"):
+    base = result.get("baseline")
+    if base:
+        for name in ("repository", "baseline"):
+            cells = ", ".join(f"c={lv['concurrency']} {lv['throughput']:.2f} img/s" for lv in base[name])
+            lines.append(f"  {name} (median of {base['rounds']} rounds): {cells}")
+    names = ("served_vs_inprocess_batch1", "backbone_alone_vs_gemm_peak", "inprocess_preprocess_share")
+    for name in (*names, "p50_vs_baseline"):
         v = result.get("ratios", {}).get(name)
         if v is not None:
             lines.append(f"  {name:<26} {_fmt(v, 3):>8}")
@@ -294,7 +308,7 @@ def markdown(result: dict[str, Any]) -> str:
     for name, t in result.get("targets", {}).items():
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         lines.append(f"| `{name}` | {_fmt(t['value'], 3)} | {t['target']} | {met} |")
-    for name in ("backbone_alone_vs_gemm_peak", "inprocess_preprocess_share"):
+    for name in ("backbone_alone_vs_gemm_peak", "inprocess_preprocess_share", "p50_vs_baseline"):
         if r.get(name) is not None:
             lines.append(f"| `{name}` | {_fmt(r[name], 3)} | | |")
     return "\n".join(lines)

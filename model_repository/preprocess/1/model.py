@@ -26,6 +26,11 @@ class TritonPythonModel:
 
             verify_repository(find_root(args["model_repository"]))
         self.settings = PreprocessSettings.from_parameters(params)
+        self.refusals = None
+        if params.bool("monitoring", False):
+            from fitguard.monitoring import BadImageCounter
+
+            self.refusals = BadImageCounter(pb_utils, version=str(args["model_version"]))
         self.invalid_arg = getattr(pb_utils.TritonError, "INVALID_ARG", None)
 
     def _error(self, message: str, invalid_input: bool) -> pb_utils.InferenceResponse:
@@ -47,6 +52,8 @@ class TritonPythonModel:
             try:
                 responses.append(self._answer(request))
             except BadImageError as exc:
+                if self.refusals is not None:
+                    self.refusals.add()
                 responses.append(self._error(f"bad image: {exc}", invalid_input=True))
             except Exception as exc:  # never raise out of execute: it would fail the whole batch
                 responses.append(self._error(f"preprocess failed: {exc.__class__.__name__}: {exc}", False))

@@ -1,0 +1,166 @@
+"""The deployable ``config.pbtxt`` of each step: rendered from the source configs in ``model_repository/``
+and checked against the tensor contract (:mod:`fitguard.contract`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fitguard.contract import (
+    CLASSIFIER,
+    DETECTOR,
+    ENSEMBLE,
+    IQA_FEATURES,
+    IQA_PATCHES,
+    MODELS,
+    MONITOR,
+    PATCHES_MODE,
+    PREPROCESS,
+    QUALITY,
+    signatures,
+)
+from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
+from fitguard.export.monitoring import drop_monitor_step
+from fitguard.export.overload import QueuePolicy, apply_queue_policy
+from fitguard.preprocess import PreprocessSettings
+from fitguard.repository import config_path, read_config
+
+# The preprocess step's implementations: the Python backend (any server) or a serialized DALI pipeline
+# (the NGC image's DALI backend; see fitguard.export.dali).
+PREPROCESS_STEPS = ("python", "dali")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a repository is served: what the rendered configs and the manifest say beside the models.
+
+    Attributes:
+        accelerator: ``none`` (CPU), ``cuda`` or ``tensorrt-fp16`` (see :mod:`fitguard.export.accelerators`).
+        instances: instances per model (preprocess, classifier, quality).
+        preprocess: a name from :data:`PREPROCESS_STEPS`.
+        monitoring: serve the monitor step and the bad-image counter (see :mod:`fitguard.export.monitoring`).
+        queue: every model's queue policy (see :mod:`fitguard.export.overload`).
+    """
+
+    accelerator: str = "none"
+    instances: int = 1
+    preprocess: str = "python"
+    monitoring: bool = True
+    queue: QueuePolicy = field(default_factory=QueuePolicy)
+
+    def __post_init__(self) -> None:
+        if self.preprocess not in PREPROCESS_STEPS:
+            raise ValueError(
+                f"unknown preprocess step {self.preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}"
+            )
+        if self.accelerator not in ACCELERATORS:
+            raise ValueError(
+                f"unknown accelerator {self.accelerator!r}; choose from {', '.join(ACCELERATORS)}"
+            )
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The steps this repository serves, the ensemble first."""
+        return (ENSEMBLE, *MODELS, *((MONITOR,) if self.monitoring else ()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accelerator": self.accelerator,
+            "instances": self.instances,
+            "preprocess": self.preprocess,
+            "monitoring": "on" if self.monitoring else "off",
+            **self.queue.to_dict(),
+        }
+
+
+def _datatype(name: str) -> int:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    return mc.DataType.Value("TYPE_STRING" if name == "BYTES" else f"TYPE_{name}")
+
+
+def check_signature(
+    config: Any, patches: int, preprocess: str = "python", mode: str = PATCHES_MODE, feature_dim: int = -1
+) -> None:
+    """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``, quality
+    features of ``feature_dim``) for a repository with the ``preprocess`` step (``python`` or ``dali``) and
+    the quality mode ``mode``."""
+    if preprocess == "python":
+        inputs, outputs = signatures(mode)[config.name]
+    else:
+        from fitguard.export.dali import signature
+
+        inputs, outputs = signature(config.name, preprocess)
+    pinned = {IQA_PATCHES: patches, IQA_FEATURES: feature_dim}
+    for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
+        got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
+        want = {
+            t.name: (
+                _datatype(t.datatype),
+                tuple(pinned.get(t.name, d) if d == -1 else d for d in t.shape),
+            )
+            for t in expected
+        }
+        if got != want:
+            raise ValueError(f"{config.name}: {kind}s {got} do not match the tensor contract {want}")
+
+
+def _set_parameters(config: Any, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        config.parameters[key].string_value = value
+
+
+def _pin_patches(config: Any, patches: int) -> None:
+    for tensor in (*config.input, *config.output):
+        if tensor.name == IQA_PATCHES:
+            tensor.dims[0] = patches
+    for warmup in config.model_warmup:
+        if IQA_PATCHES in warmup.inputs:
+            warmup.inputs[IQA_PATCHES].dims[0] = patches
+
+
+def render_config(
+    source: Path,
+    name: str,
+    settings: PreprocessSettings,
+    *,
+    threshold: float,
+    serving: Serving,
+    extra: dict[str, str],
+    feature_dim: int = -1,
+) -> str:
+    """The deployable ``config.pbtxt`` text of model ``name``, from its source config (``feature_dim``: the
+    quality features' size, pinned in shared quality mode)."""
+    from google.protobuf import text_format
+
+    config = read_config(config_path(source, name))
+    if config.name != name:
+        raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
+    if name == PREPROCESS:
+        monitoring = str(serving.monitoring).lower()
+        _set_parameters(config, {**settings.to_parameters(), **extra, "monitoring": monitoring})
+    elif name == QUALITY:
+        _set_parameters(config, {"patches": str(settings.patches), **extra})
+    elif name == CLASSIFIER:
+        _set_parameters(config, extra)
+    elif name == DETECTOR:
+        _set_parameters(config, {"threshold": repr(float(threshold))})
+    elif name == ENSEMBLE and not serving.monitoring:
+        drop_monitor_step(config)
+    _pin_patches(config, settings.patches)
+    if settings.shared:
+        from fitguard.export.shared import to_shared
+
+        to_shared(config, feature_dim)
+    apply_queue_policy(config, serving.queue, entry=name == PREPROCESS)
+    apply_accelerator(config, serving.accelerator, serving.instances)
+    if serving.preprocess == "dali":
+        from fitguard.export.dali import to_dali
+
+        to_dali(config, serving.accelerator)
+    check_signature(config, settings.patches, serving.preprocess, settings.quality_features, feature_dim)
+    header = (
+        f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
+    )
+    return header + text_format.MessageToString(config)

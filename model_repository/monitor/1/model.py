@@ -1,0 +1,46 @@
+"""Triton Python backend adapter for the monitor step (the metrics are fitguard.monitoring, tested there).
+
+CLASS_ID, QUALITY, FIT, FIT_SCORE in -> the same tensors out, each batch counted once on /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from fitguard.contract import CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
+from fitguard.labels import imagenet_classes
+from fitguard.monitoring import DEFAULT_MAX_CLASSES, VerdictMetrics
+from fitguard.preprocess import Parameters
+
+_NAMES = (CLASS_ID, QUALITY_SCORE, FIT, FIT_SCORE)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        params = Parameters.from_config(json.loads(args["model_config"]))
+        self.metrics = VerdictMetrics(
+            pb_utils,
+            version=str(args["model_version"]),
+            class_names=[c.name for c in imagenet_classes()],
+            max_classes=params.int("max_classes", DEFAULT_MAX_CLASSES),
+        )
+
+    def execute(self, requests: list) -> list:
+        responses, columns = [], {name: [] for name in _NAMES}
+        for request in requests:
+            tensors = [pb_utils.get_input_tensor_by_name(request, name) for name in _NAMES]
+            arrays = [t.as_numpy() for t in tensors]
+            for name, array in zip(_NAMES, arrays, strict=True):
+                columns[name].append(array)
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        try:  # counting must never cost a client its answer
+            batch = {name: np.concatenate(parts) for name, parts in columns.items()}
+            self.metrics.record(
+                class_id=batch[CLASS_ID], quality=batch[QUALITY_SCORE], fit=batch[FIT], score=batch[FIT_SCORE]
+            )
+        except Exception as exc:  # noqa: BLE001 - logged, the verdicts still go back
+            pb_utils.Logger.log_error(f"monitor: could not record metrics: {exc}")
+        return responses
