@@ -188,11 +188,17 @@ def test_synthetic_covers_every_type_and_level_per_photo(photos: dict[str, np.nd
     from fitguard.training.distortions import DISTORTIONS, LEVELS
     from fitguard.training.iqa_data import synthetic
 
-    items = synthetic({"coffee": photos["coffee"]}, views=5, per_view=12, seed=1)
+    every = {(k, lvl) for k in DISTORTIONS for lvl in LEVELS}
+    items = synthetic({"coffee": photos["coffee"]}, views=5, per_view=12, seed=1, ladder=False)
     assert len(items) == 5 * 13
-    pairs = {(it.distortion, it.level) for it in items if it.distortion != "reference"}
-    assert pairs == {(k, lvl) for k in DISTORTIONS for lvl in LEVELS}
+    assert {(it.distortion, it.level) for it in items if it.distortion != "reference"} == every
     assert {it.reference for it in items} == {"coffee"}
+    # With the ladder (the default), view 0 carries every type at every level and its clean image.
+    items = synthetic({"coffee": photos["coffee"]}, views=3, per_view=12, seed=1)
+    assert len(items) == 61 + 2 * 13
+    ladder = [it for it in items if it.view == "coffee#0"]
+    assert {(it.distortion, it.level) for it in ladder if it.distortion != "reference"} == every
+    assert len(ladder) == 61 and sum(it.distortion == "reference" for it in ladder) == 1
 
 
 def _check_outputs(out: Path, backbone: str, dataset: str, images: int, splits: int) -> dict:
@@ -289,5 +295,5 @@ def test_cli_kadid_and_synthetic_tiny(
         "2",
     ]
     assert main(argv) == 0
-    metrics = _check_outputs(out, "tiny", "synthetic", 3 * 2 * 13, 2)
+    metrics = _check_outputs(out, "tiny", "synthetic", 3 * (61 + 13), 2)
     assert metrics["references"] == 3

@@ -1,10 +1,12 @@
 """``fitguard train iqa``: train the DTNIQ-f quality head on cached backbone features.
 
-Steps: load a dataset (TID2013, KADID-10k, or synthetic distortions of reference photos labelled by a
+Steps: load a dataset (TID2013, KADID-10k, or synthetic distortions of scenes labelled by a
 full-reference metric), compute the frozen backbone's features of every patch once (cached on disk),
 then train :class:`fitguard.models.QualityHead` with cross-entropy over 70 score bins. ``--splits``
-splits by reference image (repeated k-fold) measure SRCC/PLCC on held-out scenes; the head written to
-``--out`` is then trained on all references. torch is imported inside functions only.
+splits by scene (repeated k-fold, :mod:`fitguard.training.iqa_eval`) measure SRCC/PLCC, ordering and
+calibration on held-out scenes, for the head and the BRISQUE baseline, and one head per distortion kind
+is trained without that kind; the head written to ``--out`` is then trained on all scenes. torch is
+imported inside functions only.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ from typing import Any
 import numpy as np
 
 from fitguard.contract import DEFAULT_PATCHES, QUALITY_BINS
+from fitguard.training.iqa_eval import (
+    SPLIT_SCHEME,
+    Fit,
+    Labels,
+    correlations,
+    left_out_kinds,
+    reference_splits,
+    scene_protocol,
+)
+
+__all__ = ["SPLIT_SCHEME", "HeadConfig", "predict", "score_to_bins", "train_head", "train_iqa"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +55,7 @@ class HeadConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Labels, metrics, splits (numpy only)
+# Labels (numpy only)
 # --------------------------------------------------------------------------------------------------
 
 
@@ -61,52 +74,6 @@ def score_to_bins(scores: np.ndarray, bins: int = QUALITY_BINS, sigma: float = 2
         return out.astype(np.float32)
     w = np.exp(-0.5 * ((j[None, :] - pos[:, None]) / sigma) ** 2)
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def correlations(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
-    """(SRCC, PLCC). PLCC is on the raw predictions, without the logistic fit some papers apply first."""
-    from scipy.stats import pearsonr, spearmanr
-
-    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    if len(pred) < 3 or np.ptp(pred) == 0 or np.ptp(true) == 0:
-        return float("nan"), float("nan")
-    return float(spearmanr(pred, true)[0]), float(pearsonr(pred, true)[0])
-
-
-# Names how :func:`reference_splits` draws splits; build stamps record it, so a new scheme retrains.
-SPLIT_SCHEME = "repeated-kfold/1"
-
-
-def reference_splits(
-    references: np.ndarray, splits: int, test_fraction: float = 0.2, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``splits`` (train, test) index pairs; each reference lies wholly on one side.
-
-    About ``test_fraction`` of the references (at least one) are held out per split, as in the usual
-    80/20 protocol on TID2013. The splits are repeated k-fold over shuffled references (k = the
-    number of references over those held out per split: 5 at 20%): within a repeat every reference is
-    held out exactly once, so ten splits of ten photos test each photo twice. Independent random draws
-    would not: with ten photos, ten draws of two held-out photos repeat a pair and skip some photos
-    entirely, and the mean then rests on whichever scenes were drawn.
-    """
-    refs = np.unique(references)
-    if len(refs) < 3:
-        raise ValueError(f"need at least 3 reference images to split, got {len(refs)}")
-    n_test = min(len(refs) - 2, max(1, int(round(test_fraction * len(refs)))))
-    folds = max(2, len(refs) // n_test)
-    rng = np.random.default_rng(seed)
-    out: list[tuple[np.ndarray, np.ndarray]] = []
-    seen: set[frozenset[str]] = set()
-    while len(out) < splits:
-        for _ in range(100):  # a repeat whose folds all differ from earlier ones, where there is one
-            parts = [frozenset(f) for f in np.array_split(rng.permutation(refs), folds)]
-            if not seen & set(parts):
-                break
-        seen.update(parts)
-        for fold in parts:
-            test = np.isin(references, list(fold))
-            out.append((np.flatnonzero(~test), np.flatnonzero(test)))
-    return out[:splits]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,6 +105,19 @@ def predict(head: Any, features: np.ndarray, batch: int = 1024) -> np.ndarray:
     return torch.cat(out).reshape(n, p).mean(1).numpy() if out else np.zeros(0)
 
 
+def _validation_split(
+    groups: np.ndarray, train_idx: np.ndarray, config: HeadConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices: ``val_fraction`` of the training groups (at least one) validate."""
+    refs = np.unique(groups[train_idx])
+    n_val = (
+        max(1, int(round(config.val_fraction * len(refs)))) if len(refs) > 2 and config.val_fraction else 0
+    )
+    val = np.random.default_rng(seed).choice(refs, size=n_val, replace=False) if n_val else refs[:0]
+    is_val = np.isin(groups[train_idx], val)
+    return train_idx[~is_val], train_idx[is_val]
+
+
 def train_head(
     features: np.ndarray,
     unique: np.ndarray,
@@ -160,16 +140,9 @@ def train_head(
 
     from fitguard.models import QualityHead
 
-    rng = np.random.default_rng(seed)
-    by = references if val_groups is None else val_groups
-    refs = np.unique(by[train_idx])
-    n_val = (
-        max(1, int(round(config.val_fraction * len(refs)))) if len(refs) > 2 and config.val_fraction else 0
+    fit_idx, val_idx = _validation_split(
+        references if val_groups is None else val_groups, train_idx, config, seed
     )
-    val_refs = rng.choice(refs, size=n_val, replace=False) if n_val else np.array([], dtype=refs.dtype)
-    is_val = np.isin(by[train_idx], val_refs)
-    fit_idx, val_idx = train_idx[~is_val], train_idx[is_val]
-
     x, y = _rows(features, unique, fit_idx, scores)
     xt = torch.from_numpy(np.ascontiguousarray(x))
     yt = torch.from_numpy(score_to_bins(y, QUALITY_BINS, config.label_sigma))
@@ -214,13 +187,51 @@ def train_head(
 
 
 # --------------------------------------------------------------------------------------------------
-# The whole run: data -> cached features -> split evaluation -> final head
+# The whole run: data -> cached features -> scene protocol, baseline, left-out kinds -> final head
 # --------------------------------------------------------------------------------------------------
+
+
+def head_fit(
+    features: np.ndarray,
+    unique: np.ndarray,
+    labels: Labels,
+    config: HeadConfig,
+    seed: int = 0,
+    val_groups: np.ndarray | None = None,
+) -> Fit:
+    """The head as a :data:`fitguard.training.iqa_eval.Fit`: trains on the given images, predicts any."""
+
+    def fit(train_idx: np.ndarray, split: int):
+        head, info = train_head(
+            features,
+            unique,
+            labels.scores,
+            labels.references,
+            train_idx,
+            config,
+            seed=seed * 1000 + split,
+            val_groups=val_groups,
+        )
+        return (lambda idx: predict(head, features[idx])), {"best_epoch": info["best_epoch"]}
+
+    return fit
+
+
+def _features(items: list, backbone: str, weights: str | None, patches: int, cache_dir, device, progress):
+    from fitguard.models import build_backbone
+    from fitguard.training.features import default_cache_dir, patch_features
+
+    net = build_backbone(backbone, weights)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    feats, unique = patch_features(
+        [it.load for it in items], net, patches, cache, device=device, progress=progress
+    )
+    return net, feats, unique
 
 
 def train_iqa(
     backbone: str = "efficientnet_lite0",
-    dataset: str = "synthetic",
+    dataset: str = "scenes",
     out: str | Path = "quality_head.pt",
     root: str | Path | None = None,
     photos: str | Path | None = None,
@@ -234,144 +245,118 @@ def train_iqa(
     device: str | None = None,
     progress: bool = True,
     quick: bool = False,
+    baseline: bool = True,
+    left_out: bool = True,
 ) -> dict[str, Any]:
-    """Train and evaluate a quality head; write the head, ``<out>.metrics.json`` and ``<out>.scatter.png``.
+    """Train and evaluate a quality head; write the head, ``<out>.metrics.json`` and the figures.
 
-    ``splits`` random 80/20 splits by reference image give held-out SRCC/PLCC per split and their mean.
-    The head written to ``out`` is then trained on all references for the median of the splits'
-    early-stopped epoch counts (no references are left to stop on).
+    ``splits`` splits by scene (repeated k-fold) give held-out SRCC/PLCC, ordering and calibration per
+    split (:func:`fitguard.training.iqa_eval.scene_protocol`); ``baseline`` measures BRISQUE on the same
+    splits; ``left_out`` trains one head per distortion kind without it. The head written to ``out`` is
+    then trained on all scenes for the median of the splits' early-stopped epoch counts.
 
-    ``config`` defaults to :class:`HeadConfig` with the paper's 2048-wide layers, except on the synthetic
-    set, where a 512-wide head scores the same held-out SRCC in a quarter of the time (docs/iqa.md).
-    ``quick`` trains a small synthetic set (6 views per photo, 2 splits) for tests that need some head.
+    ``config`` defaults to :class:`HeadConfig` with the paper's 2048-wide layers, except on the
+    synthetic sets, where a 512-wide head scores the same held-out SRCC in a quarter of the time
+    (docs/iqa.md). ``quick`` trains a small set (6 views per scene, 2 splits) for tests that need some head.
 
     Returns:
         The metrics written to ``<out>.metrics.json``.
     """
     import torch
 
-    from fitguard.models import build_backbone, save_head
-    from fitguard.training.features import default_cache_dir, patch_features
-    from fitguard.training.iqa_data import SYNTHETIC_METRIC, SYNTHETIC_VIEWS, load_dataset
+    from fitguard.training.iqa_data import SYNTHETIC_SETS, load_dataset
 
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if quick:
         views, splits = 6 if views is None else views, min(splits, 2)
-    views = SYNTHETIC_VIEWS if views is None else views
     if config is None:
-        config = HeadConfig(hidden=512) if dataset == "synthetic" else HeadConfig()
+        config = HeadConfig(hidden=512) if dataset in SYNTHETIC_SETS else HeadConfig()
+    say = print if progress else log.info
     items = load_dataset(dataset, root=root, photos=photos, views=views, seed=seed, progress=progress)
-    t_data = time.perf_counter()
-    net = build_backbone(backbone, weights)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    feats, unique = patch_features(
-        [it.load for it in items], net, patches, cache, device=device, progress=progress
+    labels = Labels.from_items(items)
+    seconds = {"data": time.perf_counter() - t0}
+    net, feats, unique = _features(items, backbone, weights, patches, cache_dir, device, progress)
+    seconds["features"] = time.perf_counter() - t0 - sum(seconds.values())
+    # Synthetic sets validate on views rather than scenes (see train_head).
+    fit = head_fit(feats, unique, labels, config, seed, labels.views if dataset in SYNTHETIC_SETS else None)
+    split_list = reference_splits(labels.references, splits, seed=seed)
+    summary, held_out = scene_protocol(fit, labels, split_list, log=say)
+    seconds["splits"] = time.perf_counter() - t0 - sum(seconds.values())
+    extra: dict[str, Any] = {}
+    if baseline:
+        from fitguard.training.brisque import brisque_protocol
+
+        extra["baseline"] = brisque_protocol(items, labels, split_list, held_out, log=say)
+        seconds["baseline"] = time.perf_counter() - t0 - sum(seconds.values())
+    if left_out:
+        extra["left_out_kinds"] = left_out_kinds(fit, labels, split_list, included=summary["splits"], log=say)
+        seconds["left_out"] = time.perf_counter() - t0 - sum(seconds.values())
+    final_epochs = (
+        int(np.median([s["best_epoch"] for s in summary["splits"]])) if split_list else config.epochs
     )
-    t_feat = time.perf_counter()
-
-    scores = np.array([it.score for it in items], dtype=np.float64)
-    refs = np.array([it.reference for it in items])
-    # Synthetic items are named "<photo>#<view>/<distortion>/<level>": validate on views (see train_head).
-    views_of = np.array([it.name.split("/")[0] for it in items]) if dataset == "synthetic" else None
-    per_split, epochs = [], []
-    scatter_true, scatter_pred = [], []
-    for k, (train_idx, test_idx) in enumerate(reference_splits(refs, splits, seed=seed)):
-        head, info = train_head(
-            feats, unique, scores, refs, train_idx, config, seed=seed * 1000 + k, val_groups=views_of
-        )
-        pred = predict(head, feats[test_idx])
-        srcc, plcc = correlations(pred, scores[test_idx])
-        test_refs = sorted(set(refs[test_idx].tolist()))
-        per_split.append(
-            {
-                "split": k,
-                "srcc": srcc,
-                "plcc": plcc,
-                "best_epoch": info["best_epoch"],
-                "test_references": test_refs,
-            }
-        )
-        epochs.append(info["best_epoch"])
-        scatter_true.append(scores[test_idx])
-        scatter_pred.append(pred)
-        log.info(
-            "split %d: SRCC %.4f PLCC %.4f (epoch %d, test %s)", k, srcc, plcc, info["best_epoch"], test_refs
-        )
-        if progress:
-            print(
-                f"split {k}: SRCC {srcc:.4f}  PLCC {plcc:.4f}  (epoch {info['best_epoch']}, test {test_refs})"
-            )
-    t_splits = time.perf_counter()
-
-    final_epochs = int(np.median(epochs)) if epochs else config.epochs
-    all_idx = np.arange(len(items))
     final_config = HeadConfig(**{**config.__dict__, "epochs": final_epochs, "val_fraction": 0.0})
-    head, _ = train_head(feats, unique, scores, refs, all_idx, final_config, seed=seed)
-    t_final = time.perf_counter()
-
-    srccs = np.array([s["srcc"] for s in per_split], dtype=np.float64)
-    plccs = np.array([s["plcc"] for s in per_split], dtype=np.float64)
+    head, _ = train_head(
+        feats, unique, labels.scores, labels.references, np.arange(len(items)), final_config, seed=seed
+    )
+    seconds["final"] = time.perf_counter() - t0 - sum(seconds.values())
+    seconds["total"] = time.perf_counter() - t0
     metrics: dict[str, Any] = {
         "dataset": dataset,
         "backbone": backbone,
         "weights_id": net.weights_id,
         "images": len(items),
-        "references": int(len(np.unique(refs))),
+        "references": int(len(np.unique(labels.references))),
         "patches": patches,
-        "splits": per_split,
         "split_scheme": SPLIT_SCHEME,
-        "srcc_mean": float(np.nanmean(srccs)) if len(srccs) else None,
-        "srcc_std": float(np.nanstd(srccs)) if len(srccs) else None,
-        "plcc_mean": float(np.nanmean(plccs)) if len(plccs) else None,
-        "plcc_std": float(np.nanstd(plccs)) if len(plccs) else None,
-        "final_head": f"trained on all {len(np.unique(refs))} references for {final_epochs} epochs",
-        "label": f"{SYNTHETIC_METRIC} against the reference view" if dataset == "synthetic" else ("mos/7" if dataset == "tid2013" else "(dmos-1)/4"),
+        **summary,
+        **extra,
+        "final_head": f"trained on all {len(np.unique(labels.references))} references for {final_epochs} epochs",
+        "label": _label_name(dataset),
         "score_range": [0.0, 1.0],
         "higher_is_better": True,
         "head_config": config.__dict__,
         "args": {
-            "backbone": backbone, "dataset": dataset, "root": str(root) if root else None,
-            "photos": str(photos) if photos else None, "patches": patches, "splits": splits, "seed": seed,
-            "weights": weights, "views": views if dataset == "synthetic" else None, "quick": quick,
+            "backbone": backbone,
+            "dataset": dataset,
+            "root": str(root) if root else None,
+            "photos": str(photos) if photos else None,
+            "patches": patches,
+            "splits": splits,
+            "seed": seed,
+            "weights": weights,
+            "views": views,
+            "quick": quick,
+            "baseline": baseline,
+            "left_out": left_out,
         },
-        "seconds": {
-            "data": round(t_data - t0, 2), "features": round(t_feat - t_data, 2),
-            "splits": round(t_splits - t_feat, 2), "final": round(t_final - t_splits, 2),
-            "total": round(t_final - t0, 2),
-        },
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "torch_threads": torch.get_num_threads(),
-    }  # fmt: skip
-    save_head(out, head, net, meta=metrics)
-    metrics_path = Path(f"{out}.metrics.json")
-    metrics_path.write_text(json.dumps(metrics, indent=2))
-    if scatter_true:
-        scatter_plot(
-            np.concatenate(scatter_true), np.concatenate(scatter_pred), Path(f"{out}.scatter.png"), metrics
-        )
+    }
+    _write(out, head, net, metrics, labels, held_out)
     return metrics
 
 
-def scatter_plot(true: np.ndarray, pred: np.ndarray, path: Path, metrics: dict[str, Any]) -> None:
-    """Predicted vs true score of every held-out image over all splits."""
-    import matplotlib
+def _label_name(dataset: str) -> str:
+    from fitguard.training.iqa_data import SYNTHETIC_METRIC, SYNTHETIC_SETS
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if dataset in SYNTHETIC_SETS:
+        return f"{SYNTHETIC_METRIC} against the reference view"
+    return "mos/7" if dataset == "tid2013" else "(dmos-1)/4"
 
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    ax.scatter(true, pred, s=4, alpha=0.35, edgecolors="none")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true score", ylabel="predicted score")
-    ax.set_title(
-        f"{metrics['backbone']} on {metrics['dataset']}: held-out references, {len(metrics['splits'])} splits\n"
-        f"SRCC {metrics['srcc_mean']:.3f}  PLCC {metrics['plcc_mean']:.3f}",
-        fontsize=9,
-    )
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+
+def _write(out: Path, head: Any, net: Any, metrics: dict[str, Any], labels: Labels, held_out: list) -> None:
+    """The head (metrics in its meta), ``<out>.metrics.json``, ``<out>.scatter.png``, ``<out>.levels.png``."""
+    from fitguard.models import save_head
+    from fitguard.training.iqa_plots import level_plot, scatter_plot
+
+    save_head(out, head, net, meta=metrics)
+    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2))
+    if held_out:
+        true = np.concatenate([labels.scores[idx] for idx, _ in held_out])
+        scatter_plot(true, np.concatenate([p for _, p in held_out]), Path(f"{out}.scatter.png"), metrics)
+        level_plot(labels, held_out, Path(f"{out}.levels.png"), metrics)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,54 +365,58 @@ def scatter_plot(true: np.ndarray, pred: np.ndarray, path: Path, metrics: dict[s
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)"
-    )
-    parser.add_argument("--dataset", choices=("tid2013", "kadid10k", "synthetic"), default="synthetic")
-    parser.add_argument("--root", help="dataset folder in its published layout (tid2013, kadid10k)")
-    parser.add_argument(
-        "--photos", help="synthetic: folder of reference photos (default: package-shipped photos)"
-    )
-    parser.add_argument("--out", required=True, help="quality-head file to write")
-    parser.add_argument(
-        "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (%(default)s)"
-    )
-    parser.add_argument(
-        "--splits", type=int, default=10, help="splits by reference, repeated k-fold (%(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--weights", default="default", help="backbone weights: default, imagenet, a path, random"
-    )
-    parser.add_argument(
-        "--cache-dir", help="feature cache (default: $FITGUARD_CACHE/features or ~/.cache/fitguard)"
-    )
-    parser.add_argument("--views", type=int, help="synthetic: views per photo")
-    parser.add_argument("--epochs", type=int, default=HeadConfig.epochs, help="maximum epochs (%(default)s)")
-    parser.add_argument(
-        "--hidden", type=int, help="head width (default: 2048 as in the paper; 512 on synthetic)"
-    )
-    parser.add_argument("--device", help="torch device for features (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    from fitguard.training.iqa_data import DATASETS
+
+    add = parser.add_argument
+    add("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
+    add("--dataset", choices=DATASETS, default="scenes", help="(default: %(default)s)")
+    add("--root", help="dataset folder in its published layout (tid2013, kadid10k)")
+    add("--photos", help="synthetic: folder of reference photos (default: package-shipped photos)")
+    add("--out", required=True, help="quality-head file to write")
+    add("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (%(default)s)")
+    add("--splits", type=int, default=10, help="splits by scene, repeated k-fold (%(default)s)")
+    add("--seed", type=int, default=0)
+    add("--weights", default="default", help="backbone weights: default, imagenet, a path, random")
+    add("--cache-dir", help="feature cache (default: $FITGUARD_CACHE/features or ~/.cache/fitguard)")
+    add("--views", type=int, help="scenes, synthetic: views per scene (default: about 6,240 images in all)")
+    add("--epochs", type=int, default=HeadConfig.epochs, help="maximum epochs (%(default)s)")
+    add("--hidden", type=int, help="head width (default: 2048 as in the paper; 512 on scenes, synthetic)")
+    add("--no-baseline", action="store_true", help="skip the BRISQUE baseline")
+    add("--no-left-out", action="store_true", help="skip the heads trained with one distortion kind left out")
+    add("--device", help="torch device for features (default: cuda if available, else cpu)")
+    add("--threads", type=int, help="torch CPU threads")
 
 
 def run(args: argparse.Namespace) -> int:
+    from fitguard.training.iqa_data import SYNTHETIC_SETS
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    hidden = args.hidden or (512 if args.dataset == "synthetic" else 2048)
-    config = HeadConfig(hidden=hidden, epochs=args.epochs)
-    metrics = train_iqa(
-        backbone=args.backbone, dataset=args.dataset, out=args.out, root=args.root, photos=args.photos,
-        patches=args.patches, splits=args.splits, seed=args.seed, weights=args.weights,
-        cache_dir=args.cache_dir, views=args.views, config=config, device=args.device,
-    )  # fmt: skip
-    print(
-        f"{metrics['backbone']} on {metrics['dataset']} ({metrics['images']} images, {metrics['references']} "
-        f"references): mean SRCC {metrics['srcc_mean']:.4f}, mean PLCC {metrics['plcc_mean']:.4f} over "
-        f"{len(metrics['splits'])} splits; {metrics['seconds']['total']:.0f} s"
+    hidden = args.hidden or (512 if args.dataset in SYNTHETIC_SETS else 2048)
+    m = train_iqa(
+        backbone=args.backbone,
+        dataset=args.dataset,
+        out=args.out,
+        root=args.root,
+        photos=args.photos,
+        patches=args.patches,
+        splits=args.splits,
+        seed=args.seed,
+        weights=args.weights,
+        cache_dir=args.cache_dir,
+        views=args.views,
+        config=HeadConfig(hidden=hidden, epochs=args.epochs),
+        device=args.device,
+        baseline=not args.no_baseline,
+        left_out=not args.no_left_out,
     )
-    print(f"wrote {args.out}, {args.out}.metrics.json, {args.out}.scatter.png")
+    print(
+        f"{m['backbone']} on {m['dataset']} ({m['images']} images, {m['references']} references), "
+        f"{len(m['splits'])} splits: SRCC {m['srcc_mean']:.4f} ± {m['srcc_std']:.4f}, "
+        f"PLCC {m['plcc_mean']:.4f} ± {m['plcc_std']:.4f}; {m['seconds']['total']:.0f} s"
+    )
+    print(f"wrote {args.out} and its .metrics.json, .scatter.png, .levels.png")
     return 0
