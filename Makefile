@@ -10,7 +10,7 @@ BUILD ?= build
 # torch is pinned for reproducible builds; pip takes these from the local wheel cache where there is one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup system-deps build demo test test-fast report bench lint clean
+.PHONY: setup system-deps data build demo test test-fast report bench lint clean
 
 setup: $(VENV)/.installed system-deps
 
@@ -28,8 +28,13 @@ system-deps:
 	  else echo "note: install Debian's wordnet-base and wordnet-sense-index for the WordNet plots (sudo apt-get install wordnet-base)"; fi; \
 	fi
 
+# Offline data sets from Debian packages (apt-get download + dpkg -x, no system install), prepared
+# once into the data cache: $$FITGUARD_CACHE/data, else ~/.cache/fitguard/data.
+data: setup
+	$(BIN)/fitguard data prepare
+
 # The offline build: quality head, detector, verified ONNX export, Triton repository.
-build: setup
+build: setup data
 	$(BIN)/fitguard build --backbone $(BACKBONE) --out $(BUILD)
 
 demo: build
@@ -38,7 +43,7 @@ demo: build
 test: build
 	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest
 
-test-fast: setup
+test-fast: setup data
 	$(BIN)/python -m pytest -m "not slow"
 
 report: build

@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("fitguard.training.evaluate", "reproduce the paper's evaluation and write a report"),
     "bench": ("fitguard.bench", "benchmark the served ensemble against in-process and naive pipelines"),
     "demo": ("fitguard.demo", "build once, serve, and classify sample photos and degraded versions"),
+    "data": (
+        "fitguard.training.datasets.cli",
+        "prepare and describe the offline data sets (Debian packages)",
+    ),
 }
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "iqa": ("fitguard.training.iqa", "train the DTNIQ-f quality head"),
