@@ -1,6 +1,6 @@
 """``fitguard build``: the whole offline chain in one command.
 
-Quality head (DTNIQ-f on the synthetic set) -> detector data and SVM -> verified ONNX export -> Triton
+Quality head (DTNIQ-f on the scenes set, distorted and labelled offline) -> detector data and SVM -> verified ONNX export -> Triton
 repository. Each step is skipped when its output exists and was made with the same arguments, so
 ``make demo`` and ``make test`` build once. ``build.json`` records arguments, timings and metrics.
 """
@@ -32,7 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="default", help="backbone weights (see fitguard export --help)")
     parser.add_argument(
-        "--photos", default=None, help="folder of reference photos (default: package-shipped)"
+        "--photos",
+        default=None,
+        help="folder of reference photos (default: the scenes set for quality, package photos for the detector)",
     )
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image")
     parser.add_argument("--splits", type=int, default=10, help="IQA evaluation splits")
@@ -63,6 +65,13 @@ def _stamp(args: dict[str, Any]) -> str:
 def _file_hash(path: Path) -> str:
     """Downstream steps key on their inputs' content, so a retrained head or detector is re-exported."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _scenes_version() -> str:
+    """The prepared scenes set's folder name: it changes with the packages, the scene list and the recipe."""
+    from fitguard.training.datasets.scenes import prepare_scenes
+
+    return prepare_scenes().name
 
 
 def build(
@@ -109,17 +118,22 @@ def build(
 
     from fitguard.detector import DETECTOR_FORMAT
     from fitguard.models import QUALITY_FEATURES
-    from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
-    from fitguard.training.iqa_data import SYNTHETIC_VIEWS
+    from fitguard.training.iqa_data import SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW
+    from fitguard.training.iqa_eval import EVALUATION, SPLIT_SCHEME
+    from fitguard.training.iqa_head import default_head_config
 
+    # The quality head trains on the scenes set unless a photo folder is given.
+    dataset = "synthetic" if photos else "scenes"
     # Stamps hold every setting that changes a step's output, so a changed default retrains.
     iqa_args = {
         **common,
+        "dataset": dataset if photos else _scenes_version(),
         "splits": splits,
         "split_scheme": SPLIT_SCHEME,
+        "evaluation": EVALUATION,
         "features": QUALITY_FEATURES,
-        "views": SYNTHETIC_VIEWS,
-        "head_config": asdict(HeadConfig()),
+        "images": (SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW),
+        "head_config": asdict(default_head_config(dataset)),
     }
     step(
         "iqa",
@@ -128,7 +142,7 @@ def build(
         lambda: train_iqa(
             backbone=backbone,
             weights=weights,
-            dataset="synthetic",
+            dataset=dataset,
             photos=photos,
             out=head,
             patches=patches,

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from fitguard.training.distortions import distort
-from fitguard.training.iqa import correlations, reference_splits, score_to_bins
 from fitguard.training.iqa_data import load_dataset, load_kadid10k, load_tid2013, photo_views, vsi_to_score
+from fitguard.training.iqa_eval import correlations, reference_splits
+from fitguard.training.iqa_head import score_to_bins
 
 
 def _small(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

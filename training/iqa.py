@@ -12,209 +12,32 @@ imported inside functions only.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fitguard.contract import DEFAULT_PATCHES, QUALITY_BINS
+from fitguard.contract import DEFAULT_PATCHES
 from fitguard.training.iqa_eval import (
+    EVALUATION,
     SPLIT_SCHEME,
     Fit,
     Labels,
-    correlations,
     left_out_kinds,
     reference_splits,
     scene_protocol,
 )
-
-__all__ = ["SPLIT_SCHEME", "HeadConfig", "predict", "score_to_bins", "train_head", "train_iqa"]
+from fitguard.training.iqa_head import HeadConfig, default_head_config, head_fit, train_head
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Training settings of the quality head (the defaults are the ones measured in docs/iqa.md)."""
-
-    hidden: int = 2048  # the paper's FC-2048 layers
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 3e-4
-    weight_decay: float = 1e-3
-    dropout: float = 0.5
-    input_dropout: float = 0.5  # of the standardised input features (see QualityHead)
-    label_sigma: float = 4.0  # soft labels: Gaussian over bins, in bins; 0 = one-hot
-    patience: int = 3
-    val_fraction: float = 0.15  # of the training references, for early stopping
-
-
-# --------------------------------------------------------------------------------------------------
-# Labels (numpy only)
-# --------------------------------------------------------------------------------------------------
-
-
-def score_to_bins(scores: np.ndarray, bins: int = QUALITY_BINS, sigma: float = 2.0) -> np.ndarray:
-    """Scores in [0, 1] -> target distributions over bins 1..B ([N, B]).
-
-    Bin j (1-based) stands for score (j - 1) / (B - 1), matching :func:`fitguard.models.expected_quality`.
-    ``sigma`` > 0 gives a Gaussian around the exact (fractional) position, so neighbouring bins are not
-    counted as wholly wrong; ``sigma`` = 0 gives one-hot labels at the nearest bin.
-    """
-    pos = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0) * (bins - 1)
-    j = np.arange(bins, dtype=np.float64)
-    if sigma <= 0:
-        out = np.zeros((len(pos), bins))
-        out[np.arange(len(pos)), np.rint(pos).astype(int)] = 1.0
-        return out.astype(np.float32)
-    w = np.exp(-0.5 * ((j[None, :] - pos[:, None]) / sigma) ** 2)
-    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# Head training on features (torch)
-# --------------------------------------------------------------------------------------------------
-
-
-def _rows(features: np.ndarray, unique: np.ndarray, idx: np.ndarray, scores: np.ndarray):
-    """Per-patch training rows of images ``idx``: duplicates of a patch within an image are dropped."""
-    mask = unique[idx]
-    x = features[idx][mask]
-    y = np.repeat(scores[idx], mask.sum(axis=1))
-    return x, y
-
-
-def predict(head: Any, features: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """Image scores: the mean over P patches of the head's expected quality (as the exported graph does)."""
-    import torch
-
-    from fitguard.models import expected_quality
-
-    n, p, d = features.shape
-    flat = torch.from_numpy(np.ascontiguousarray(features.reshape(n * p, d)))
-    out = []
-    head.eval()
-    with torch.inference_mode():
-        for i in range(0, len(flat), batch):
-            out.append(expected_quality(head(flat[i : i + batch])))
-    return torch.cat(out).reshape(n, p).mean(1).numpy() if out else np.zeros(0)
-
-
-def _validation_split(
-    groups: np.ndarray, train_idx: np.ndarray, config: HeadConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, validation) indices: ``val_fraction`` of the training groups (at least one) validate."""
-    refs = np.unique(groups[train_idx])
-    n_val = (
-        max(1, int(round(config.val_fraction * len(refs)))) if len(refs) > 2 and config.val_fraction else 0
-    )
-    val = np.random.default_rng(seed).choice(refs, size=n_val, replace=False) if n_val else refs[:0]
-    is_val = np.isin(groups[train_idx], val)
-    return train_idx[~is_val], train_idx[is_val]
-
-
-def train_head(
-    features: np.ndarray,
-    unique: np.ndarray,
-    scores: np.ndarray,
-    references: np.ndarray,
-    train_idx: np.ndarray,
-    config: HeadConfig = HeadConfig(),
-    seed: int = 0,
-    val_groups: np.ndarray | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Train a :class:`QualityHead` on images ``train_idx``, early-stopped on held-out training groups.
-
-    The validation groups are the references by default. ``val_groups`` can name finer groups (the
-    synthetic set's views): with eight training photos, holding one out for validation costs an eighth of
-    the content and picks the epoch on one scene's noise (held-out SRCC 0.74 vs 0.80 measured).
-
-    Returns the head (best validation SRCC, eval mode) and a log of the run.
-    """
-    import torch
-
-    from fitguard.models import QualityHead
-
-    fit_idx, val_idx = _validation_split(
-        references if val_groups is None else val_groups, train_idx, config, seed
-    )
-    x, y = _rows(features, unique, fit_idx, scores)
-    xt = torch.from_numpy(np.ascontiguousarray(x))
-    yt = torch.from_numpy(score_to_bins(y, QUALITY_BINS, config.label_sigma))
-
-    torch.manual_seed(seed)
-    head = QualityHead(
-        features.shape[-1], hidden=config.hidden, dropout=config.dropout, input_dropout=config.input_dropout
-    )
-    head.standardize_with(xt)
-    opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    best, best_state, best_epoch, stale = -math.inf, None, 0, 0
-    history = []
-    for epoch in range(1, config.epochs + 1):
-        head.train()
-        order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for i in range(0, len(order), config.batch_size):
-            b = order[i : i + config.batch_size]
-            loss = -(yt[b] * torch.log_softmax(head(xt[b]), dim=1)).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(b)
-        if len(val_idx):
-            srcc, _ = correlations(predict(head, features[val_idx]), scores[val_idx])
-            score = -1.0 if math.isnan(srcc) else srcc
-        else:
-            score = -total  # no validation references: keep the lowest training loss
-        history.append({"epoch": epoch, "loss": total / len(xt), "val_srcc": score if len(val_idx) else None})
-        if score > best:
-            best, best_epoch, stale = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    assert best_state is not None
-    head.load_state_dict(best_state)
-    head.eval()
-    return head, {"best_epoch": best_epoch, "val_srcc": best if len(val_idx) else None, "history": history}
 
 
 # --------------------------------------------------------------------------------------------------
 # The whole run: data -> cached features -> scene protocol, baseline, left-out kinds -> final head
 # --------------------------------------------------------------------------------------------------
-
-
-def head_fit(
-    features: np.ndarray,
-    unique: np.ndarray,
-    labels: Labels,
-    config: HeadConfig,
-    seed: int = 0,
-    val_groups: np.ndarray | None = None,
-) -> Fit:
-    """The head as a :data:`fitguard.training.iqa_eval.Fit`: trains on the given images, predicts any."""
-
-    def fit(train_idx: np.ndarray, split: int):
-        head, info = train_head(
-            features,
-            unique,
-            labels.scores,
-            labels.references,
-            train_idx,
-            config,
-            seed=seed * 1000 + split,
-            val_groups=val_groups,
-        )
-        return (lambda idx: predict(head, features[idx])), {"best_epoch": info["best_epoch"]}
-
-    return fit
 
 
 def _features(items: list, backbone: str, weights: str | None, patches: int, cache_dir, device, progress):
@@ -262,101 +85,93 @@ def train_iqa(
     Returns:
         The metrics written to ``<out>.metrics.json``.
     """
-    import torch
+    from fitguard.training.iqa_data import SYNTHETIC_SETS, label_name, load_dataset
+    from fitguard.training.iqa_report import write_outputs
 
-    from fitguard.training.iqa_data import SYNTHETIC_SETS, load_dataset
-
-    t0 = time.perf_counter()
+    args = {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in locals().items()}
+    args.pop("config"), args.pop("progress")
+    lap = _stopwatch()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if quick:
         views, splits = 6 if views is None else views, min(splits, 2)
-    if config is None:
-        config = HeadConfig(hidden=512) if dataset in SYNTHETIC_SETS else HeadConfig()
-    say = print if progress else log.info
+    config = default_head_config(dataset) if config is None else config
     items = load_dataset(dataset, root=root, photos=photos, views=views, seed=seed, progress=progress)
     labels = Labels.from_items(items)
-    seconds = {"data": time.perf_counter() - t0}
+    lap("data")
     net, feats, unique = _features(items, backbone, weights, patches, cache_dir, device, progress)
-    seconds["features"] = time.perf_counter() - t0 - sum(seconds.values())
+    lap("features")
     # Synthetic sets validate on views rather than scenes (see train_head).
     fit = head_fit(feats, unique, labels, config, seed, labels.views if dataset in SYNTHETIC_SETS else None)
     split_list = reference_splits(labels.references, splits, seed=seed)
-    summary, held_out = scene_protocol(fit, labels, split_list, log=say)
-    seconds["splits"] = time.perf_counter() - t0 - sum(seconds.values())
-    extra: dict[str, Any] = {}
-    if baseline:
-        from fitguard.training.brisque import brisque_protocol
-
-        extra["baseline"] = brisque_protocol(items, labels, split_list, held_out, log=say)
-        seconds["baseline"] = time.perf_counter() - t0 - sum(seconds.values())
-    if left_out:
-        extra["left_out_kinds"] = left_out_kinds(fit, labels, split_list, included=summary["splits"], log=say)
-        seconds["left_out"] = time.perf_counter() - t0 - sum(seconds.values())
-    final_epochs = (
-        int(np.median([s["best_epoch"] for s in summary["splits"]])) if split_list else config.epochs
+    evaluation, held_out = _evaluate(fit, items, labels, split_list, baseline, left_out, progress, lap)
+    epochs = [s["best_epoch"] for s in evaluation["splits"]]
+    final_config = replace(
+        config, epochs=int(np.median(epochs)) if epochs else config.epochs, val_fraction=0.0
     )
-    final_config = HeadConfig(**{**config.__dict__, "epochs": final_epochs, "val_fraction": 0.0})
-    head, _ = train_head(
-        feats, unique, labels.scores, labels.references, np.arange(len(items)), final_config, seed=seed
-    )
-    seconds["final"] = time.perf_counter() - t0 - sum(seconds.values())
-    seconds["total"] = time.perf_counter() - t0
+    all_idx = np.arange(len(items))
+    head, _ = train_head(feats, unique, labels.scores, labels.references, all_idx, final_config, seed=seed)
+    lap("final")
+    references = int(len(np.unique(labels.references)))
     metrics: dict[str, Any] = {
         "dataset": dataset,
         "backbone": backbone,
         "weights_id": net.weights_id,
         "images": len(items),
-        "references": int(len(np.unique(labels.references))),
+        "references": references,
         "patches": patches,
         "split_scheme": SPLIT_SCHEME,
-        **summary,
-        **extra,
-        "final_head": f"trained on all {len(np.unique(labels.references))} references for {final_epochs} epochs",
-        "label": _label_name(dataset),
+        "evaluation": EVALUATION,
+        **evaluation,
+        "final_head": f"trained on all {references} references for {final_config.epochs} epochs",
+        "label": label_name(dataset),
         "score_range": [0.0, 1.0],
         "higher_is_better": True,
-        "head_config": config.__dict__,
-        "args": {
-            "backbone": backbone,
-            "dataset": dataset,
-            "root": str(root) if root else None,
-            "photos": str(photos) if photos else None,
-            "patches": patches,
-            "splits": splits,
-            "seed": seed,
-            "weights": weights,
-            "views": views,
-            "quick": quick,
-            "baseline": baseline,
-            "left_out": left_out,
-        },
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "torch_threads": torch.get_num_threads(),
+        "head_config": asdict(config),
+        "args": args,
+        "seconds": lap(None),
+        "torch_threads": _threads(),
     }
-    _write(out, head, net, metrics, labels, held_out)
+    write_outputs(out, head, net, metrics, labels, held_out)
     return metrics
 
 
-def _label_name(dataset: str) -> str:
-    from fitguard.training.iqa_data import SYNTHETIC_METRIC, SYNTHETIC_SETS
+def _stopwatch():
+    """``lap(name)`` records the seconds since the last lap under ``name``; ``lap(None)`` returns all."""
+    t0 = last = time.perf_counter()
+    laps: dict[str, float] = {}
 
-    if dataset in SYNTHETIC_SETS:
-        return f"{SYNTHETIC_METRIC} against the reference view"
-    return "mos/7" if dataset == "tid2013" else "(dmos-1)/4"
+    def lap(name: str | None) -> dict[str, float]:
+        nonlocal last
+        now = time.perf_counter()
+        if name is None:
+            return {**laps, "total": round(now - t0, 1)}
+        laps[name], last = round(now - last, 1), now
+        return laps
+
+    return lap
 
 
-def _write(out: Path, head: Any, net: Any, metrics: dict[str, Any], labels: Labels, held_out: list) -> None:
-    """The head (metrics in its meta), ``<out>.metrics.json``, ``<out>.scatter.png``, ``<out>.levels.png``."""
-    from fitguard.models import save_head
-    from fitguard.training.iqa_plots import level_plot, scatter_plot
+def _threads() -> int:
+    import torch
 
-    save_head(out, head, net, meta=metrics)
-    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2))
-    if held_out:
-        true = np.concatenate([labels.scores[idx] for idx, _ in held_out])
-        scatter_plot(true, np.concatenate([p for _, p in held_out]), Path(f"{out}.scatter.png"), metrics)
-        level_plot(labels, held_out, Path(f"{out}.levels.png"), metrics)
+    return torch.get_num_threads()
+
+
+def _evaluate(fit: Fit, items, labels: Labels, splits, baseline: bool, left_out: bool, progress: bool, lap):
+    """The scene protocol, then the baseline and the left-out kinds where asked."""
+    say = print if progress else log.info
+    summary, held_out = scene_protocol(fit, labels, splits, log=say)
+    lap("splits")
+    if baseline:
+        from fitguard.training.brisque import brisque_protocol
+
+        summary["baseline"] = brisque_protocol(items, labels, splits, held_out, log=say)
+        lap("baseline")
+    if left_out:
+        summary["left_out_kinds"] = left_out_kinds(fit, labels, splits, included=summary["splits"], log=say)
+        lap("left_out")
+    return summary, held_out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,14 +203,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fitguard.training.iqa_data import SYNTHETIC_SETS
-
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    hidden = args.hidden or (512 if args.dataset in SYNTHETIC_SETS else 2048)
+    hidden = args.hidden or default_head_config(args.dataset).hidden
     m = train_iqa(
         backbone=args.backbone,
         dataset=args.dataset,

@@ -359,6 +359,13 @@ def _const(rgb: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: rgb
 
 
+def label_name(dataset: str) -> str:
+    """What a dataset's score is, for the metrics file."""
+    if dataset in SYNTHETIC_SETS:
+        return f"{SYNTHETIC_METRIC} against the reference view"
+    return "mos/7" if dataset == "tid2013" else "(dmos-1)/4"
+
+
 def scene_photos() -> dict[str, np.ndarray]:
     """The offline scenes set (:mod:`fitguard.training.datasets`, prepared once from Debian packages)."""
     from fitguard.training.datasets import load_dataset as load_set

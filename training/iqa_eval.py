@@ -26,6 +26,8 @@ from fitguard.training.distortions import LEVELS
 
 # Names how :func:`reference_splits` draws splits; build stamps record it, so a new scheme retrains.
 SPLIT_SCHEME = "repeated-kfold/1"
+# Names what a quality head's evaluation measures (ladders, calibration, baseline, left-out kinds).
+EVALUATION = "scene-protocol/1"
 CALIBRATION_LEVEL = 3
 
 Predict = Callable[[np.ndarray], np.ndarray]

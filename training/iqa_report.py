@@ -1,7 +1,8 @@
-"""Figures of a quality head's evaluation: held-out scatter and quality by distortion level."""
+"""What a quality head's training writes: the head, its metrics file and the figures of its evaluation."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +77,17 @@ def level_plot(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_outputs(
+    out: Path, head: Any, net: Any, metrics: dict[str, Any], labels: Labels, held_out: list
+) -> None:
+    """The head (metrics in its meta), ``<out>.metrics.json``, ``<out>.scatter.png`` and ``<out>.levels.png``."""
+    from fitguard.models import save_head
+
+    save_head(out, head, net, meta=metrics)
+    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2))
+    if held_out:
+        true = np.concatenate([labels.scores[idx] for idx, _ in held_out])
+        scatter_plot(true, np.concatenate([p for _, p in held_out]), Path(f"{out}.scatter.png"), metrics)
+        level_plot(labels, held_out, Path(f"{out}.levels.png"), metrics)
