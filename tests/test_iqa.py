@@ -214,8 +214,13 @@ def _check_outputs(out: Path, backbone: str, dataset: str, images: int, splits: 
     for s in metrics["splits"]:
         assert -1 <= s["srcc"] <= 1 and -1 <= s["plcc"] <= 1 and s["test_references"]
     assert metrics["srcc_mean"] == pytest.approx(np.mean([s["srcc"] for s in metrics["splits"]]))
-    png = Path(f"{out}.scatter.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    for figure in ("scatter", "levels"):
+        png = Path(f"{out}.{figure}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert {"ordering", "calibration", "srcc_by_kind", "baseline", "left_out_kinds"} <= set(metrics)
+    assert metrics["baseline"]["images"] > 0 and set(metrics["left_out_kinds"]) == set(
+        metrics["srcc_by_kind"]
+    )
     net = build_backbone(backbone)
     head, info = load_head(out, net)
     assert info["meta"]["srcc_mean"] == metrics["srcc_mean"]
@@ -298,3 +303,6 @@ def test_cli_kadid_and_synthetic_tiny(
     assert main(argv) == 0
     metrics = _check_outputs(out, "tiny", "synthetic", 3 * (61 + 13), 2)
     assert metrics["references"] == 3
+    # One ladder per held-out scene and kind; the baseline runs on the ladders (61 images per scene).
+    assert metrics["ordering"]["ladders"] == 2 * 12 and metrics["baseline"]["images"] == 3 * 61
+    assert metrics["calibration"]["ladders"] == 2 * 12
