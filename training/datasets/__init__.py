@@ -23,7 +23,7 @@ from fitguard.training.datasets.debian import PackageFetchError, default_data_di
 from fitguard.training.datasets.items import Dataset, Item
 from fitguard.training.datasets.splits import group_folds, group_split
 
-PREPARED: tuple[str, ...] = ("scenes",)
+PREPARED: tuple[str, ...] = ("scenes", "objects", "composites")
 REAL: tuple[str, ...] = ("imagenet", "tid2013", "kadid10k")
 DATASETS: tuple[str, ...] = PREPARED + ("photos",) + REAL
 
@@ -62,9 +62,10 @@ def load_dataset(
 
 def prepare_all(data_dir: str | Path | None = None) -> dict[str, Path]:
     """Fetch the packages and prepare every derived set (cached); returns each set's folder."""
+    from fitguard.training.datasets.objects import prepare_objects
     from fitguard.training.datasets.scenes import prepare_scenes
 
-    return {"scenes": prepare_scenes(data_dir)}
+    return {"scenes": prepare_scenes(data_dir), "objects": prepare_objects(data_dir)}
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``fitguard data``: prepare the offline sets and describe them."""
+"""``fitguard data``: prepare the offline sets, describe them, measure a classifier on them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name, help in (
         ("prepare", "fetch the Debian packages and prepare the derived sets (cached)"),
         ("describe", "per set: images, distinct groups, classes, where it came from"),
+        ("accuracy", "clean top-1 / top-5 accuracy of a backbone's classifier on a labelled set"),
+        ("sheets", "contact sheets (PNG) of kept and dropped stamps and scenes"),
     ):
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument(
@@ -21,6 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
             p.add_argument(
                 "--dataset", action="append", help="a set (repeatable); default: the prepared ones"
             )
+        if name == "accuracy":
+            p.add_argument("--dataset", default="objects", help="a labelled set (objects, imagenet)")
+            p.add_argument("--backbone", default="efficientnet_lite0")
+        if name == "sheets":
+            p.add_argument("--out", default="docs/data", help="folder for the PNGs (default docs/data)")
+        if name in ("describe", "accuracy"):
             p.add_argument("--root", help="folder of a real set (imagenet, tid2013, kadid10k)")
             p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -33,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
             for name, folder in prepare_all(args.data_dir).items():
                 print(f"{name}: {folder}")
             return 0
+        if args.data_command == "accuracy":
+            return _accuracy(args)
+        if args.data_command == "sheets":
+            return _sheets(args)
         names = args.dataset or list(PREPARED)
         rows = [describe(load_dataset(n, root=args.root, data_dir=args.data_dir)) for n in names]
     except PackageFetchError as exc:
@@ -47,4 +59,34 @@ def run(args: argparse.Namespace) -> int:
             "root", ""
         )
         print(f"{r['name']:<12}{r['images']:>8}{r['groups']:>8}{r['classes']:>9}  {packages}")
+    return 0
+
+
+def _accuracy(args: argparse.Namespace) -> int:
+    from fitguard.training.datasets import load_dataset
+    from fitguard.training.datasets.accuracy import accuracy, predict_top5
+
+    dataset = load_dataset(args.dataset, root=args.root, data_dir=args.data_dir)
+    result = {"dataset": args.dataset, "backbone": args.backbone, **dataset.provenance}
+    result |= accuracy(dataset, predict_top5(dataset, args.backbone))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{args.backbone} on {args.dataset}: {result['images']} images, {result['groups']} groups, "
+              f"top-1 {result['top1']:.3f}, top-5 {result['top5']:.3f}")  # fmt: skip
+    return 0
+
+
+def _sheets(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fitguard.training.datasets.objects import prepare_objects
+    from fitguard.training.datasets.sheets import scene_sheets, stamp_sheets
+
+    out = Path(args.out)
+    paths = scene_sheets(out, args.data_dir) + stamp_sheets(
+        prepare_objects(args.data_dir), out, args.data_dir
+    )
+    for path in paths:
+        print(f"{path} ({path.stat().st_size // 1024} KiB)")
     return 0
