@@ -123,6 +123,12 @@ def test_reference_splits_never_leak() -> None:
     assert sorted(r for h in held_out[5:] for r in h) == sorted(set(refs))
     again = reference_splits(refs, 10, seed=3)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again, strict=True))
+    # 34 scenes: five folds of 6 or 7 (not four of 8 or 9 and a partial third repeat), each scene held
+    # out exactly twice in ten splits.
+    scenes = np.repeat(np.array([f"s{i}" for i in range(34)]), 3)
+    held = [set(scenes[t]) for _, t in reference_splits(scenes, 10, seed=0)]
+    assert sorted({len(h) for h in held}) == [6, 7]
+    assert all(sum(s in h for h in held) == 2 for s in set(scenes))
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ import numpy as np
 from fitguard.training.distortions import LEVELS
 
 # Names how :func:`reference_splits` draws splits; build stamps record it, so a new scheme retrains.
-SPLIT_SCHEME = "repeated-kfold/1"
+SPLIT_SCHEME = "repeated-kfold/2"
 # Names what a quality head's evaluation measures (ladders, calibration, baseline, left-out kinds).
 EVALUATION = "scene-protocol/1"
 CALIBRATION_LEVEL = 3
@@ -49,18 +49,17 @@ def reference_splits(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``splits`` (train, test) index pairs; each reference lies wholly on one side.
 
-    About ``test_fraction`` of the references (at least one) are held out per split, as in the usual
-    80/20 protocol on TID2013. The splits are repeated k-fold over shuffled references (k = the
-    number of references over those held out per split: 5 at 20%): within a repeat every reference is
-    held out exactly once, so ten splits test each reference twice. Independent random draws would
-    not: with few references they repeat a pair and skip some entirely, and the mean then rests on
-    whichever scenes were drawn.
+    The splits are repeated k-fold over shuffled references, k = ``round(1 / test_fraction)`` (5 at
+    20%, the usual 80/20 protocol on TID2013; fewer where there are fewer references): within a repeat
+    every reference is held out exactly once, so ten splits test each reference twice. Independent
+    random draws would not: with few references they repeat a pair and skip some entirely, and the mean
+    then rests on whichever scenes were drawn. ``splits`` a multiple of k holds every reference out
+    equally often.
     """
     refs = np.unique(references)
     if len(refs) < 3:
         raise ValueError(f"need at least 3 reference images to split, got {len(refs)}")
-    n_test = min(len(refs) - 2, max(1, int(round(test_fraction * len(refs)))))
-    folds = max(2, len(refs) // n_test)
+    folds = max(2, min(len(refs), round(1 / test_fraction)))
     rng = np.random.default_rng(seed)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     seen: set[frozenset[str]] = set()
