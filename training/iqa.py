@@ -73,17 +73,12 @@ def train_iqa(
 ) -> dict[str, Any]:
     """Train and evaluate a quality head; write the head, ``<out>.metrics.json`` and the figures.
 
-    ``splits`` splits by scene (repeated k-fold) give held-out SRCC/PLCC, ordering and calibration per
-    split (:func:`fitguard.training.iqa_eval.scene_protocol`); ``baseline`` measures BRISQUE on the same
+    ``splits`` splits by scene (repeated k-fold) give held-out SRCC/PLCC, ordering and calibration
+    (:func:`fitguard.training.iqa_eval.scene_protocol`); ``baseline`` measures BRISQUE on the same
     splits; ``left_out`` trains one head per distortion kind without it. The head written to ``out`` is
-    then trained on all scenes for the median of the splits' early-stopped epoch counts.
-
-    ``config`` defaults to :class:`HeadConfig` with the paper's 2048-wide layers, except on the
-    synthetic sets, where a 512-wide head scores the same held-out SRCC in a quarter of the time
-    (docs/iqa.md). ``quick`` trains a small set (6 views per scene, 2 splits) for tests that need some head.
-
-    Returns:
-        The metrics written to ``<out>.metrics.json``.
+    then trained on all scenes for the median of the splits' early-stopped epoch counts. ``config``
+    defaults to :func:`fitguard.training.iqa_head.default_head_config`; ``quick`` trains a small set
+    (6 views per scene, 2 splits) for tests that need some head. Returns the metrics written.
     """
     from fitguard.training.iqa_data import SYNTHETIC_SETS, label_name, load_dataset
     from fitguard.training.iqa_report import write_outputs

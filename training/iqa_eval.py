@@ -284,14 +284,18 @@ def left_out_kinds(
     splits: Sequence[tuple[np.ndarray, np.ndarray]],
     included: Sequence[dict[str, Any]] | None = None,
     log: Callable[[str], None] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per kind: train without any image of it, test on it (held-out scenes of split ``i mod splits``).
 
     ``included``: the split records of :func:`scene_protocol` (same splits, every kind in training);
     their SRCC on the kind is copied as ``srcc_included``, so the cost of leaving it out shows.
+    ``kinds``: only these (each keeps its split and seed, so parts of the run can run apart).
     """
     out = {}
     for i, kind in enumerate(labels.distorted_kinds()):
+        if kinds is not None and kind not in kinds:
+            continue
         s = i % len(splits)
         train, test = splits[s]
         test_kind = test[labels.kinds[test] == kind]
