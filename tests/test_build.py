@@ -20,9 +20,9 @@ from fitguard.preprocess import encode_image
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-# The quality head's held-out figures on the scenes set (docs/iqa.md, Measured), a little under the
-# seeded build's.
-SRCC_FLOOR, PLCC_FLOOR, ORDERING_FLOOR, CALIBRATION_FLOOR, CLEAN_GAP_CEILING = 0.0, 0.0, 0.0, 0.0, 1.0
+# Floors a little under the quality head's held-out figures on the scenes set (docs/iqa.md, Measured on
+# the scenes set); the margin covers the build's set, one scene smaller than the measured one.
+SRCC_FLOOR, PLCC_FLOOR, ORDERING_FLOOR, CALIBRATION_FLOOR, CLEAN_GAP_CEILING = 0.80, 0.86, 0.86, 0.90, 0.08
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +66,8 @@ def test_build_record_and_iqa_metrics(build_dir: Path) -> None:
     m = json.loads((build_dir / "iqa_head.pt.metrics.json").read_text())
     assert m["backbone"] == "efficientnet_lite0" and m["dataset"] == "scenes" and len(m["splits"]) == 10
     assert m["split_scheme"] == "repeated-kfold/2" and m["references"] >= 30
-    # Held-out scenes (seeded, each held out twice): floors just under the measured figures
-    # (docs/iqa.md); issue 16 asks SRCC 0.85, PLCC 0.90, ordering 0.95, clean median gap 0.05.
+    # Held-out scenes (seeded, each held out twice); issue 16 asks SRCC 0.85, PLCC 0.90, ordering 0.95,
+    # clean median gap 0.05.
     assert m["srcc_mean"] >= SRCC_FLOOR and m["plcc_mean"] >= PLCC_FLOOR
     assert m["ordering"]["mean"] >= ORDERING_FLOOR
     assert m["calibration"]["clean_above_level3"] >= CALIBRATION_FLOOR

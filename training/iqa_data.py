@@ -202,17 +202,16 @@ def load_kadid10k(root: str | Path) -> list[IQAItem]:
 # Synthetic: distorted views of reference photos, labelled by a full-reference metric
 # --------------------------------------------------------------------------------------------------
 
-# The label metric, chosen by its published SRCC with human scores on TID2013 (see docs/iqa.md): VSI, the
-# highest of piq's full-reference metrics there (0.90; MDSI 0.89, HaarPSI 0.87, FSIMc 0.85). Measured here it
-# also makes the most learnable labels (held-out SRCC of a ridge probe: VSI 0.59, HaarPSI 0.51, MDSI 0.44):
-# MDSI saturates for strong noise, so its levels 3..5 barely differ.
+# The label metric, chosen by its published SRCC with human scores on TID2013: VSI, the highest of piq's
+# full-reference metrics there, and the most learnable labels here (docs/iqa.md, The label metric): MDSI
+# saturates for strong noise, so its levels 3..5 barely differ.
 SYNTHETIC_METRIC = "vsi"
 SYNTHETIC_PER_VIEW = 12
 # Labelled images per synthetic set, whatever the number of scenes: the compute goes to distinct scenes
 # rather than to more views of few scenes (default_views).
 SYNTHETIC_IMAGES = 6240
-# VSI of distorted views spans about [0.6, 1] (1 % quantile 0.61, median 0.95); the fixed map below spreads
-# it over [0, 1] the same way for every photo set, putting the median near TID2013's median MOS / 7.
+# VSI of distorted views spans about [0.6, 1] (docs/iqa.md); the fixed map below spreads it over [0, 1] the
+# same way for every photo set, putting the median near TID2013's median MOS / 7.
 VSI_FLOOR, VSI_GAMMA = 0.6, 2.0
 
 

@@ -133,7 +133,7 @@ def train_head(
 
     The validation groups are the references by default. ``val_groups`` can name finer groups (the
     synthetic set's views): with eight training photos, holding one out for validation costs an eighth of
-    the content and picks the epoch on one scene's noise (held-out SRCC 0.74 vs 0.80 measured).
+    the content and picks the epoch on one scene's noise (docs/iqa.md, Head training).
 
     Returns the head (best validation SRCC, eval mode) and a log of the run.
     """
