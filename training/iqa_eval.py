@@ -137,7 +137,7 @@ def ordering(pred: np.ndarray, labels: Labels, idx: np.ndarray) -> list[dict[str
         levels = labels.levels[members]
         rho = float(spearmanr(pred[members], -levels)[0]) if np.ptp(pred[members]) > 0 else 0.0
         ref = labels.references[steps[0]]
-        out.append({"reference": str(ref), "view": str(view), "kind": kind, "spearman": rho})
+        out.append({"reference": str(ref), "view": str(view), "kind": str(kind), "spearman": rho})
     return out
 
 
@@ -151,7 +151,7 @@ def calibration(pred: np.ndarray, labels: Labels, idx: np.ndarray) -> list[dict[
         out.append(
             {
                 "reference": str(labels.references[clean]),
-                "kind": kind,
+                "kind": str(kind),
                 "clean": float(pred[clean]),
                 "level3": float(pred[level3]),
                 "above": bool(pred[clean] > pred[level3]),

@@ -85,8 +85,10 @@ def write_outputs(
     """The head (metrics in its meta), ``<out>.metrics.json``, ``<out>.scatter.png`` and ``<out>.levels.png``."""
     from fitguard.models import save_head
 
-    save_head(out, head, net, meta=metrics)
-    Path(f"{out}.metrics.json").write_text(json.dumps(metrics, indent=2))
+    text = json.dumps(metrics, indent=2)
+    # The head file keeps plain types only (it loads with torch's weights-only unpickler).
+    save_head(out, head, net, meta=json.loads(text))
+    Path(f"{out}.metrics.json").write_text(text)
     if held_out:
         true = np.concatenate([labels.scores[idx] for idx, _ in held_out])
         scatter_plot(true, np.concatenate([p for _, p in held_out]), Path(f"{out}.scatter.png"), metrics)
