@@ -1,8 +1,9 @@
 """``fitguard build``: the whole offline chain in one command.
 
-Quality head (DTNIQ-f on the synthetic set) -> detector data and SVM -> verified ONNX export -> Triton
-repository. Each step is skipped when its output exists and was made with the same arguments, so
-``make demo`` and ``make test`` build once. ``build.json`` records arguments, timings and metrics.
+Quality head (DTNIQ-f on the scenes set, distorted and labelled offline) -> detector data and SVM ->
+verified ONNX export -> Triton repository. Each step is skipped when its output exists and was made
+with the same arguments, so ``make demo`` and ``make test`` build once. ``build.json`` records
+arguments, timings and metrics.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="default", help="backbone weights (see fitguard export --help)")
     parser.add_argument(
-        "--photos", default=None, help="folder of reference photos (default: package-shipped)"
+        "--photos",
+        default=None,
+        help="folder of reference photos "
+        "(default: the scenes set for quality, package photos for the detector)",
     )
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image")
     parser.add_argument(
@@ -102,19 +106,29 @@ class _Record:
         print(f"[build] {name}: {self.data['steps'][name]['seconds']} s", flush=True)
 
 
-def _iqa_args(common: dict[str, Any], splits: int) -> dict[str, Any]:
+def _scenes_version() -> str:
+    """The prepared scenes set's folder name: it changes with the packages, the scene list and the recipe."""
+    from fitguard.training.datasets.scenes import prepare_scenes
+
+    return prepare_scenes().name
+
+
+def _iqa_args(common: dict[str, Any], *, dataset: str, splits: int) -> dict[str, Any]:
     """Stamps hold every setting that changes a step's output, so a changed default retrains."""
     from fitguard.backbones import QUALITY_FEATURES
-    from fitguard.training.iqa import SPLIT_SCHEME, HeadConfig
-    from fitguard.training.iqa_data import SYNTHETIC_VIEWS
+    from fitguard.training.iqa_data import SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW
+    from fitguard.training.iqa_eval import EVALUATION, SPLIT_SCHEME
+    from fitguard.training.iqa_head import default_head_config
 
     return {
         **common,
+        "dataset": dataset if dataset != "scenes" else _scenes_version(),
         "splits": splits,
         "split_scheme": SPLIT_SCHEME,
+        "evaluation": EVALUATION,
         "features": QUALITY_FEATURES,
-        "views": SYNTHETIC_VIEWS,
-        "head_config": asdict(HeadConfig()),
+        "images": (SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW),
+        "head_config": asdict(default_head_config(dataset)),
     }
 
 
@@ -145,14 +159,16 @@ def build(
         common["quality_features"] = quality_features
     head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
     models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
-    iqa_args = _iqa_args(common, splits)
+    # The quality head trains on the scenes set unless a photo folder is given.
+    dataset = "synthetic" if photos else "scenes"
+    iqa_args = _iqa_args(common, dataset=dataset, splits=splits)
     record.step(
         "iqa",
         head,
         iqa_args,
         lambda: train_iqa(
             **models,
-            dataset="synthetic",
+            dataset=dataset,
             photos=photos,
             out=head,
             splits=splits,

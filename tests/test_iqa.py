@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from fitguard.training.distortions import distort
-from fitguard.training.iqa import correlations, reference_splits, score_to_bins
 from fitguard.training.iqa_data import load_dataset, load_kadid10k, load_tid2013, photo_views, vsi_to_score
+from fitguard.training.iqa_eval import correlations, reference_splits
+from fitguard.training.iqa_head import score_to_bins
 
 
 def _small(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -122,6 +123,12 @@ def test_reference_splits_never_leak() -> None:
     assert sorted(r for h in held_out[5:] for r in h) == sorted(set(refs))
     again = reference_splits(refs, 10, seed=3)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(splits, again, strict=True))
+    # 34 scenes: five folds of 6 or 7 (not four of 8 or 9 and a partial third repeat), each scene held
+    # out exactly twice in ten splits.
+    scenes = np.repeat(np.array([f"s{i}" for i in range(34)]), 3)
+    held = [set(scenes[t]) for _, t in reference_splits(scenes, 10, seed=0)]
+    assert sorted({len(h) for h in held}) == [6, 7]
+    assert all(sum(s in h for h in held) == 2 for s in set(scenes))
 
 
 @pytest.mark.slow
@@ -188,11 +195,17 @@ def test_synthetic_covers_every_type_and_level_per_photo(photos: dict[str, np.nd
     from fitguard.training.distortions import DISTORTIONS, LEVELS
     from fitguard.training.iqa_data import synthetic
 
-    items = synthetic({"coffee": photos["coffee"]}, views=5, per_view=12, seed=1)
+    every = {(k, lvl) for k in DISTORTIONS for lvl in LEVELS}
+    items = synthetic({"coffee": photos["coffee"]}, views=5, per_view=12, seed=1, ladder=False)
     assert len(items) == 5 * 13
-    pairs = {(it.distortion, it.level) for it in items if it.distortion != "reference"}
-    assert pairs == {(k, lvl) for k in DISTORTIONS for lvl in LEVELS}
+    assert {(it.distortion, it.level) for it in items if it.distortion != "reference"} == every
     assert {it.reference for it in items} == {"coffee"}
+    # With the ladder (the default), view 0 carries every type at every level and its clean image.
+    items = synthetic({"coffee": photos["coffee"]}, views=3, per_view=12, seed=1)
+    assert len(items) == 61 + 2 * 13
+    ladder = [it for it in items if it.view == "coffee#0"]
+    assert {(it.distortion, it.level) for it in ladder if it.distortion != "reference"} == every
+    assert len(ladder) == 61 and sum(it.distortion == "reference" for it in ladder) == 1
 
 
 def _check_outputs(out: Path, backbone: str, dataset: str, images: int, splits: int) -> dict:
@@ -208,8 +221,13 @@ def _check_outputs(out: Path, backbone: str, dataset: str, images: int, splits: 
     for s in metrics["splits"]:
         assert -1 <= s["srcc"] <= 1 and -1 <= s["plcc"] <= 1 and s["test_references"]
     assert metrics["srcc_mean"] == pytest.approx(np.mean([s["srcc"] for s in metrics["splits"]]))
-    png = Path(f"{out}.scatter.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    for figure in ("scatter", "levels"):
+        png = Path(f"{out}.{figure}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert {"ordering", "calibration", "srcc_by_kind", "baseline", "left_out_kinds"} <= set(metrics)
+    assert metrics["baseline"]["images"] > 0 and set(metrics["left_out_kinds"]) == set(
+        metrics["srcc_by_kind"]
+    )
     net = build_backbone(backbone)
     head, info = load_head(out, net)
     assert info["meta"]["srcc_mean"] == metrics["srcc_mean"]
@@ -290,5 +308,8 @@ def test_cli_kadid_and_synthetic_tiny(
         "2",
     ]
     assert main(argv) == 0
-    metrics = _check_outputs(out, "tiny", "synthetic", 3 * 2 * 13, 2)
+    metrics = _check_outputs(out, "tiny", "synthetic", 3 * (61 + 13), 2)
     assert metrics["references"] == 3
+    # One ladder per held-out scene and kind; the baseline runs on the ladders (61 images per scene).
+    assert metrics["ordering"]["ladders"] == 2 * 12 and metrics["baseline"]["images"] == 3 * 61
+    assert metrics["calibration"]["ladders"] == 2 * 12

@@ -260,6 +260,7 @@ def test_train_iqa_cli_in_shared_mode(tmp_path: Path, photos: dict[str, np.ndarr
     out = tmp_path / "shared.pt"
     argv = ["train", "iqa", "--backbone", "tiny", "--cache-dir", str(tmp_path / "cache"), "--hidden", "64"]
     argv += ["--dataset", "synthetic", "--photos", str(folder), "--views", "2", "--splits", "2"]
+    argv += ["--no-baseline", "--no-left-out"]
     assert main([*argv, "--out", str(out), "--quality-features", "shared"]) == 0
     metrics = json.loads(Path(f"{out}.metrics.json").read_text())
     assert metrics["quality_features"] == c.SHARED_MODE and metrics["patches"] == 1

@@ -22,26 +22,68 @@ from fitguard.training.distortions import DISTORTIONS, LEVELS, distort
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("tid2013", "kadid10k", "synthetic")
+DATASETS: tuple[str, ...] = ("scenes", "synthetic", "tid2013", "kadid10k")
+# Sets made here by distorting pristine scenes, labelled by a full-reference metric: "scenes" is the
+# offline scenes set (fitguard.training.datasets), "synthetic" the package photos or a user's folder.
+SYNTHETIC_SETS: tuple[str, ...] = ("scenes", "synthetic")
 
 # TID2013 MOS lies in [0, 9] by design and in [0.24, 7.21] in fact; the paper's 70 bins are 0.1 MOS wide,
 # so MOS 0..7 maps onto [0, 1] (the few above 7 clip to 1).
 TID2013_MOS_MAX = 7.0
 
 TID2013_TYPES: tuple[str, ...] = (
-    "additive_gaussian_noise", "color_noise", "spatially_correlated_noise", "masked_noise",
-    "high_frequency_noise", "impulse_noise", "quantization_noise", "gaussian_blur", "image_denoising",
-    "jpeg", "jpeg2000", "jpeg_transmission_errors", "jpeg2000_transmission_errors",
-    "non_eccentricity_pattern_noise", "block_wise", "mean_shift", "contrast_change", "saturation_change",
-    "multiplicative_noise", "comfort_noise", "lossy_compression_of_noisy_images",
-    "color_quantization_with_dither", "chromatic_aberrations", "sparse_sampling_and_reconstruction",
-)  # fmt: skip
+    "additive_gaussian_noise",
+    "color_noise",
+    "spatially_correlated_noise",
+    "masked_noise",
+    "high_frequency_noise",
+    "impulse_noise",
+    "quantization_noise",
+    "gaussian_blur",
+    "image_denoising",
+    "jpeg",
+    "jpeg2000",
+    "jpeg_transmission_errors",
+    "jpeg2000_transmission_errors",
+    "non_eccentricity_pattern_noise",
+    "block_wise",
+    "mean_shift",
+    "contrast_change",
+    "saturation_change",
+    "multiplicative_noise",
+    "comfort_noise",
+    "lossy_compression_of_noisy_images",
+    "color_quantization_with_dither",
+    "chromatic_aberrations",
+    "sparse_sampling_and_reconstruction",
+)
 KADID10K_TYPES: tuple[str, ...] = (
-    "gaussian_blur", "lens_blur", "motion_blur", "color_diffusion", "color_shift", "color_quantization",
-    "color_saturation_hsv", "color_saturation_lab", "jpeg2000", "jpeg", "white_noise", "color_noise",
-    "impulse_noise", "multiplicative_noise", "denoise", "brighten", "darken", "mean_shift", "jitter",
-    "non_eccentricity_patch", "pixelate", "quantization", "color_block", "high_sharpen", "contrast_change",
-)  # fmt: skip
+    "gaussian_blur",
+    "lens_blur",
+    "motion_blur",
+    "color_diffusion",
+    "color_shift",
+    "color_quantization",
+    "color_saturation_hsv",
+    "color_saturation_lab",
+    "jpeg2000",
+    "jpeg",
+    "white_noise",
+    "color_noise",
+    "impulse_noise",
+    "multiplicative_noise",
+    "denoise",
+    "brighten",
+    "darken",
+    "mean_shift",
+    "jitter",
+    "non_eccentricity_patch",
+    "pixelate",
+    "quantization",
+    "color_block",
+    "high_sharpen",
+    "contrast_change",
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +97,8 @@ class IQAItem:
         distortion: distortion type ("reference" for a pristine image).
         level: distortion level (0 for a pristine image).
         raw: the label on the dataset's own scale (MOS, DMOS, metric value).
+        view: the content shown, where a reference gives several (the synthetic set's crops); the
+            images of one view differ only in their distortion. None: the reference is the view.
     """
 
     name: str
@@ -64,6 +108,7 @@ class IQAItem:
     level: int
     raw: float
     load: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    view: str | None = None
 
 
 def _file_loader(path: Path) -> Callable[[], np.ndarray]:
@@ -78,7 +123,8 @@ def _index_files(folder: Path) -> dict[str, Path]:
 
 
 def load_tid2013(root: str | Path) -> list[IQAItem]:
-    """TID2013 from its published layout: ``mos_with_names.txt``, ``distorted_images/``, ``reference_images/``.
+    """TID2013 in its published layout: ``mos_with_names.txt``, ``distorted_images/``,
+    ``reference_images/``.
 
     ``mos_with_names.txt`` holds lines ``<MOS> <name>`` with names ``iXX_TT_L.bmp`` (reference XX,
     distortion type TT of 24, level L of 5). Scores are ``min(MOS, 7) / 7``.
@@ -157,15 +203,16 @@ def load_kadid10k(root: str | Path) -> list[IQAItem]:
 # Synthetic: distorted views of reference photos, labelled by a full-reference metric
 # --------------------------------------------------------------------------------------------------
 
-# The label metric, chosen by its published SRCC with human scores on TID2013 (see docs/iqa.md): VSI, the
-# highest of piq's full-reference metrics there (0.90; MDSI 0.89, HaarPSI 0.87, FSIMc 0.85). Measured here it
-# also makes the most learnable labels (held-out SRCC of a ridge probe: VSI 0.59, HaarPSI 0.51, MDSI 0.44):
-# MDSI saturates for strong noise, so its levels 3..5 barely differ.
+# The label metric, chosen by its published SRCC with human scores on TID2013: VSI, the highest of piq's
+# full-reference metrics there, and the most learnable labels here (docs/iqa.md, The label metric): MDSI
+# saturates for strong noise, so its levels 3..5 barely differ.
 SYNTHETIC_METRIC = "vsi"
-SYNTHETIC_VIEWS = 48
 SYNTHETIC_PER_VIEW = 12
-# VSI of distorted views spans about [0.6, 1] (1 % quantile 0.61, median 0.95); the fixed map below spreads
-# it over [0, 1] the same way for every photo set, putting the median near TID2013's median MOS / 7.
+# Labelled images per synthetic set, whatever the number of scenes: the compute goes to distinct scenes
+# rather than to more views of few scenes (default_views).
+SYNTHETIC_IMAGES = 6240
+# VSI of distorted views spans about [0.6, 1] (docs/iqa.md); the fixed map below spreads it over [0, 1] the
+# same way for every photo set, putting the median near TID2013's median MOS / 7.
 VSI_FLOOR, VSI_GAMMA = 0.6, 2.0
 
 
@@ -173,6 +220,16 @@ def vsi_to_score(vsi: np.ndarray | float) -> np.ndarray:
     """VSI -> [0, 1]: ``clip((VSI - 0.6) / 0.4, 0, 1) ** 2``; monotone, so ranks are unchanged."""
     x = np.clip((np.asarray(vsi, dtype=np.float64) - VSI_FLOOR) / (1.0 - VSI_FLOOR), 0.0, 1.0)
     return x**VSI_GAMMA
+
+
+def default_views(photos: int, per_view: int = SYNTHETIC_PER_VIEW) -> int:
+    """Views per photo that keep a synthetic set of ``photos`` photos near :data:`SYNTHETIC_IMAGES` images.
+
+    View 0 carries the full ladder (every type and level, plus the clean view), the others ``per_view``
+    distortions plus the clean view (see :func:`synthetic`).
+    """
+    ladder = len(DISTORTIONS) * len(LEVELS) + 1
+    return max(2, 1 + round((SYNTHETIC_IMAGES / max(1, photos) - ladder) / (per_view + 1)))
 
 
 def photo_views(
@@ -226,13 +283,14 @@ def _vsi(distorted: Sequence[np.ndarray], reference: np.ndarray) -> np.ndarray:
 
 def synthetic(
     photos: dict[str, np.ndarray],
-    views: int = SYNTHETIC_VIEWS,
+    views: int | None = None,
     size: int = 224,
     kinds: Sequence[str] = DISTORTIONS,
     levels: Sequence[int] = LEVELS,
     per_view: int | None = SYNTHETIC_PER_VIEW,
     seed: int = 0,
     include_references: bool = True,
+    ladder: bool = True,
     progress: bool = False,
 ) -> list[IQAItem]:
     """Distorted views of reference photos, each labelled with VSI against its undistorted view.
@@ -241,13 +299,16 @@ def synthetic(
     them; with ``per_view=k`` each view gets the next ``k`` of a seeded shuffle of the (type, level)
     pairs, so every ``len(kinds) * len(levels) / k`` views of a photo cover them all once. The latter
     buys many more views (content) for the same number of images. With ``include_references`` each view
-    also appears undistorted, at score 1.
+    also appears undistorted, at score 1. With ``ladder`` view 0 (the whole scene) gets every type at
+    every level: the full ladder of one content, on which the ordering and calibration checks run
+    (:mod:`fitguard.training.iqa_eval`).
 
     Items regenerate their image on ``load()`` (distortions are seeded), so nothing large stays in
     memory. The split group is the photo, not the view: crops of one photo share content.
     """
     from tqdm.auto import tqdm
 
+    views = default_views(len(photos), per_view or len(kinds) * len(levels)) if views is None else views
     pairs = [(k, lvl) for k in kinds for lvl in levels]
     per_view = len(pairs) if per_view is None else max(1, min(per_view, len(pairs)))
     all_views = photo_views(photos, views, size, seed)
@@ -262,19 +323,25 @@ def synthetic(
         )
         for v, crop in enumerate(crops):
             view_name = f"{name}#{v}"
-            chosen = [pairs[order[(v * per_view + i) % len(pairs)]] for i in range(per_view)]
+            if ladder and v == 0:
+                chosen = pairs
+            else:
+                start = (v - 1 if ladder else v) * per_view
+                chosen = [pairs[order[(start + i) % len(pairs)]] for i in range(per_view)]
             specs = [(k, lvl, _seed(seed, name, v)) for k, lvl in chosen]
             images = [distort(crop, k, lvl, s) for k, lvl, s in specs]
             raw = _vsi(images, crop) if images else np.zeros(0)
             for (k, lvl, s), value in zip(specs, raw, strict=True):
+                loader = _distorted_loader(crop, k, lvl, s)
+                score = float(vsi_to_score(value))
                 items.append(
-                    IQAItem(
-                        f"{view_name}/{k}/{lvl}", name, float(vsi_to_score(value)), k, lvl, float(value),
-                        _distorted_loader(crop, k, lvl, s),
-                    )
-                )  # fmt: skip
+                    IQAItem(f"{view_name}/{k}/{lvl}", name, score, k, lvl, float(value), loader, view_name)
+                )
             if include_references:
-                items.append(IQAItem(f"{view_name}/reference", name, 1.0, "reference", 0, 1.0, _const(crop)))
+                clean = IQAItem(
+                    f"{view_name}/reference", name, 1.0, "reference", 0, 1.0, _const(crop), view_name
+                )
+                items.append(clean)
     return items
 
 
@@ -292,20 +359,38 @@ def _const(rgb: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: rgb
 
 
+def label_name(dataset: str) -> str:
+    """What a dataset's score is, for the metrics file."""
+    if dataset in SYNTHETIC_SETS:
+        return f"{SYNTHETIC_METRIC} against the reference view"
+    return "mos/7" if dataset == "tid2013" else "(dmos-1)/4"
+
+
+def scene_photos() -> dict[str, np.ndarray]:
+    """The offline scenes set (:mod:`fitguard.training.datasets`, prepared once from Debian packages)."""
+    from fitguard.training.datasets import load_dataset as load_set
+
+    return {item.name: item.image() for item in load_set("scenes")}
+
+
 def load_dataset(
     dataset: str,
     root: str | Path | None = None,
     photos: str | Path | None = None,
-    views: int = SYNTHETIC_VIEWS,
+    views: int | None = None,
     per_view: int | None = SYNTHETIC_PER_VIEW,
     seed: int = 0,
     progress: bool = False,
 ) -> list[IQAItem]:
-    """A dataset by name: ``tid2013`` / ``kadid10k`` from ``root``, or ``synthetic`` from ``photos``."""
-    if dataset == "synthetic":
-        from fitguard.training.photos import load_photos
+    """A dataset by name: ``tid2013`` / ``kadid10k`` from ``root``; ``scenes`` (the offline scenes set)
+    or ``synthetic`` (``photos``: a folder, default the package photos) distorted and labelled here."""
+    if dataset in SYNTHETIC_SETS:
+        scenes = scene_photos() if dataset == "scenes" else None
+        if scenes is None:
+            from fitguard.training.photos import load_photos
 
-        return synthetic(load_photos(photos), views=views, per_view=per_view, seed=seed, progress=progress)
+            scenes = load_photos(photos)
+        return synthetic(scenes, views=views, per_view=per_view, seed=seed, progress=progress)
     if dataset in ("tid2013", "kadid10k"):
         if root is None:
             raise ValueError(

@@ -15,13 +15,14 @@ files are copied (not linked) into ``<NLTK_DATA>/corpora/wordnet`` and that root
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shutil
 import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from fitguard.cache import cache_root
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
 LEXNAMES_MAN = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -54,9 +55,8 @@ class WordNetUnavailableError(RuntimeError):
 
 
 def default_nltk_data() -> Path:
-    """``$FITGUARD_CACHE/nltk_data``, else ``~/.cache/fitguard/nltk_data``."""
-    base = os.environ.get("FITGUARD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fitguard")
-    return Path(base) / "nltk_data"
+    """``nltk_data/`` under :func:`fitguard.cache.cache_root`."""
+    return cache_root() / "nltk_data"
 
 
 def lexnames_from_man(path: Path = LEXNAMES_MAN) -> tuple[str, ...] | None:

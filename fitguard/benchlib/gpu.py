@@ -9,34 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fitguard.benchlib.load import latency_summary
-
-
-def _timed(fn: Callable[[], object], sync: Callable[[], None], batch: int, seconds: float) -> dict[str, Any]:
-    for _ in range(3):
-        fn()
-    sync()
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while len(latencies) < 5 or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        latencies.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - start
-    return {
-        "batch": batch,
-        "calls": len(latencies),
-        "throughput": round(len(latencies) * batch / wall, 2),
-        "latency_ms": latency_summary(latencies),
-    }
+from fitguard.benchlib.load import time_calls
 
 
 def _torch_runs(
@@ -66,7 +45,7 @@ def _torch_runs(
                 with torch.inference_mode(), ctx:
                     m(x)
 
-            per_batch[str(b)] = _timed(step, sync, b, seconds)
+            per_batch[str(b)] = time_calls(step, batch=b, seconds=seconds, sync=sync, warmup=3)
         runs[name] = per_batch
     return runs
 
@@ -117,8 +96,8 @@ def _onnx_runs(model: Any, ort: Any, cuda: bool, batches: Sequence[int], seconds
             rng = np.random.default_rng(0)
             for b in batches:
                 x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
-                per_batch[str(b)] = _timed(
-                    lambda s=sess, x=x: s.run(None, {CLASSIFIER_INPUT: x}), lambda: None, b, seconds
+                per_batch[str(b)] = time_calls(
+                    lambda s=sess, x=x: s.run(None, {CLASSIFIER_INPUT: x}), batch=b, seconds=seconds, warmup=3
                 )
             runs[name] = per_batch
     return runs

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fitguard.benchlib.load import latency_summary
+from fitguard.benchlib.load import time_calls
 from fitguard.contract import INPUT_SIZE
 
 
@@ -110,29 +110,6 @@ def _runner(model: Any, x: Any, variant: Variant, device: str) -> Callable[[], o
     return graph.replay
 
 
-def time_calls(
-    fn: Callable[[], object], sync: Callable[[], None], batch: int, seconds: float, min_calls: int = 3
-) -> dict[str, Any]:
-    """images/s and per-call latency of ``fn`` (``batch`` images a call) over about ``seconds``."""
-    for _ in range(2):
-        fn()
-    sync()
-    latencies: list[float] = []
-    start = time.perf_counter()
-    while len(latencies) < min_calls or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        latencies.append((time.perf_counter() - t0) * 1e3)
-    wall = time.perf_counter() - start
-    return {
-        "batch": batch,
-        "calls": len(latencies),
-        "images_per_s": round(len(latencies) * batch / wall, 2),
-        "latency_ms": latency_summary(latencies),
-    }
-
-
 def measure_model(
     model: Any,
     model_kind: str,
@@ -168,7 +145,10 @@ def measure_model(
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
                 with precision_mode(variant, device):
-                    r = time_calls(_runner(m, x, variant, device), sync, batch, seconds)
+                    r = time_calls(
+                        _runner(m, x, variant, device), batch=batch, seconds=seconds, sync=sync, warmup=2
+                    )
+                    r["images_per_s"] = r.pop("throughput")
             except torch.cuda.OutOfMemoryError as exc:  # report and go on: the other figures still count
                 per_batch[str(batch)] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
                 torch.cuda.empty_cache()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,3 +210,39 @@ def wait_ready(protocol: str, url: str, models: tuple[str, ...], timeout_s: floa
             time.sleep(0.5)
     finally:
         client.close()
+
+
+def time_calls(
+    fn: Callable[[], object],
+    *,
+    batch: int,
+    seconds: float,
+    sync: Callable[[], None] | None = None,
+    warmup: int = 1,
+    min_calls: int = 3,
+) -> dict[str, Any]:
+    """Images/s and per-call latency of ``fn`` (``batch`` images a call) over about ``seconds``.
+
+    ``sync`` waits for queued device work (a CUDA stream) so that each call is timed to its end; a
+    pathologically slow ``fn`` stops after ``10 * seconds`` once ``min_calls`` have run.
+    """
+    done = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    done()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while len(latencies) < min_calls or time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        fn()
+        done()
+        latencies.append((time.perf_counter() - t0) * 1e3)
+        if len(latencies) >= min_calls and time.perf_counter() - start > 10 * seconds:
+            break
+    wall = time.perf_counter() - start
+    return {
+        "batch": batch,
+        "calls": len(latencies),
+        "throughput": round(len(latencies) * batch / wall, 3),
+        "latency_ms": latency_summary(latencies),
+    }

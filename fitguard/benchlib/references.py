@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.benchlib.load import latency_summary
+from fitguard.benchlib.load import latency_summary, time_calls
 
 
 def measure(
@@ -186,28 +186,11 @@ def backbone_alone(
         out["runtime"] = f"onnxruntime {ort.__version__} {sess.get_providers()[0]}"
         for b in batches:
             x = rng.integers(0, 256, (b, 3, INPUT_SIZE, INPUT_SIZE), dtype=np.uint8)
-            r = _timed(lambda x=x, sess=sess: sess.run(None, {CLASSIFIER_INPUT: x}), b, seconds)
+            r = time_calls(
+                lambda x=x, sess=sess: sess.run(None, {CLASSIFIER_INPUT: x}), batch=b, seconds=seconds
+            )
             r["threads"] = t
             if str(b) not in out["batches"] or r["throughput"] > out["batches"][str(b)]["throughput"]:
                 out["batches"][str(b)] = r
     out["best"] = max(out["batches"].values(), key=lambda r: r["throughput"])
     return out
-
-
-def _timed(fn: Callable[[], object], batch: int, seconds: float, min_calls: int = 3) -> dict[str, Any]:
-    fn()
-    latencies = []
-    start = time.perf_counter()
-    while len(latencies) < min_calls or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        fn()
-        latencies.append((time.perf_counter() - t0) * 1e3)
-        if time.perf_counter() - start > 10 * seconds:
-            break
-    wall = time.perf_counter() - start
-    return {
-        "batch": batch,
-        "calls": len(latencies),
-        "throughput": round(len(latencies) * batch / wall, 3),
-        "latency_ms": latency_summary(latencies),
-    }
