@@ -107,3 +107,36 @@ def test_repeats_bootstrap_and_table_v(world: dict) -> None:
     tv = table_v(restrict(reps, (CLEAN,)), methods, (CLEAN,))
     assert 0.6 < tv["msp"][CLEAN]["right_passed"] <= 1.0
     assert tv["msp"][CLEAN]["right_passed"] == pytest.approx(PASS_RATE, abs=0.2)
+
+
+def test_fit_features_match_the_served_models(tmp_path) -> None:
+    """One pass gives the classifier's logits and DTNIQ-f's quality exactly as the served graphs do."""
+    import torch
+
+    from fitguard.backbones import UInt8Normalize, build_backbone
+    from fitguard.preprocess import classifier_crop, iqa_patches
+    from fitguard.quality import QualityHead, QualityModel
+    from fitguard.training.fit_features import compute_fit_features
+    from fitguard.training.group_features import Models
+
+    torch.manual_seed(0)
+    bb = build_backbone("tiny").eval()
+    qm = QualityModel(bb, QualityHead(bb.quality_dim, hidden=32)).eval()
+    models = Models(bb, qm, {}, "test")
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((256, 256), (300, 410), (240, 230))
+    ]
+    feats = compute_fit_features(models, images, patches=4, batch_size=2, cache=tmp_path)
+    again = compute_fit_features(models, images, patches=4, cache=tmp_path)  # from the cache
+    with torch.inference_mode():
+        crops = torch.from_numpy(np.stack([classifier_crop(im, bb.preset) for im in images]))
+        logits = bb(UInt8Normalize(bb.preset)(crops)).numpy()
+        patches = torch.from_numpy(np.stack([iqa_patches(im, 4) for im in images]))
+        quality = qm(patches).reshape(-1).numpy()
+        patch_logits = bb(UInt8Normalize(bb.preset)(patches.flatten(0, 1))).reshape(3, 4, -1).numpy()
+    np.testing.assert_allclose(feats.logits, logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(feats.quality, quality, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats.patch_logits, patch_logits, rtol=1e-4, atol=1e-4)
+    assert feats.level_stats.shape == (3, 2 * len(bb.level_channels))
+    np.testing.assert_allclose(again.patch_logits, feats.patch_logits, atol=1e-2)
