@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fitguard.training.fit_features import FitFeatures
-from fitguard.training.fit_population import CLEAN, DISTORTED, FOOL_GD, Population
+from fitguard.training.fit_population import CLEAN, DISTORTED, FOOL_GD, UAP_DEEPFOOL, Population
 from fitguard.training.fit_right import (
     PASS_RATE,
     restrict,
@@ -37,7 +37,8 @@ def world() -> dict:
     stamp_of = np.repeat(np.arange(n_stamps), per)
     hidden_right = np.concatenate([rng.random(n_stamps * per) < 0.6, np.zeros(10, bool)])
     feats = _features(n, rng, hidden_right)
-    group = np.asarray([CLEAN if i % 2 else DISTORTED for i in range(n - 10)] + [FOOL_GD] * 10)
+    kinds = (CLEAN, DISTORTED, UAP_DEEPFOOL)
+    group = np.asarray([kinds[i % 3] for i in range(n - 10)] + [FOOL_GD] * 10)
     item = np.concatenate([np.arange(n - 10), -np.ones(10, np.int64)])
     pop = Population([], item, group, group.copy(), np.zeros(n, np.int64))
     acceptable = [frozenset({0})] * (n - 10)
@@ -140,3 +141,44 @@ def test_fit_features_match_the_served_models(tmp_path) -> None:
     np.testing.assert_allclose(feats.patch_logits, patch_logits, rtol=1e-4, atol=1e-4)
     assert feats.level_stats.shape == (3, 2 * len(bb.level_channels))
     np.testing.assert_allclose(again.patch_logits, feats.patch_logits, atol=1e-2)
+
+
+def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
+    from fitguard.training.fit_evaluate import domain_shift, summarize_mixes
+    from fitguard.training.fit_report import write_markdown
+
+    feats, right = world["feats"], world["right"]
+    common = {
+        "pop": world["pop"],
+        "signals": signal_groups(feats),
+        "untrained": untrained_scores(feats.logits, feats.quality),
+        "stamps": world["stamps"],
+    }
+    reps = run_repeats(**common, right=right, repeats=2)
+    methods = list(reps[0]["conf"])
+    assert {"paper_uap", "paper_right", "fit_right", "lr_msp_quality"} <= set(methods)
+    res = summarize_mixes(reps, methods, draws=10)
+    assert set(res) == {"natural", "paper", "clean"}
+    assert res["paper"]["n_test_mean"] > res["natural"]["n_test_mean"] > res["clean"]["n_test_mean"]
+    assert 0 <= res["clean"]["aurc"]["msp"]["mean"] <= 1
+    shift = domain_shift(**common, right=right, draws=10, train_categories=("cat0",))
+    assert shift["test_categories"] == ["cat1", "cat2"]
+    rep = {
+        "setup": {
+            "backbone": "tiny",
+            "iqa_head": "h",
+            "patches": 4,
+            "repeats": 2,
+            "bootstrap_draws": 10,
+            "pass_rate_right_clean": PASS_RATE,
+            "attacks": {},
+        },
+        "groups": {"clean": {"n": 1, "accuracy": 1.0, "accuracy_wup": 1.0, "quality_median": 0.5}},
+        "results": res,
+        "wordnet_aurc": {m: res[m]["aurc"] for m in res},
+        "domain_shift": shift,
+        "seconds": {},
+    }
+    write_markdown(tmp_path / "report.md", rep, "risk_coverage.png")
+    text = (tmp_path / "report.md").read_text()
+    assert "## natural mix" in text and "Domain shift" in text and "fit_right_no_levels" in text

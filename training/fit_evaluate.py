@@ -30,7 +30,8 @@ from fitguard.training.fit_right import (
     thresholds,
     untrained_scores,
 )
-from fitguard.training.selective import COVERAGES, bootstrap, mean_curve, selective_metrics, signal_groups
+from fitguard.training.metrics import accuracy_at_coverage, aurc
+from fitguard.training.selective import COVERAGES, bootstrap, mean_curve, signal_groups
 
 log = logging.getLogger(__name__)
 SHIFT_TRAIN_CATEGORIES: tuple[str, ...] = ("animals", "food")
@@ -50,7 +51,11 @@ def wup_right(top1: np.ndarray, items: np.ndarray, acceptable: list[frozenset[in
 
 
 def _metric(name: str) -> Any:
-    return lambda conf, ok: selective_metrics(conf, ok)[name]
+    """``aurc`` or ``accuracy_at_<coverage>`` as a function of (confidence, right)."""
+    if name == "aurc":
+        return aurc
+    coverage = float(name.rsplit("_", 1)[1])
+    return lambda conf, ok: accuracy_at_coverage(conf, ok, coverage)
 
 
 def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: int) -> dict[str, Any]:
@@ -71,11 +76,18 @@ def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: in
 
 
 def domain_shift(
-    *, pop: Any, signals: dict, untrained: dict, right: np.ndarray, stamps: np.ndarray, draws: int
+    *,
+    pop: Any,
+    signals: dict,
+    untrained: dict,
+    right: np.ndarray,
+    stamps: np.ndarray,
+    draws: int,
+    train_categories: tuple[str, ...] = SHIFT_TRAIN_CATEGORIES,
 ) -> dict[str, Any]:
-    """Train on :data:`SHIFT_TRAIN_CATEGORIES` stamps, test on the other categories' stamps."""
+    """Train on the stamps of ``train_categories`` (the stamp folder), test on the other categories'."""
     category = np.asarray([s.split("/")[0] if s else "" for s in stamps])
-    train = np.isin(category, SHIFT_TRAIN_CATEGORIES)
+    train = np.isin(category, train_categories)
     fool = np.flatnonzero(stamps == "")
     train[fool[: len(fool) // 2]] = True
     conf = score_all(signals, untrained, right, pop, stamps, train)
@@ -90,7 +102,7 @@ def domain_shift(
     }
     methods = list(conf)
     out: dict[str, Any] = {
-        "train_categories": list(SHIFT_TRAIN_CATEGORIES),
+        "train_categories": list(train_categories),
         "test_categories": sorted(set(category[test].tolist()) - {""}),
     }
     for mix in ("clean", "natural"):
