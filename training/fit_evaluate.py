@@ -90,8 +90,8 @@ def domain_shift(
     train = np.isin(category, train_categories)
     fool = np.flatnonzero(stamps == "")
     train[fool[: len(fool) // 2]] = True
-    conf = score_all(signals, untrained, right, pop, stamps, train)
-    thr = thresholds(conf, right, train & (pop.group == CLEAN))
+    conf, calib = score_all(signals, untrained, right, pop, stamps, train)
+    thr = thresholds(calib, right, train & (pop.group == CLEAN))
     test = np.flatnonzero(~train)
     rep = {
         "conf": {m: c[test] for m, c in conf.items()},
