@@ -18,6 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("fitguard.build", "train, export and verify the whole repository offline"),
     "classify": ("fitguard.client.cli", "classify images with a running fitguard server"),
     "evaluate": ("fitguard.training.evaluate", "reproduce the paper's evaluation and write a report"),
+    "evaluate-fit": (
+        "fitguard.training.fit_evaluate",
+        "held-out fit = right evaluation on the labelled objects (selective classification)",
+    ),
     "bench": ("fitguard.bench", "benchmark the served ensemble against in-process and naive pipelines"),
     "demo": ("fitguard.demo", "build once, serve, and classify sample photos and degraded versions"),
     "data": (

@@ -1,0 +1,184 @@
+"""Fit = right evaluation: signals, the stamp-split protocol and the bootstrap, on generated features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fitguard.training.fit_features import FitFeatures
+from fitguard.training.fit_population import CLEAN, DISTORTED, FOOL_GD, UAP_DEEPFOOL, Population
+from fitguard.training.fit_right import (
+    PASS_RATE,
+    restrict,
+    right_flags,
+    run_repeats,
+    stamp_split,
+    table_v,
+    untrained_scores,
+)
+from fitguard.training.selective import bootstrap, prob_scores, selective_metrics, signal_groups
+
+
+def _features(n: int, rng: np.random.Generator, right: np.ndarray) -> FitFeatures:
+    """Logits whose top-1 is class 0 where right; confidence (margin) tracks rightness, with noise."""
+    logits = rng.normal(0, 1, (n, 1000)).astype(np.float32)
+    target = np.where(right, 0, 1 + rng.integers(0, 999, n))
+    logits[np.arange(n), target] += np.where(right, 6.0, 4.5) + rng.normal(0, 1.0, n)
+    patch = np.repeat(logits[:, None], 4, axis=1) + rng.normal(0, 1.5, (n, 4, 1000)).astype(np.float32)
+    quality = rng.uniform(0.2, 0.9, n).astype(np.float32)
+    return FitFeatures(logits, quality, patch, rng.normal(0, 1, (n, 34)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    rng = np.random.default_rng(0)
+    n_stamps, per = 30, 6
+    n = n_stamps * per + 10
+    stamp_of = np.repeat(np.arange(n_stamps), per)
+    hidden_right = np.concatenate([rng.random(n_stamps * per) < 0.6, np.zeros(10, bool)])
+    feats = _features(n, rng, hidden_right)
+    kinds = (CLEAN, DISTORTED, UAP_DEEPFOOL)
+    group = np.asarray([kinds[i % 3] for i in range(n - 10)] + [FOOL_GD] * 10)
+    item = np.concatenate([np.arange(n - 10), -np.ones(10, np.int64)])
+    pop = Population([], item, group, group.copy(), np.zeros(n, np.int64))
+    acceptable = [frozenset({0})] * (n - 10)
+    right = right_flags(pop, feats.logits.argmax(1), acceptable)
+    stamps = np.asarray([f"cat{s % 3}/s{s}" for s in stamp_of] + [""] * 10)
+    return {"pop": pop, "feats": feats, "right": right, "stamps": stamps, "hidden": hidden_right}
+
+
+def test_right_flags_follow_top1_and_fooling_is_wrong(world: dict) -> None:
+    top1 = world["feats"].logits.argmax(1)
+    real = world["pop"].item >= 0
+    assert np.array_equal(world["right"][real], top1[real] == 0)
+    assert world["right"].mean() > 0.4
+    assert not world["right"][world["pop"].item < 0].any()
+
+
+def test_prob_scores_rank_confident_above_flat() -> None:
+    logits = np.zeros((2, 1000))
+    logits[0, 3] = 10.0
+    s = prob_scores(logits)
+    for name in ("msp", "energy", "doctor", "entropy"):
+        assert s[name][0] > s[name][1], name
+    assert s["msp"][1] == pytest.approx(1e-3)
+
+
+def test_signal_groups_shapes_and_patch_agreement(world: dict) -> None:
+    sig = signal_groups(world["feats"])
+    n = len(world["right"])
+    assert sig["paper"].shape == (n, 6) and sig["probvec"].shape == (n, 3) and sig["levels"].shape == (n, 34)
+    agree = sig["patches"][:, 0]
+    assert np.all((agree >= 0) & (agree <= 1))
+    assert agree[world["right"]].mean() > agree[~world["right"]].mean()
+
+
+def test_stamp_split_keeps_stamps_whole() -> None:
+    stamps = np.asarray(["a", "a", "b", "b", "c", "c", "d", "d", "", ""])
+    train = stamp_split(stamps, seed=3)
+    for s in "abcd":
+        assert len(set(train[stamps == s].tolist())) == 1
+    assert train[stamps == ""].sum() == 1
+
+
+def test_repeats_bootstrap_and_table_v(world: dict) -> None:
+    feats, right = world["feats"], world["right"]
+    reps = run_repeats(
+        pop=world["pop"],
+        signals=signal_groups(feats),
+        untrained=untrained_scores(feats.logits, feats.quality),
+        right=right,
+        stamps=world["stamps"],
+        repeats=3,
+        svms=False,
+    )
+    assert len(reps) == 3
+    for r in reps:
+        assert not set(r["stamps"].tolist()) & set(
+            world["stamps"][~np.isin(np.arange(len(right)), r["test"])]
+        )
+    methods = ["msp", "quality", "fit_right"]
+    res = bootstrap(reps, methods, lambda c, ok: selective_metrics(c, ok)["aurc"], draws=30)
+    for m in methods:
+        lo, hi = res[m]["ci95"]
+        assert lo <= res[m]["mean"] <= hi or abs(res[m]["mean"] - lo) < 0.05
+    # margin tracks rightness, quality is noise: MSP ranks better than quality
+    assert res["msp"]["mean"] < res["quality"]["mean"]
+    assert res["quality"]["minus_msp"]["ci95"][0] > 0
+    tv = table_v(restrict(reps, (CLEAN,)), methods, (CLEAN,))
+    assert 0.6 < tv["msp"][CLEAN]["right_passed"] <= 1.0
+    assert tv["msp"][CLEAN]["right_passed"] == pytest.approx(PASS_RATE, abs=0.2)
+
+
+def test_fit_features_match_the_served_models(tmp_path) -> None:
+    """One pass gives the classifier's logits and DTNIQ-f's quality exactly as the served graphs do."""
+    import torch
+
+    from fitguard.backbones import UInt8Normalize, build_backbone
+    from fitguard.preprocess import classifier_crop, iqa_patches
+    from fitguard.quality import QualityHead, QualityModel
+    from fitguard.training.fit_features import compute_fit_features
+    from fitguard.training.group_features import Models
+
+    torch.manual_seed(0)
+    bb = build_backbone("tiny").eval()
+    qm = QualityModel(bb, QualityHead(bb.quality_dim, hidden=32)).eval()
+    models = Models(bb, qm, {}, "test")
+    rng = np.random.default_rng(0)
+    images = [
+        rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((256, 256), (300, 410), (240, 230))
+    ]
+    feats = compute_fit_features(models, images, patches=4, batch_size=2, cache=tmp_path)
+    again = compute_fit_features(models, images, patches=4, cache=tmp_path)  # from the cache
+    with torch.inference_mode():
+        crops = torch.from_numpy(np.stack([classifier_crop(im, bb.preset) for im in images]))
+        logits = bb(UInt8Normalize(bb.preset)(crops)).numpy()
+        patches = torch.from_numpy(np.stack([iqa_patches(im, 4) for im in images]))
+        quality = qm(patches).reshape(-1).numpy()
+        patch_logits = bb(UInt8Normalize(bb.preset)(patches.flatten(0, 1))).reshape(3, 4, -1).numpy()
+    np.testing.assert_allclose(feats.logits, logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(feats.quality, quality, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats.patch_logits, patch_logits, rtol=1e-4, atol=1e-4)
+    assert feats.level_stats.shape == (3, 2 * len(bb.level_channels))
+    np.testing.assert_allclose(again.patch_logits, feats.patch_logits, atol=1e-2)
+
+
+def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
+    from fitguard.training.fit_evaluate import domain_shift, summarize_mixes
+    from fitguard.training.fit_report import write_markdown
+
+    feats, right = world["feats"], world["right"]
+    common = {
+        "pop": world["pop"],
+        "signals": signal_groups(feats),
+        "untrained": untrained_scores(feats.logits, feats.quality),
+        "stamps": world["stamps"],
+    }
+    reps = run_repeats(**common, right=right, repeats=2)
+    methods = list(reps[0]["conf"])
+    assert {"paper_uap", "paper_right", "fit_right", "lr_msp_quality"} <= set(methods)
+    res = summarize_mixes(reps, methods, draws=10)
+    assert set(res) == {"natural", "paper", "clean"}
+    assert res["paper"]["n_test_mean"] > res["natural"]["n_test_mean"] > res["clean"]["n_test_mean"]
+    assert 0 <= res["clean"]["aurc"]["msp"]["mean"] <= 1
+    shift = domain_shift(**common, right=right, draws=10, train_categories=("cat0",))
+    assert shift["test_categories"] == ["cat1", "cat2"]
+    rep = {
+        "setup": {
+            "backbone": "tiny",
+            "iqa_head": "h",
+            "patches": 4,
+            "repeats": 2,
+            "bootstrap_draws": 10,
+            "pass_rate_right_clean": PASS_RATE,
+            "attacks": {},
+        },
+        "groups": {"clean": {"n": 1, "accuracy": 1.0, "accuracy_wup": 1.0, "quality_median": 0.5}},
+        "results": res,
+        "wordnet_aurc": {m: res[m]["aurc"] for m in res},
+        "domain_shift": shift,
+        "seconds": {},
+    }
+    write_markdown(tmp_path / "report.md", rep, "risk_coverage.png")
+    text = (tmp_path / "report.md").read_text()
+    assert "## natural mix" in text and "Domain shift" in text and "fit_right_no_levels" in text

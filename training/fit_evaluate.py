@@ -1,0 +1,237 @@
+"""``fitguard evaluate-fit``: does the verdict track whether the answer is right, on held-out stamps?
+
+Builds the population of :mod:`fitguard.training.fit_population` from the labelled objects, computes the
+served-path features once (cached), runs the repeats of :mod:`fitguard.training.fit_right` and a
+domain-shift split (whole stamp categories held out), and writes ``report.md``, ``report.json`` and the
+risk-coverage plot (:mod:`fitguard.training.fit_report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fitguard.contract import DEFAULT_PATCHES
+from fitguard.training.fit_population import CLEAN, POPULATION_GROUPS, PopulationConfig
+from fitguard.training.fit_right import (
+    MIXES,
+    PASS_RATE,
+    REPEATS,
+    restrict,
+    right_flags,
+    run_repeats,
+    score_all,
+    table_v,
+    thresholds,
+    untrained_scores,
+)
+from fitguard.training.metrics import accuracy_at_coverage, aurc
+from fitguard.training.selective import COVERAGES, bootstrap, mean_curve, signal_groups
+
+log = logging.getLogger(__name__)
+SHIFT_TRAIN_CATEGORIES: tuple[str, ...] = ("animals", "food")
+WUP_RIGHT = 0.85  # Wu-Palmer variant: a near miss (a WordNet sibling class) counts as right
+
+
+def wup_right(top1: np.ndarray, items: np.ndarray, acceptable: list[frozenset[int] | None]) -> np.ndarray:
+    """Right when the best Wu-Palmer similarity of top-1 to an acceptable class reaches :data:`WUP_RIGHT`."""
+    from fitguard.training.wordnet import WuPalmer
+
+    wup = WuPalmer()
+    out = np.zeros(len(top1), bool)
+    for k, (t, i) in enumerate(zip(top1.tolist(), items.tolist(), strict=True)):
+        if i >= 0 and acceptable[i]:
+            out[k] = max(wup(int(t), int(c)) for c in acceptable[i]) >= WUP_RIGHT
+    return out
+
+
+def _metric(name: str) -> Any:
+    """``aurc`` or ``accuracy_at_<coverage>`` as a function of (confidence, right)."""
+    if name == "aurc":
+        return aurc
+    coverage = float(name.rsplit("_", 1)[1])
+    return lambda conf, ok: accuracy_at_coverage(conf, ok, coverage)
+
+
+def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: int) -> dict[str, Any]:
+    """Per mix: every selective metric with intervals (differences to MSP), Table V, the mean curve."""
+    out: dict[str, Any] = {}
+    names = ["aurc", *[f"accuracy_at_{c:g}" for c in COVERAGES]]
+    grid = np.linspace(0.01, 1.0, 100)
+    for mix, groups in MIXES.items():
+        sub = restrict(repeats, groups)
+        out[mix] = {
+            "n_test_mean": float(np.mean([len(r["right"]) for r in sub])),
+            "base_accuracy": float(np.mean([r["right"].mean() for r in sub])),
+            **{n: bootstrap(sub, methods, _metric(n), draws=draws) for n in names},
+            "table_v": table_v(sub, methods, groups),
+            "curve": {"coverage": grid.tolist(), **{m: mean_curve(sub, m, grid) for m in methods}},
+        }
+    return out
+
+
+def domain_shift(
+    *,
+    pop: Any,
+    signals: dict,
+    untrained: dict,
+    right: np.ndarray,
+    stamps: np.ndarray,
+    draws: int,
+    train_categories: tuple[str, ...] = SHIFT_TRAIN_CATEGORIES,
+) -> dict[str, Any]:
+    """Train on the stamps of ``train_categories`` (the stamp folder), test on the other categories'."""
+    category = np.asarray([s.split("/")[0] if s else "" for s in stamps])
+    train = np.isin(category, train_categories)
+    fool = np.flatnonzero(stamps == "")
+    train[fool[: len(fool) // 2]] = True
+    conf, calib = score_all(signals, untrained, right, pop, stamps, train)
+    thr = thresholds(calib, right, train & (pop.group == CLEAN))
+    test = np.flatnonzero(~train)
+    rep = {
+        "conf": {m: c[test] for m, c in conf.items()},
+        "right": right[test],
+        "stamps": np.where(stamps[test] == "", np.char.add("fool", test.astype(str)), stamps[test]),
+        "group": pop.group[test],
+        "threshold": thr,
+    }
+    methods = list(conf)
+    out: dict[str, Any] = {
+        "train_categories": list(train_categories),
+        "test_categories": sorted(set(category[test].tolist()) - {""}),
+    }
+    for mix in ("clean", "natural"):
+        sub = restrict([rep], MIXES[mix])
+        out[mix] = {"aurc": bootstrap(sub, methods, _metric("aurc"), draws=draws)}
+        out[mix]["table_v"] = table_v(sub, methods, MIXES[mix])
+    return out
+
+
+def evaluate_fit(
+    *,
+    backbone: str,
+    head: str | Path,
+    report: str | Path,
+    config: PopulationConfig,
+    repeats: int = REPEATS,
+    draws: int = 200,
+    patches: int = DEFAULT_PATCHES,
+    cache: Path | None = None,
+    weights: str | None = "default",
+) -> dict[str, Any]:
+    """The whole evaluation; returns what ``report.json`` holds."""
+    import torch
+
+    from fitguard.training.datasets import load_dataset
+    from fitguard.training.fit_features import FitFeatures, compute_fit_features
+    from fitguard.training.fit_population import build_population
+    from fitguard.training.fit_report import write_fit_report
+    from fitguard.training.group_features import load_models
+    from fitguard.training.groups import default_cache_dir
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    cache = cache or default_cache_dir()
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    models = load_models(backbone, head, weights)
+    dataset = load_dataset("objects")
+    pop = build_population(models.backbone, dataset, config, cache)
+    seconds["population"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    parts, order = [], []
+    for g in POPULATION_GROUPS:
+        idx = np.flatnonzero(pop.group == g)
+        parts.append(compute_fit_features(models, [pop.images[i] for i in idx], patches, cache=cache, desc=g))
+        order.append(idx)
+    feats = FitFeatures.concat(parts).subset(np.argsort(np.concatenate(order)))
+    seconds["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    acceptable = [it.labels for it in dataset]
+    top1 = feats.logits.argmax(axis=1)
+    right = right_flags(pop, top1, acceptable)
+    stamps = np.asarray([dataset[i].group if i >= 0 else "" for i in pop.item])
+    signals = signal_groups(feats)
+    untrained = untrained_scores(feats.logits, feats.quality)
+    common = {"pop": pop, "signals": signals, "untrained": untrained, "stamps": stamps}
+    reps = run_repeats(**common, right=right, repeats=repeats, seed=config.seed)
+    methods = list(reps[0]["conf"])
+    results = summarize_mixes(reps, methods, draws)
+    seconds["repeats"] = time.perf_counter() - t
+    t = time.perf_counter()
+    wright = wup_right(top1, pop.item, acceptable)
+    wreps = run_repeats(**common, right=wright, repeats=repeats, seed=config.seed, svms=False)
+    wmethods = list(wreps[0]["conf"])
+    wu = {
+        mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, _metric("aurc"), draws=draws) for mix in MIXES
+    }
+    shift = domain_shift(**common, right=right, draws=draws)
+    seconds["wordnet_and_shift"] = time.perf_counter() - t
+    groups = {
+        g: {
+            "n": int(np.sum(pop.group == g)),
+            "accuracy": float(right[pop.group == g].mean()),
+            "accuracy_wup": float(wright[pop.group == g].mean()),
+            "quality_median": float(np.median(feats.quality[pop.group == g])),
+        }
+        for g in POPULATION_GROUPS
+    }
+    seconds["total"] = time.perf_counter() - t0
+    rep = {
+        "setup": {
+            "backbone": backbone,
+            "weights_id": models.backbone.weights_id,
+            "iqa_head": str(head),
+            "patches": patches,
+            "repeats": repeats,
+            "bootstrap_draws": draws,
+            "pass_rate_right_clean": PASS_RATE,
+            "wup_right": WUP_RIGHT,
+            "population": config.__dict__,
+            "attacks": pop.meta,
+        },
+        "groups": groups,
+        "results": results,
+        "wordnet_aurc": wu,
+        "domain_shift": shift,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+    write_fit_report(Path(report), rep)
+    return rep
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="resnet152, efficientnet_lite0")
+    parser.add_argument("--iqa-head", required=True, help="quality head file (fitguard train iqa)")
+    parser.add_argument("--report", required=True, help="folder for report.md, report.json and plots")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="stamp-split repeats")
+    parser.add_argument("--draws", type=int, default=200, help="bootstrap draws over stamps")
+    parser.add_argument("--clean-per-stamp", type=int, default=PopulationConfig.clean_per_stamp)
+    parser.add_argument("--distort-stamps", type=int, default=PopulationConfig.distort_stamps)
+    parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches (as served)")
+    parser.add_argument("--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = PopulationConfig(clean_per_stamp=args.clean_per_stamp, distort_stamps=args.distort_stamps)
+    rep = evaluate_fit(
+        backbone=args.backbone,
+        head=args.iqa_head,
+        report=args.report,
+        config=config,
+        repeats=args.repeats,
+        draws=args.draws,
+        patches=args.patches,
+        cache=Path(args.cache) if args.cache else None,
+    )
+    for mix, res in rep["results"].items():
+        a = res["aurc"]
+        line = ", ".join(f"{m} {a[m]['mean']:.3f}" for m in ("msp", "quality", "fit_right", "paper_uap"))
+        print(f"{mix:8s} AURC: {line}")
+    print(f"wrote {Path(args.report) / 'report.md'} ({rep['seconds']['total']:.0f} s)")
+    return 0
