@@ -22,16 +22,15 @@ from typing import Any
 from fitguard.contract import (
     CLASSIFIER,
     DEFAULT_PATCHES,
-    DETECTOR,
     ENSEMBLE,
     MONITOR,
     PATCHES_MODE,
     PREPROCESS,
-    QUALITY,
     QUALITY_MODES,
     SHARED_MODE,
 )
 from fitguard.export.configs import Serving, render_config
+from fitguard.export.graphs import Models, checked_graphs, load_models
 from fitguard.export.manifest import write_manifest
 from fitguard.export.monitoring import check_monitoring
 from fitguard.export.overload import QueuePolicy
@@ -131,68 +130,6 @@ def _check_arguments(
             raise FileNotFoundError(f"{path}: no such file")
 
 
-def _verified_graphs(
-    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
-) -> tuple[dict[str, Any], list[Any]]:
-    """The three graphs, each through ``onnx.checker`` and its parity check against the original."""
-    if settings.shared:
-        return _verified_shared_graphs(classifier, quality_model, det, settings, precision)
-    from fitguard.export.onnx_export import (
-        apply_precision,
-        export_classifier,
-        export_detector,
-        export_quality,
-    )
-    from fitguard.export.verify import (
-        TOLERANCES,
-        check_classifier,
-        check_detector,
-        check_graph,
-        check_quality,
-        verification_inputs,
-    )
-
-    graphs = {
-        CLASSIFIER: apply_precision(export_classifier(classifier), precision),
-        QUALITY: apply_precision(export_quality(quality_model), precision),
-        DETECTOR: export_detector(det),
-    }
-    for name, graph in graphs.items():
-        check_graph(graph, name)
-    tol = TOLERANCES[precision]
-    inputs, patch_batch = verification_inputs(settings)
-    clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
-    q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
-    return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
-
-
-def _verified_shared_graphs(
-    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
-) -> tuple[dict[str, Any], list[Any]]:
-    """Shared quality mode: the two-output classifier, the head on features, the detector; each checked."""
-    from fitguard.classifier import SharedClassifier
-    from fitguard.export.onnx_export import apply_precision, export_detector
-    from fitguard.export.shared import check_shared_graphs, export_feature_quality, export_shared_classifier
-    from fitguard.export.verify import TOLERANCES, check_detector, check_graph, verification_inputs
-    from fitguard.quality import FeatureQuality
-
-    net = classifier.backbone
-    graphs = {
-        CLASSIFIER: apply_precision(export_shared_classifier(SharedClassifier(net).eval()), precision),
-        QUALITY: apply_precision(
-            export_feature_quality(FeatureQuality(quality_model.head).eval(), net.quality_dim, net), precision
-        ),
-        DETECTOR: export_detector(det),
-    }
-    for name, graph in graphs.items():
-        check_graph(graph, name)
-    tol = TOLERANCES[precision]
-    inputs, _ = verification_inputs(settings)
-    originals = {"classifier": classifier, "backbone": net, "quality_model": quality_model}
-    reports, probs, quality = check_shared_graphs(graphs, originals, inputs, tol)
-    return graphs, [*reports, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
-
-
 def _write_models(
     staging: Path,
     src: Path,
@@ -260,6 +197,26 @@ def _publish(
         raise
 
 
+def _require_parity(reports: list[Any], out: Path, log: Callable[[str], None]) -> None:
+    """Log every parity line; raise :class:`ParityError` naming the models that failed."""
+    from fitguard.export.verify import ParityError
+
+    for report in reports:
+        log("parity " + report.line())
+    failed = [r.model for r in reports if not r.passed]
+    if failed:
+        raise ParityError(f"parity check failed for {', '.join(failed)}; nothing written to {out}")
+
+
+def _inputs_record(head: Path, detector: Path, models: Models) -> dict[str, Any]:
+    return {
+        "head": str(head.resolve()),
+        "head_backbone": models.head_info.get("backbone"),
+        "detector": str(detector.resolve()),
+        "threshold": float(models.detector.threshold),
+    }
+
+
 def export_repository(
     out: str | Path,
     *,
@@ -280,30 +237,15 @@ def export_repository(
 ) -> Path:
     """Export, verify and write a complete repository to ``out``; returns ``out``.
 
-    Args:
-        backbone: a name from :func:`fitguard.backbones.backbone_names`.
-        head: a quality-head file (:func:`fitguard.quality.save_head`) trained on ``backbone`` features.
-        detector: a detector file (:func:`fitguard.detector.save_detector`).
-        weights: backbone weights (see :func:`fitguard.backbones.build_backbone`).
-        patches: IQA patches per image (P).
-        precision: graph precision, a key of :data:`fitguard.export.onnx_export.PRECISIONS`.
-        accelerator, instances, preprocess, queue: how it is served (see :class:`Serving`).
-        monitoring: ``on`` serves the monitor step and the bad-image counter (verdict metrics on
-            ``/metrics``), ``off`` leaves both out (see :mod:`fitguard.export.monitoring`).
-        quality_features: ``patches`` (DTNIQ-f on P patches) or ``shared`` (the classifier's pass gives
-            the quality features; the head must have been trained in that mode, and P does not apply).
-        log: where the parity report lines go.
+    ``head`` from :func:`fitguard.quality.save_head`, trained on ``backbone`` features in the
+    ``quality_features`` mode (``patches``: DTNIQ-f on P patches; ``shared``: the classifier's own pass);
+    ``detector`` from :func:`fitguard.detector.save_detector`; accelerator, instances, preprocess,
+    monitoring and queue say how it is served (:class:`fitguard.export.configs.Serving`).
 
     Raises:
         BadHeadError / BadDetectorError: unusable head or detector file.
-        ParityError: a graph failed ``onnx.checker`` or its parity check. Nothing is written then.
+        ParityError: a graph failed its checks (nothing is written then).
     """
-    from fitguard.backbones import build_backbone
-    from fitguard.classifier import Classifier
-    from fitguard.detector import load_detector
-    from fitguard.export.verify import ParityError
-    from fitguard.quality import QualityModel, check_head_mode, load_head
-
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
     serving = Serving(
@@ -321,39 +263,21 @@ def export_repository(
         quality_features=quality_features,
         preprocess=preprocess,
     )
-    net = build_backbone(backbone, weights)
-    head_module, head_info = load_head(head, net)
-    check_head_mode(head_info, quality_features, head)
-    det = load_detector(detector)
-    classifier, quality_model = Classifier(net).eval(), QualityModel(net, head_module).eval()
+    models = load_models(backbone, weights, head=head, detector=detector, quality_features=quality_features)
+    net = models.net
     if quality_features == SHARED_MODE:
         patches = 0  # no patches are cut: the classifier's pass gives the quality features
     settings = PreprocessSettings(net.preset, patches, backbone=backbone, quality_features=quality_features)
-    log(
-        f"exporting {backbone} (weights {net.weights_id}), quality features {quality_features}, "
-        f"P={patches}, precision {precision}"
-    )
-    graphs, reports = _verified_graphs(classifier, quality_model, det, settings, precision)
-    if preprocess == "dali":
-        from fitguard.export import dali
-
-        reports.append(dali.check_parity(settings))
-    for report in reports:
-        log("parity " + report.line())
-    failed = [r.model for r in reports if not r.passed]
-    if failed:
-        raise ParityError(f"parity check failed for {', '.join(failed)}; nothing written to {out}")
+    log(f"exporting {backbone} ({net.weights_id}), quality {quality_features}, P={patches}, {precision}")
+    graphs, reports = checked_graphs(models, settings, precision=precision, preprocess=preprocess)
+    _require_parity(reports, out, log)
+    extra = {"backbone": backbone, "weights_id": net.weights_id, "quality_features": quality_features}
     arguments = {
         "backbone": backbone,
         "weights": weights,
         "weights_id": net.weights_id,
-        "head": str(head.resolve()),
-        "head_backbone": head_info.get("backbone"),
-        "detector": str(detector.resolve()),
-        "threshold": float(det.threshold),
-        "patches": patches,
-        "quality_features": quality_features,
-        "precision": precision,
+        **_inputs_record(head, detector, models),
+        **{"patches": patches, "quality_features": quality_features, "precision": precision},
         **serving.to_dict(),
         "preset": net.preset.to_dict(),
     }
@@ -364,18 +288,12 @@ def export_repository(
         files={HEAD_NAME: head, DETECTOR_NAME: detector},
         render={
             "settings": settings,
-            "threshold": det.threshold,
+            "threshold": models.detector.threshold,
             "serving": serving,
-            "extra": {
-                "backbone": backbone,
-                "weights_id": net.weights_id,
-                "quality_features": quality_features,
-            },
+            "extra": extra,
             "feature_dim": net.quality_dim,
         },
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )
-    log(
-        f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, manifest {MANIFEST_NAME})"
-    )
+    log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, {MANIFEST_NAME})")
     return out

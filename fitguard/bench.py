@@ -111,9 +111,50 @@ def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str,
 # ------------------------------------------------------------------------------------------------ run
 
 
+def _baseline(cfg: BenchConfig, repo: Path, images: list[bytes]) -> dict[str, Any]:
+    """This repository against ``cfg.baseline_repository``, served side by side in alternating rounds."""
+    from fitguard.benchlib import baseline
+
+    print(f"[bench] {repo} against baseline {cfg.baseline_repository}", file=sys.stderr, flush=True)
+    return baseline.compare(
+        repo,
+        cfg.baseline_repository,
+        images,
+        concurrency=cfg.concurrency,
+        requests=cfg.requests,
+        duration=cfg.duration,
+        rounds=cfg.baseline_rounds,
+        protocol=cfg.protocol,
+        batch=cfg.batch,
+        deadline_s=cfg.level_deadline,
+    )
+
+
+def _references(
+    cfg: BenchConfig, repo: Path, images: list[bytes], threads: int, result: dict[str, Any]
+) -> None:
+    """The in-process ONNX Runtime pipeline, the backbone alone and the naive eager pipeline."""
+    from fitguard.benchlib import references
+
+    n = cfg.reference_requests
+    print("[bench] in-process ONNX pipeline", file=sys.stderr, flush=True)
+    result["inprocess"] = references.inprocess(repo, images, n, threads=threads, batch=cfg.batch)
+    print("[bench] backbone alone", file=sys.stderr, flush=True)
+    batches = sorted({1, max(cfg.batch, 8)})
+    result["backbone_alone"] = references.backbone_alone(
+        model_path(repo, contract.CLASSIFIER), batches, threads=threads
+    )
+    if cfg.naive:
+        print("[bench] naive PyTorch eager pipeline", file=sys.stderr, flush=True)
+        try:
+            result["naive"] = references.naive(repo, images, cfg.naive_requests, threads)
+        except (FileNotFoundError, KeyError) as exc:
+            result["notes"].append(f"naive pipeline skipped: the repository lacks its sources ({exc})")
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every measurement ``cfg`` asks for and return the result (the JSON document)."""
-    from fitguard.benchlib import machine, references, report
+    from fitguard.benchlib import machine, report
 
     threads = cfg.threads or machine.usable_cores()
     images, image_source = load_images(cfg.images, cfg.max_images)
@@ -158,37 +199,10 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             )
 
     if repo and cfg.baseline_repository:
-        from fitguard.benchlib import baseline
-
-        print(f"[bench] {repo} against baseline {cfg.baseline_repository}", file=sys.stderr, flush=True)
-        result["baseline"] = baseline.compare(
-            repo,
-            cfg.baseline_repository,
-            images,
-            concurrency=cfg.concurrency,
-            requests=cfg.requests,
-            duration=cfg.duration,
-            rounds=cfg.baseline_rounds,
-            protocol=cfg.protocol,
-            batch=cfg.batch,
-            deadline_s=cfg.level_deadline,
-        )
+        result["baseline"] = _baseline(cfg, repo, images)
 
     if repo and cfg.references:
-        n = cfg.reference_requests
-        print("[bench] in-process ONNX pipeline", file=sys.stderr, flush=True)
-        result["inprocess"] = references.inprocess(repo, images, n, threads=threads, batch=cfg.batch)
-        print("[bench] backbone alone", file=sys.stderr, flush=True)
-        batches = sorted({1, max(cfg.batch, 8)})
-        result["backbone_alone"] = references.backbone_alone(
-            model_path(repo, contract.CLASSIFIER), batches, threads=threads
-        )
-        if cfg.naive:
-            print("[bench] naive PyTorch eager pipeline", file=sys.stderr, flush=True)
-            try:
-                result["naive"] = references.naive(repo, images, cfg.naive_requests, threads)
-            except (FileNotFoundError, KeyError) as exc:
-                result["notes"].append(f"naive pipeline skipped: the repository lacks its sources ({exc})")
+        _references(cfg, repo, images, threads, result)
 
     if cfg.device == "cuda" or cfg.backbone_alone:
         from fitguard.benchlib.gpu import gpu_backbone

@@ -132,51 +132,17 @@ def _iqa_args(common: dict[str, Any], *, dataset: str, splits: int) -> dict[str,
     }
 
 
-def build(
-    out: Path,
-    *,
-    backbone: str = "efficientnet_lite0",
-    weights: str | None = "default",
-    photos: str | None = None,
-    patches: int = DEFAULT_PATCHES,
-    quality_features: str = PATCHES_MODE,
-    splits: int = 10,
-    seed: int = 0,
-    force: bool = False,
+def _detector_step(
+    record: _Record, models: dict[str, Any], *, out: Path, iqa_args: dict[str, Any], photos: str | None
 ) -> dict[str, Any]:
-    """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
+    """Train (or reuse) the shipped detector; returns its stamp arguments."""
     from fitguard.detector import DETECTOR_FORMAT
-    from fitguard.export import export_repository
     from fitguard.training.detector import train_detector
     from fitguard.training.groups import DISTORTED, FOOL_EV, FOOL_GD, GroupConfig
-    from fitguard.training.iqa import train_iqa
     from fitguard.training.svm import DEFAULT_GRID
 
-    out.mkdir(parents=True, exist_ok=True)
-    record = _Record(out / BUILD_FILE, force)
-    common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
-    if quality_features != PATCHES_MODE:  # stamps of patch-mode builds stay as they were
-        common["quality_features"] = quality_features
-    head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
-    models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
-    # The quality head trains on the scenes set unless a photo folder is given.
-    dataset = "synthetic" if photos else "scenes"
-    iqa_args = _iqa_args(common, dataset=dataset, splits=splits)
-    record.step(
-        "iqa",
-        head,
-        iqa_args,
-        lambda: train_iqa(
-            **models,
-            dataset=dataset,
-            photos=photos,
-            out=head,
-            splits=splits,
-            cache_dir=out / "cache",
-            quality_features=quality_features,
-        ),
-    )
-    group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=seed)
+    head, detector = out / "iqa_head.pt", out / "detector.joblib"
+    group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=models["seed"])
     # The shipped detector learns the unfit inputs the project can make offline that differ from clean ones:
     # distorted and fooling images. The paper trains on universal-perturbation images alone; offline, our
     # perturbation barely moves [top-5, quality] (docs/evaluation.md), so those images only add label noise
@@ -205,6 +171,50 @@ def build(
             config=group_config,
         ),
     )
+    return det_args
+
+
+def build(
+    out: Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: str | None = "default",
+    photos: str | None = None,
+    patches: int = DEFAULT_PATCHES,
+    quality_features: str = PATCHES_MODE,
+    splits: int = 10,
+    seed: int = 0,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
+    from fitguard.export import export_repository
+    from fitguard.training.iqa import train_iqa
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = _Record(out / BUILD_FILE, force)
+    common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
+    if quality_features != PATCHES_MODE:  # stamps of patch-mode builds stay as they were
+        common["quality_features"] = quality_features
+    head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
+    models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
+    # The quality head trains on the scenes set unless a photo folder is given.
+    dataset = "synthetic" if photos else "scenes"
+    iqa_args = _iqa_args(common, dataset=dataset, splits=splits)
+    record.step(
+        "iqa",
+        head,
+        iqa_args,
+        lambda: train_iqa(
+            **models,
+            dataset=dataset,
+            photos=photos,
+            out=head,
+            splits=splits,
+            cache_dir=out / "cache",
+            quality_features=quality_features,
+        ),
+    )
+    det_args = _detector_step(record, models, out=out, iqa_args=iqa_args, photos=photos)
     record.step(
         "export",
         repository / MANIFEST_NAME,

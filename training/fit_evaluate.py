@@ -112,6 +112,32 @@ def domain_shift(
     return out
 
 
+def _population_features(models: Any, pop: Any, *, patches: int, cache: Path) -> Any:
+    """One backbone pass per image of every group, back in population order."""
+    from fitguard.training.fit_features import FitFeatures, compute_fit_features
+
+    parts, order = [], []
+    for g in POPULATION_GROUPS:
+        idx = np.flatnonzero(pop.group == g)
+        parts.append(compute_fit_features(models, [pop.images[i] for i in idx], patches, cache=cache, desc=g))
+        order.append(idx)
+    return FitFeatures.concat(parts).subset(np.argsort(np.concatenate(order)))
+
+
+def _group_summary(
+    group: np.ndarray, *, right: np.ndarray, wright: np.ndarray, quality: np.ndarray
+) -> dict[str, dict[str, float]]:
+    return {
+        g: {
+            "n": int(np.sum(group == g)),
+            "accuracy": float(right[group == g].mean()),
+            "accuracy_wup": float(wright[group == g].mean()),
+            "quality_median": float(np.median(quality[group == g])),
+        }
+        for g in POPULATION_GROUPS
+    }
+
+
 def evaluate_fit(
     *,
     backbone: str,
@@ -128,7 +154,6 @@ def evaluate_fit(
     import torch
 
     from fitguard.training.datasets import load_dataset
-    from fitguard.training.fit_features import FitFeatures, compute_fit_features
     from fitguard.training.fit_population import build_population
     from fitguard.training.fit_report import write_fit_report
     from fitguard.training.group_features import load_models
@@ -143,12 +168,7 @@ def evaluate_fit(
     pop = build_population(models.backbone, dataset, config, cache)
     seconds["population"] = time.perf_counter() - t0
     t = time.perf_counter()
-    parts, order = [], []
-    for g in POPULATION_GROUPS:
-        idx = np.flatnonzero(pop.group == g)
-        parts.append(compute_fit_features(models, [pop.images[i] for i in idx], patches, cache=cache, desc=g))
-        order.append(idx)
-    feats = FitFeatures.concat(parts).subset(np.argsort(np.concatenate(order)))
+    feats = _population_features(models, pop, patches=patches, cache=cache)
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
     acceptable = [it.labels for it in dataset]
@@ -171,15 +191,7 @@ def evaluate_fit(
     }
     shift = domain_shift(**common, right=right, draws=draws)
     seconds["wordnet_and_shift"] = time.perf_counter() - t
-    groups = {
-        g: {
-            "n": int(np.sum(pop.group == g)),
-            "accuracy": float(right[pop.group == g].mean()),
-            "accuracy_wup": float(wright[pop.group == g].mean()),
-            "quality_median": float(np.median(feats.quality[pop.group == g])),
-        }
-        for g in POPULATION_GROUPS
-    }
+    groups = _group_summary(pop.group, right=right, wright=wright, quality=feats.quality)
     seconds["total"] = time.perf_counter() - t0
     rep = {
         "setup": {

@@ -54,6 +54,19 @@ def _features(
     return net, feats, unique
 
 
+def _patches_for(quality_features: str, patches: int) -> int:
+    """P for the mode: the shared mode reads one view, the classifier's centre crop."""
+    if quality_features not in QUALITY_MODES:
+        raise ValueError(f"unknown quality mode {quality_features!r}; choose from {', '.join(QUALITY_MODES)}")
+    return 1 if quality_features == SHARED_MODE else patches
+
+
+def _final_config(config: HeadConfig, evaluation: dict[str, Any]) -> HeadConfig:
+    """The final head trains on every scene for the median of the splits' early-stopped epoch counts."""
+    epochs = [s["best_epoch"] for s in evaluation["splits"]]
+    return replace(config, epochs=int(np.median(epochs)) if epochs else config.epochs, val_fraction=0.0)
+
+
 def train_iqa(
     backbone: str = "efficientnet_lite0",
     dataset: str = "scenes",
@@ -81,17 +94,13 @@ def train_iqa(
     splits; ``left_out`` trains one head per distortion kind without it. The head written to ``out`` is
     then trained on all scenes for the median of the splits' early-stopped epoch counts. ``config``
     defaults to :func:`fitguard.training.iqa_head.default_head_config`; ``quick`` trains a small set
-    (6 views per scene, 2 splits) for tests that need some head. ``quality_features``: ``patches`` trains
-    on the P patches of each image, ``shared`` on the classifier's centre crop, the features the
-    classifier's pass gives the served quality step (P is then 1). Returns the metrics written.
+    (6 views per scene, 2 splits) for tests that need some head. ``quality_features``: ``patches`` (P
+    patches per image) or ``shared`` (the classifier's centre crop, as served). Returns the metrics.
     """
     from fitguard.training.iqa_data import SYNTHETIC_SETS, label_name, load_dataset
     from fitguard.training.iqa_report import write_outputs
 
-    if quality_features not in QUALITY_MODES:
-        raise ValueError(f"unknown quality mode {quality_features!r}; choose from {', '.join(QUALITY_MODES)}")
-    if quality_features == SHARED_MODE:
-        patches = 1
+    patches = _patches_for(quality_features, patches)
     args = {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in locals().items()}
     args.pop("config"), args.pop("progress")
     lap = _stopwatch()
@@ -111,10 +120,7 @@ def train_iqa(
     fit = head_fit(feats, unique, labels, config, seed, labels.views if dataset in SYNTHETIC_SETS else None)
     split_list = reference_splits(labels.references, splits, seed=seed)
     evaluation, held_out = _evaluate(fit, items, labels, split_list, baseline, left_out, progress, lap)
-    epochs = [s["best_epoch"] for s in evaluation["splits"]]
-    final_config = replace(
-        config, epochs=int(np.median(epochs)) if epochs else config.epochs, val_fraction=0.0
-    )
+    final_config = _final_config(config, evaluation)
     all_idx = np.arange(len(items))
     head, _ = train_head(feats, unique, labels.scores, labels.references, all_idx, final_config, seed=seed)
     lap("final")

@@ -1,0 +1,123 @@
+"""The graphs of an export, each checked against its original before anything is written.
+
+``onnx.checker`` first, then ONNX Runtime beside the torch / scikit-learn original on a batch size other
+than the export's (:mod:`fitguard.export.verify`); for a DALI preprocess step its outputs beside the
+Python step's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fitguard.contract import CLASSIFIER, DETECTOR, QUALITY
+from fitguard.preprocess import PreprocessSettings
+
+
+@dataclass(frozen=True)
+class Models:
+    """The modules an export turns into graphs, all in eval mode."""
+
+    net: Any
+    classifier: Any
+    quality: Any
+    detector: Any
+    head_info: dict[str, Any]
+
+
+def load_models(
+    backbone: str, weights: str | None, *, head: Path, detector: Path, quality_features: str
+) -> Models:
+    """The backbone, the classifier and quality modules around it, and the detector, all in eval mode."""
+    from fitguard.backbones import build_backbone
+    from fitguard.classifier import Classifier
+    from fitguard.detector import load_detector
+    from fitguard.quality import QualityModel, check_head_mode, load_head
+
+    net = build_backbone(backbone, weights)
+    head_module, head_info = load_head(head, net)
+    check_head_mode(head_info, quality_features, head)
+    return Models(
+        net=net,
+        classifier=Classifier(net).eval(),
+        quality=QualityModel(net, head_module).eval(),
+        detector=load_detector(detector),
+        head_info=head_info,
+    )
+
+
+def _verified_graphs(
+    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """The three graphs, each through ``onnx.checker`` and its parity check against the original."""
+    if settings.shared:
+        return _verified_shared_graphs(classifier, quality_model, det, settings, precision)
+    from fitguard.export.onnx_export import (
+        apply_precision,
+        export_classifier,
+        export_detector,
+        export_quality,
+    )
+    from fitguard.export.verify import (
+        TOLERANCES,
+        check_classifier,
+        check_detector,
+        check_graph,
+        check_quality,
+        verification_inputs,
+    )
+
+    graphs = {
+        CLASSIFIER: apply_precision(export_classifier(classifier), precision),
+        QUALITY: apply_precision(export_quality(quality_model), precision),
+        DETECTOR: export_detector(det),
+    }
+    for name, graph in graphs.items():
+        check_graph(graph, name)
+    tol = TOLERANCES[precision]
+    inputs, patch_batch = verification_inputs(settings)
+    clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
+    q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
+    return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+
+
+def _verified_shared_graphs(
+    classifier: Any, quality_model: Any, det: Any, settings: PreprocessSettings, precision: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """Shared quality mode: the two-output classifier, the head on features, the detector; each checked."""
+    from fitguard.classifier import SharedClassifier
+    from fitguard.export.onnx_export import apply_precision, export_detector
+    from fitguard.export.shared import check_shared_graphs, export_feature_quality, export_shared_classifier
+    from fitguard.export.verify import TOLERANCES, check_detector, check_graph, verification_inputs
+    from fitguard.quality import FeatureQuality
+
+    net = classifier.backbone
+    graphs = {
+        CLASSIFIER: apply_precision(export_shared_classifier(SharedClassifier(net).eval()), precision),
+        QUALITY: apply_precision(
+            export_feature_quality(FeatureQuality(quality_model.head).eval(), net.quality_dim, net), precision
+        ),
+        DETECTOR: export_detector(det),
+    }
+    for name, graph in graphs.items():
+        check_graph(graph, name)
+    tol = TOLERANCES[precision]
+    inputs, _ = verification_inputs(settings)
+    originals = {"classifier": classifier, "backbone": net, "quality_model": quality_model}
+    reports, probs, quality = check_shared_graphs(graphs, originals, inputs, tol)
+    return graphs, [*reports, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+
+
+def checked_graphs(
+    models: Models, settings: PreprocessSettings, *, precision: str, preprocess: str
+) -> tuple[dict[str, Any], list[Any]]:
+    """The verified graphs and every parity report, the DALI step's against the Python step included."""
+    graphs, reports = _verified_graphs(
+        models.classifier, models.quality, models.detector, settings, precision
+    )
+    if preprocess == "dali":
+        from fitguard.export import dali
+
+        reports.append(dali.check_parity(settings))
+    return graphs, reports
