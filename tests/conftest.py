@@ -37,10 +37,9 @@ def synthetic_detector(seed: int = 0, threshold: float = 0.0):
     return Detector(make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(features, labels), threshold)
 
 
-@pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
-    """A complete exported repository on the ``tiny`` backbone (seeded random quality head, synthetic
-    detector), verified like any export. Returns its Path."""
+def export_tiny(root, *, quality_features: str = "patches"):
+    """A complete repository on the ``tiny`` backbone (a seeded random quality head saved for
+    ``quality_features``, the synthetic detector), exported and verified like any; returns its Path."""
     import torch
 
     from fitguard.backbones import build_backbone
@@ -49,49 +48,32 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
     from fitguard.quality import QualityHead, save_head
 
     torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("tiny_repository")
     net = build_backbone("tiny")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         head = QualityHead(net.quality_dim)
-    save_head(root / "head.pt", head, net)
+    save_head(root / "head.pt", head, net, mode=quality_features)
     save_detector(root / "detector.joblib", synthetic_detector())
     return export_repository(
         root / "repository",
         backbone="tiny",
         head=root / "head.pt",
         detector=root / "detector.joblib",
+        quality_features=quality_features,
         log=lambda _: None,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory):
+    """The ``tiny`` repository in the paper's P-patch quality mode (:func:`export_tiny`)."""
+    return export_tiny(tmp_path_factory.mktemp("tiny_repository"))
 
 
 @pytest.fixture(scope="session")
 def tiny_shared_repository(tmp_path_factory: pytest.TempPathFactory):
-    """The ``tiny`` repository in shared quality mode: the classifier's pass gives the quality features
-    (a seeded random head saved for that mode, the same synthetic detector). Returns its Path."""
-    import torch
-
-    from fitguard.backbones import build_backbone
-    from fitguard.detector import save_detector
-    from fitguard.export import export_repository
-    from fitguard.quality import QualityHead, save_head
-
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("tiny_shared_repository")
-    net = build_backbone("tiny")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        head = QualityHead(net.quality_dim)
-    save_head(root / "head.pt", head, net, mode="shared")
-    save_detector(root / "detector.joblib", synthetic_detector())
-    return export_repository(
-        root / "repository",
-        backbone="tiny",
-        head=root / "head.pt",
-        detector=root / "detector.joblib",
-        quality_features="shared",
-        log=lambda _: None,
-    )
+    """The ``tiny`` repository in shared quality mode: the classifier's pass gives the quality features."""
+    return export_tiny(tmp_path_factory.mktemp("tiny_shared_repository"), quality_features="shared")
 
 
 @pytest.fixture(scope="session")
