@@ -1,9 +1,10 @@
 """Overload: four times the measured capacity, for a bounded time, against the real server.
 
 Capacity is measured first (closed loop, the same images). Then requests arrive open-loop at 4x that rate:
-every one must get an answer or a refusal (``Overloaded``: a full entry queue or a queue timeout), none may
-be lost or fail otherwise; answered requests stay under a bound derived from the repository's queue policy;
-the server stays ready throughout; afterwards normal load is served at full speed again.
+every one must get an answer or a refusal (``Overloaded``: a full entry queue, at once, or a queue
+timeout, within the timeouts on its path), none may be lost or fail otherwise; answered requests stay
+under a bound derived from the repository's queue policy; the server stays ready throughout; afterwards
+normal load is served at full speed again.
 
 The repository is the offline build (``FITGUARD_BUILD``) when there is one, for a realistic capacity,
 else the tiny test repository.
@@ -120,8 +121,11 @@ def test_four_times_capacity_sheds_load_and_recovers(capacity_repository: Path, 
     assert not burst.of("lost"), f"{len(burst.of('lost'))} requests never got an answer"
     assert burst.of("answered") and burst.of("overloaded")  # it was overloaded, and still served
     assert summary["answered_p99_ms"] <= bound_ms
-    # Refused at once when the entry queue is full; at worst after the queue timeouts on the path.
-    assert summary["refused_p50_ms"] <= 100
+    # Refused at once when the entry queue is full. When the bottleneck lies behind the entry step (the
+    # quality step of a real backbone), the excess passes the entry and is refused by a later step's queue
+    # timeout: the median refusal then waits about one timeout, bounded by two on the path (export/overload.py
+    # says why later queues cannot be bounded in size on Triton 2.51).
+    assert summary["refused_p50_ms"] <= 2 * timeout_ms + normal_ms["p99"]
     assert summary["refused_p99_ms"] <= bound_ms
     assert ready and all(ready), f"server not ready in {ready.count(False)} of {len(ready)} probes"
     assert after.errors == 0, after.first_error
