@@ -98,13 +98,15 @@ def test_heavily_blurred_or_noisy_cat_is_unfit(served) -> None:
 
 
 def test_heavily_degraded_photos_are_refused_clean_ones_pass(served, degraded) -> None:
-    """Heavy blur, noise and JPEG on every sample photo: the guard refuses every one, and no clean one."""
+    """Heavy blur, noise and JPEG on every sample photo: the guard refuses every one, and no clean photo
+    whose answer can be right."""
     names = [n for n in degraded if "/" in n]
     clean = [n for n in degraded if "/" not in n]
     got = served.classify_many([degraded[n] for n in names + clean])
     refused = {n: not v.fit for n, v in zip(names + clean, got, strict=True)}
     print({n: "UNFIT" if r else "fit" for n, r in refused.items()})
-    assert not any(refused[n] for n in clean)
+    # ImageNet-1k has no class for an astronaut: every answer there is wrong, so either verdict may stand.
+    assert not any(refused[n] for n in clean if n != "astronaut")
     assert all(refused[n] for n in names)
 
 
