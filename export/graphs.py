@@ -31,7 +31,7 @@ def load_models(
 ) -> Models:
     """The backbone, the classifier and quality modules around it, and the detector, all in eval mode."""
     from fitguard.backbones import build_backbone
-    from fitguard.classifier import Classifier
+    from fitguard.classifier import ServedClassifier
     from fitguard.detector import load_detector
     from fitguard.quality import QualityModel, check_head_mode, load_head
 
@@ -40,7 +40,7 @@ def load_models(
     check_head_mode(head_info, quality_features, head)
     return Models(
         net=net,
-        classifier=Classifier(net).eval(),
+        classifier=ServedClassifier(net).eval(),
         quality=QualityModel(net, head_module).eval(),
         detector=load_detector(detector),
         head_info=head_info,
@@ -77,9 +77,9 @@ def _verified_graphs(
         check_graph(graph, name)
     tol = TOLERANCES[precision]
     inputs, patch_batch = verification_inputs(settings)
-    clf_report, probs = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
+    clf_report, probs, energy = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
     q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
-    return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+    return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, energy, tol)]
 
 
 def _verified_shared_graphs(
@@ -105,8 +105,8 @@ def _verified_shared_graphs(
     tol = TOLERANCES[precision]
     inputs, _ = verification_inputs(settings)
     originals = {"classifier": classifier, "backbone": net, "quality_model": quality_model}
-    reports, probs, quality = check_shared_graphs(graphs, originals, inputs, tol)
-    return graphs, [*reports, check_detector(graphs[DETECTOR], det, probs, quality, tol)]
+    reports, probs, quality, energy = check_shared_graphs(graphs, originals, inputs, tol)
+    return graphs, [*reports, check_detector(graphs[DETECTOR], det, probs, quality, energy, tol)]
 
 
 def checked_graphs(

@@ -1,6 +1,7 @@
 """The three graphs of the repository, with the contract's tensor names and a dynamic batch dimension.
 
-- classifier: ``CLASSIFIER_INPUT`` uint8 [N, 3, 224, 224] -> ``PROBS`` fp32 [N, 1000] (torch.onnx, dynamo).
+- classifier: ``CLASSIFIER_INPUT`` uint8 [N, 3, 224, 224] -> ``PROBS`` fp32 [N, 1000], ``ENERGY`` fp32
+  [N, 1] (torch.onnx, dynamo).
 - quality: ``IQA_PATCHES`` uint8 [N, P, 3, 224, 224] -> ``QUALITY`` fp32 [N, 1], N and P dynamic.
 - detector: skl2onnx's scaler + SVC, composed with a TopK/Concat prefix and a threshold suffix into one
   graph: ``PROBS``, ``QUALITY`` -> ``CLASS_ID``, ``TOP5_IDS``, ``TOP5_PROBS``, ``FIT``, ``FIT_SCORE``.
@@ -22,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from fitguard.contract import (
     CLASS_ID,
     CLASSIFIER_INPUT,
+    ENERGY,
     FIT,
     FIT_SCORE,
     IQA_PATCHES,
@@ -32,7 +34,7 @@ from fitguard.contract import (
     TOP5_PROBS,
     TOP_K,
 )
-from fitguard.detector import QUALITY_EPS
+from fitguard.detector import FEATURE_SETS, FIT_SET, QUALITY_EPS
 
 OPSET = 18
 ML_OPSET = 3
@@ -81,11 +83,11 @@ def torch_export(
 
 
 def export_classifier(classifier: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.classifier.Classifier` -> graph ``CLASSIFIER_INPUT`` -> ``PROBS``."""
+    """A :class:`fitguard.classifier.ServedClassifier` -> ``CLASSIFIER_INPUT`` -> ``PROBS``, ``ENERGY``."""
     import torch
 
     example = torch.zeros(EXPORT_BATCH, 3, 224, 224, dtype=torch.uint8)
-    model = torch_export(classifier, example, CLASSIFIER_INPUT, PROBS, {0: BATCH_DIM})
+    model = torch_export(classifier, example, CLASSIFIER_INPUT, (PROBS, ENERGY), {0: BATCH_DIM})
     annotate(
         model, "classifier", backbone=classifier.backbone.name, weights_id=classifier.backbone.weights_id
     )
@@ -107,38 +109,45 @@ def export_quality(quality_model: Any) -> onnx.ModelProto:
 # ------------------------------------------------------------------------------------------------ detector
 
 
-def _svm_graph(pipeline: Any, input_name: str) -> onnx.ModelProto:
+def _svm_graph(pipeline: Any, input_name: str, n_features: int) -> onnx.ModelProto:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
     final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
+    options: dict[str, Any] = {"zipmap": False}  # plain [N, 2] scores, not a list of dicts
+    if not hasattr(final, "support_vectors_"):  # linear models: decision_function, not probabilities
+        options["raw_scores"] = True
     # skl2onnx reads SVC's probA_/probB_, which scikit-learn >= 1.9 flags as deprecated.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
             return to_onnx(
                 pipeline,
-                initial_types=[(input_name, FloatTensorType([None, TOP_K + 1]))],
-                options={id(final): {"zipmap": False}},  # plain [N, 2] scores, not a list of dicts
+                initial_types=[(input_name, FloatTensorType([None, n_features]))],
+                options={id(final): options},
                 target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
             )
         except Exception as exc:
             raise ExportError(f"skl2onnx cannot convert the detector pipeline: {exc}") from exc
 
 
-def probe_features(rows: int = 256, seed: int = 0) -> np.ndarray:
-    """Rows spread over what real images give: sorted top-5 of Dirichlet probabilities (peaked to flat)
-    and qualities in [0, 1] (raw: :func:`fitguard.detector.detector_features` takes the logit)."""
+def probe_inputs(rows: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detector inputs spread over what real images give: probabilities [rows, 1000] and energies
+    [rows, 1] of logits from flat to peaked (a few classes lifted above Gaussian noise of random
+    scale), and qualities in [0, 1] [rows, 1]."""
     rng = np.random.default_rng(seed)
-    alpha = 10.0 ** rng.uniform(-3, 0, size=(rows, 1))
-    probs = rng.gamma(np.broadcast_to(alpha, (rows, NUM_CLASSES)))
-    probs /= probs.sum(axis=1, keepdims=True)
-    top = -np.sort(-probs, axis=1)[:, :TOP_K]
-    return np.concatenate([top, rng.uniform(0, 1, size=(rows, 1))], axis=1).astype(np.float32)
+    logits = rng.normal(0, 1, (rows, NUM_CLASSES)) * rng.uniform(0.5, 3, (rows, 1))
+    lifted = rng.integers(0, NUM_CLASSES, (rows, 3))
+    np.put_along_axis(logits, lifted, rng.uniform(0, 20, (rows, 3)), axis=1)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    energy = logits.max(axis=1, keepdims=True) + np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = np.exp(logits - energy)
+    quality = rng.uniform(0, 1, size=(rows, 1))
+    return probs.astype(np.float32), quality.astype(np.float32), energy.astype(np.float32)
 
 
 def _score_column(
-    svm: onnx.ModelProto, pipeline: Any, input_name: str, scores_name: str
+    svm: onnx.ModelProto, detector: Any, input_name: str, scores_name: str
 ) -> tuple[int, float]:
     """Which column (and sign) of skl2onnx's score output is sklearn's ``decision_function``.
 
@@ -147,10 +156,10 @@ def _score_column(
     """
     import onnxruntime as ort
 
-    features = probe_features(64, seed=1)
+    features = detector.features(*probe_inputs(64, seed=1))
     session = ort.InferenceSession(svm.SerializeToString(), providers=["CPUExecutionProvider"])
     (scores,) = session.run([scores_name], {input_name: features})
-    expected = pipeline.decision_function(features)
+    expected = detector.pipeline.decision_function(features)
     if scores.ndim != 2 or expected.ndim != 1:
         raise ExportError(f"detector must be a binary classifier; ONNX scores have shape {scores.shape}")
     errors = {
@@ -165,16 +174,18 @@ def _score_column(
 
 
 def export_detector(detector: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``QUALITY`` to the verdict.
+    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``ENERGY``, ``QUALITY`` to the
+    verdict (a feature set that does not read ``ENERGY`` leaves that input unused).
 
     prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; logit of QUALITY clipped to [eps, 1 - eps]
-    (:func:`fitguard.detector.quality_logit`); Concat -> the 6-d features.
+    (:func:`fitguard.detector.quality_logit`); Concat -> the detector's features (for the ``fit`` set
+    with ENERGY before the quality logit).
     suffix: FIT_SCORE = decision - threshold; FIT = FIT_SCORE >= 0; CLASS_ID = TOP5_IDS[:, :1].
     """
     features = "detector_features"
-    svm = _svm_graph(detector.pipeline, features)
+    svm = _svm_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
     scores_name = svm.graph.output[-1].name
-    col, sign = _score_column(svm, detector.pipeline, features, scores_name)
+    col, sign = _score_column(svm, detector, features, scores_name)
 
     graph = svm.graph
     n = BATCH_DIM
@@ -197,8 +208,9 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         helper.make_node("Sub", ["fg_unit", "fg_q"], ["fg_1_q"]),
         helper.make_node("Log", ["fg_1_q"], ["fg_log_1_q"]),
         helper.make_node("Sub", ["fg_log_q", "fg_log_1_q"], ["fg_quality_logit"]),
-        helper.make_node("Concat", [TOP5_PROBS, "fg_quality_logit"], [features], axis=1),
     ]
+    columns = [TOP5_PROBS, ENERGY] if detector.feature_set == FIT_SET else [TOP5_PROBS]
+    prefix.append(helper.make_node("Concat", [*columns, "fg_quality_logit"], [features], axis=1))
     suffix = [
         helper.make_node("Gather", [scores_name, "fg_score_col"], ["fg_decision"], axis=1),
         helper.make_node("Mul", ["fg_decision", "fg_score_sign"], ["fg_signed"]),
@@ -214,6 +226,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
     graph.input.extend(
         [
             helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [n, NUM_CLASSES]),
+            helper.make_tensor_value_info(ENERGY, TensorProto.FLOAT, [n, 1]),
             helper.make_tensor_value_info(QUALITY_SCORE, TensorProto.FLOAT, [n, 1]),
         ]
     )
@@ -232,6 +245,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         svm,
         "detector",
         threshold=repr(float(detector.threshold)),
+        feature_set=detector.feature_set,
         score_column=str(col),
         score_sign=str(sign),
     )

@@ -18,6 +18,7 @@ import onnx
 from fitguard.contract import (
     CLASSIFIER,
     CLASSIFIER_INPUT,
+    ENERGY,
     ENSEMBLE,
     IQA_FEATURES,
     IQA_PATCHES,
@@ -34,12 +35,12 @@ FEATURES_VALUE = "iqa_features"  # the ensemble's name for the classifier -> qua
 
 
 def export_shared_classifier(classifier: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.classifier.SharedClassifier` -> ``CLASSIFIER_INPUT`` -> ``PROBS``, ``IQA_FEATURES``
-    (both from one backbone pass)."""
+    """A :class:`fitguard.classifier.SharedClassifier` -> ``CLASSIFIER_INPUT`` -> ``PROBS``, ``ENERGY``,
+    ``IQA_FEATURES`` (all from one backbone pass)."""
     import torch
 
     example = torch.zeros(EXPORT_BATCH, 3, 224, 224, dtype=torch.uint8)
-    model = torch_export(classifier, example, CLASSIFIER_INPUT, (PROBS, IQA_FEATURES), {0: BATCH_DIM})
+    model = torch_export(classifier, example, CLASSIFIER_INPUT, (PROBS, ENERGY, IQA_FEATURES), {0: BATCH_DIM})
     net = classifier.backbone
     annotate(model, "classifier", backbone=net.name, weights_id=net.weights_id, quality_features=SHARED_MODE)
     return model
@@ -59,22 +60,25 @@ def export_feature_quality(quality: Any, feature_dim: int, backbone: Any) -> onn
 
 def check_shared_graphs(
     graphs: dict[str, onnx.ModelProto], originals: dict[str, Any], inputs: np.ndarray, tol: Tolerances
-) -> tuple[list[ParityReport], np.ndarray, np.ndarray]:
+) -> tuple[list[ParityReport], np.ndarray, np.ndarray, np.ndarray]:
     """Both shared-mode graphs against their originals on real crops ``inputs``.
 
-    ``originals``: ``classifier`` (the plain :class:`~fitguard.classifier.Classifier`), ``backbone``,
+    ``originals``: ``classifier`` (the :class:`~fitguard.classifier.ServedClassifier`), ``backbone``,
     ``quality_model`` (the patch-mode :class:`~fitguard.quality.QualityModel` with the same head).
-    Returns the reports and the originals' probabilities and qualities (the detector check reuses them).
+    Returns the reports and the originals' probabilities, qualities and energies (the detector check
+    reuses them).
     """
     import torch
 
     from fitguard.backbones import UInt8Normalize
 
-    probs, features = session(graphs[CLASSIFIER]).run([PROBS, IQA_FEATURES], {CLASSIFIER_INPUT: inputs})
+    probs, energy, features = session(graphs[CLASSIFIER]).run(
+        [PROBS, ENERGY, IQA_FEATURES], {CLASSIFIER_INPUT: inputs}
+    )
     x = torch.from_numpy(inputs)
     net = originals["backbone"]
     with torch.inference_mode():
-        want_probs = originals["classifier"](x).numpy()
+        want_probs, want_energy = (t.numpy() for t in originals["classifier"](x))
         want_features = net.quality_features(UInt8Normalize(net.preset)(x)).numpy()
         want_quality = originals["quality_model"](x[:, None]).numpy()
     (quality,) = session(graphs[QUALITY]).run([QUALITY_SCORE], {IQA_FEATURES: features})
@@ -87,9 +91,11 @@ def check_shared_graphs(
             len(inputs),
             {
                 "prob": float(np.max(np.abs(probs - want_probs))),
+                "energy": float(np.max(np.abs(energy - want_energy)))
+                / (1.0 + float(np.max(np.abs(want_energy)))),
                 "features": float(np.max(np.abs(features - want_features))) / scale,
             },
-            {"prob": tol.prob, "features": tol.quality},
+            {"prob": tol.prob, "energy": tol.prob, "features": tol.quality},
             {"top5": int(np.sum(np.any(top != top_want, axis=1)))},
         ),
         ParityReport(
@@ -99,7 +105,7 @@ def check_shared_graphs(
             {"quality": tol.quality},
         ),
     ]
-    return reports, want_probs, want_quality
+    return reports, want_probs, want_quality, want_energy
 
 
 def _drop_output_map(step: Any, key: str) -> None:

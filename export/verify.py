@@ -18,6 +18,7 @@ from fitguard.contract import (
     CLASSIFIER,
     CLASSIFIER_INPUT,
     DETECTOR,
+    ENERGY,
     FIT,
     FIT_SCORE,
     IQA_PATCHES,
@@ -27,7 +28,7 @@ from fitguard.contract import (
     TOP5_IDS,
     TOP5_PROBS,
 )
-from fitguard.export.onnx_export import EXPORT_BATCH, probe_features
+from fitguard.export.onnx_export import EXPORT_BATCH, probe_inputs
 
 VERIFY_PHOTOS: tuple[str, ...] = ("chelsea", "astronaut", "coffee")  # 3 != EXPORT_BATCH
 assert len(VERIFY_PHOTOS) != EXPORT_BATCH
@@ -103,23 +104,29 @@ def verification_inputs(settings: Any, names: Sequence[str] = VERIFY_PHOTOS) -> 
 
 def check_classifier(
     model: onnx.ModelProto, classifier: Any, inputs: np.ndarray, tol: Tolerances
-) -> tuple[ParityReport, np.ndarray]:
-    """Returns the report and the original's probabilities (the detector check reuses them)."""
+) -> tuple[ParityReport, np.ndarray, np.ndarray]:
+    """Returns the report and the original's probabilities and energies (the detector check reuses them).
+
+    Energy is compared relative to its scale (logsumexp of logits is an unbounded number)."""
     import torch
 
-    (probs,) = session(model).run([PROBS], {CLASSIFIER_INPUT: inputs})
+    probs, energy = session(model).run([PROBS, ENERGY], {CLASSIFIER_INPUT: inputs})
     with torch.inference_mode():
-        expected = classifier(torch.from_numpy(inputs)).numpy()
+        expected, expected_energy = (t.numpy() for t in classifier(torch.from_numpy(inputs)))
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :5]
+    scale = 1.0 + float(np.max(np.abs(expected_energy)))
     report = ParityReport(
         CLASSIFIER,
         len(inputs),
-        {"prob": float(np.max(np.abs(probs - expected)))},
-        {"prob": tol.prob},
+        {
+            "prob": float(np.max(np.abs(probs - expected))),
+            "energy": float(np.max(np.abs(energy - expected_energy))) / scale,
+        },
+        {"prob": tol.prob, "energy": tol.prob},
         {"top5": int(np.sum(np.any(top != top_expected, axis=1)))},
     )
-    return report, expected
+    return report, expected, expected_energy
 
 
 def check_quality(
@@ -146,6 +153,7 @@ def check_detector(
     detector: Any,
     probs: np.ndarray,
     quality: np.ndarray,
+    energy: np.ndarray,
     tol: Tolerances,
     probe_rows: int = 256,
 ) -> ParityReport:
@@ -154,17 +162,19 @@ def check_detector(
     only differ for a score within the tolerance of the threshold."""
     from fitguard.reference import reference_outputs
 
-    probe = probe_features(probe_rows, seed=2)
-    # Probe rows as probabilities: the sorted top-5 values in the first columns, the rest zero.
-    probe_probs = np.zeros((probe_rows, probs.shape[1]), np.float32)
-    probe_probs[:, :5] = probe[:, :5]
+    probe_probs, probe_quality, probe_energy = probe_inputs(probe_rows, seed=2)
     all_probs = np.concatenate([probs.astype(np.float32), probe_probs])
-    all_quality = np.concatenate([quality.reshape(-1, 1).astype(np.float32), probe[:, 5:]])
+    all_quality = np.concatenate([quality.reshape(-1, 1).astype(np.float32), probe_quality])
+    all_energy = np.concatenate([energy.reshape(-1, 1).astype(np.float32), probe_energy])
     names = [TOP5_IDS, TOP5_PROBS, FIT, FIT_SCORE]
     got = dict(
-        zip(names, session(model).run(names, {PROBS: all_probs, QUALITY_SCORE: all_quality}), strict=True)
+        zip(
+            names,
+            session(model).run(names, {PROBS: all_probs, QUALITY_SCORE: all_quality, ENERGY: all_energy}),
+            strict=True,
+        )
     )
-    want = reference_outputs(all_probs, all_quality, detector)
+    want = reference_outputs(all_probs, all_quality, detector, all_energy)
     real = len(probs)
     verdict_diff = got[FIT].ravel() != want[FIT].ravel()
     ambiguous = np.abs(want[FIT_SCORE].ravel()) <= tol.score

@@ -21,7 +21,8 @@ from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
 from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
-DISTORT_SOURCES = 8  # originals distorted for training: 8 x 4 kinds x 5 levels = 160 images
+FIT_REPORT = "fit_report"  # the shipped detector's held-out evaluation (report.md, report.json, plots)
+SUMMARY_METHODS = ("shipped", "msp", "quality")  # what build.json keeps of it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--photos",
         default=None,
-        help="folder of reference photos "
-        "(default: the scenes set for quality, package photos for the detector)",
+        help="folder of reference photos for the quality head (default: the scenes set); the detector "
+        "learns on the labelled objects",
     )
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image")
     parser.add_argument(
@@ -113,6 +114,13 @@ def _scenes_version() -> str:
     return prepare_scenes().name
 
 
+def _objects_version() -> str:
+    """The prepared labelled objects' folder name: it changes with the packages and the recipe."""
+    from fitguard.training.datasets.objects import prepare_objects
+
+    return prepare_objects().name
+
+
 def _iqa_args(common: dict[str, Any], *, dataset: str, splits: int) -> dict[str, Any]:
     """Stamps hold every setting that changes a step's output, so a changed default retrains."""
     from fitguard.backbones import QUALITY_FEATURES
@@ -133,44 +141,50 @@ def _iqa_args(common: dict[str, Any], *, dataset: str, splits: int) -> dict[str,
 
 
 def _detector_step(
-    record: _Record, models: dict[str, Any], *, out: Path, iqa_args: dict[str, Any], photos: str | None
+    record: _Record, models: dict[str, Any], *, out: Path, iqa_args: dict[str, Any]
 ) -> dict[str, Any]:
-    """Train (or reuse) the shipped detector; returns its stamp arguments."""
-    from fitguard.detector import DETECTOR_FORMAT
-    from fitguard.training.detector import train_detector
-    from fitguard.training.groups import DISTORTED, FOOL_EV, FOOL_GD, GroupConfig
-    from fitguard.training.svm import DEFAULT_GRID
+    """Train (or reuse) the shipped detector and its held-out evaluation; returns its stamp arguments.
+
+    Fit means the classifier's answer is right: the detector learns right against wrong answers on the
+    labelled objects (clean as users send them, distorted, universal perturbations, fooling images), and
+    ``evaluate-fit`` measures the same recipe held out by stamp (``fit_report/``, docs/fit_right.md).
+    """
+    from fitguard.detector import DETECTOR_FORMAT, FEATURE_SETS, FIT_SET
+    from fitguard.training.fit_detector import C_GRID, FOOLING_REFUSAL, FOOLING_WEIGHTS, PASS_RATE
+    from fitguard.training.fit_evaluate import evaluate_fit
+    from fitguard.training.fit_population import PopulationConfig
+    from fitguard.training.fit_right import REPEATS
 
     head, detector = out / "iqa_head.pt", out / "detector.joblib"
-    group_config = GroupConfig(distort_sources=DISTORT_SOURCES, seed=models["seed"])
-    # The shipped detector learns the unfit inputs the project can make offline that differ from clean ones:
-    # distorted and fooling images. The paper trains on universal-perturbation images alone; offline, our
-    # perturbation barely moves [top-5, quality] (docs/evaluation.md), so those images only add label noise
-    # and the detector then passes blurred and noisy photos as fit. The paper's protocol still runs and is
-    # reported (`fitguard evaluate`).
-    unfit = (DISTORTED, FOOL_GD, FOOL_EV)
+    config = PopulationConfig(seed=models["seed"])
     det_args = {
         **iqa_args,
         "head": record.stamp("iqa"),
-        "unfit": unfit,
-        "groups": asdict(group_config),
+        "fit": "right",
+        "population": asdict(config),
+        "objects": _objects_version(),
         "format": DETECTOR_FORMAT,
-        "grid": DEFAULT_GRID,
+        "features": FEATURE_SETS[FIT_SET],
+        "learner": ("logistic", C_GRID, FOOLING_WEIGHTS, FOOLING_REFUSAL),
+        "pass_rate": PASS_RATE,
+        "repeats": REPEATS,
     }
-    record.step(
-        "detector",
-        detector,
-        det_args,
-        lambda: train_detector(
-            **models,
+
+    def train() -> dict[str, Any]:
+        rep = evaluate_fit(
+            backbone=models["backbone"],
+            weights=models["weights"],
             head=head,
-            out=detector,
-            images=photos,
+            report=out / FIT_REPORT,
+            config=config,
+            patches=models["patches"],
             cache=out / "cache",
-            unfit_groups=unfit,
-            config=group_config,
-        ),
-    )
+            detector_out=detector,
+        )
+        aurc = {mix: {m: res["aurc"][m] for m in SUMMARY_METHODS} for mix, res in rep["results"].items()}
+        return {"aurc": aurc, "seconds": rep["seconds"]}
+
+    record.step("detector", detector, det_args, train)
     return det_args
 
 
@@ -214,7 +228,7 @@ def build(
             quality_features=quality_features,
         ),
     )
-    det_args = _detector_step(record, models, out=out, iqa_args=iqa_args, photos=photos)
+    det_args = _detector_step(record, models, out=out, iqa_args=iqa_args)
     record.step(
         "export",
         repository / MANIFEST_NAME,

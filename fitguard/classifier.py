@@ -1,4 +1,4 @@
-"""The classifier step: uint8 crops -> softmax probabilities, and the softmax numpy code uses.
+"""The classifier step: uint8 crops -> softmax probabilities and energy, and the softmax numpy code uses.
 
 Requires the ``[export]`` extra (torch).
 """
@@ -31,15 +31,24 @@ class Classifier(nn.Module):
         return torch.softmax(self.backbone(self.normalize(x)), dim=1)
 
 
+class ServedClassifier(Classifier):
+    """What the classifier graph computes: uint8 [N, 3, 224, 224] -> (probabilities [N, 1000], energy
+    [N, 1]). Energy is the logsumexp of the logits: softmax drops it, and the detector reads it."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = self.backbone(self.normalize(x))
+        return torch.softmax(logits, dim=1), torch.logsumexp(logits, dim=1, keepdim=True)
+
+
 class SharedClassifier(nn.Module):
-    """Shared quality mode: uint8 [N, 3, 224, 224] -> (probabilities [N, 1000], quality features [N, D])
-    from one backbone pass; the quality step's head reads the features."""
+    """Shared quality mode: uint8 [N, 3, 224, 224] -> (probabilities [N, 1000], energy [N, 1], quality
+    features [N, D]) from one backbone pass; the quality step's head reads the features."""
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.normalize = UInt8Normalize(backbone.preset)
         self.backbone = backbone
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, features = self.backbone.logits_and_quality_features(self.normalize(x))
-        return torch.softmax(logits, dim=1), features
+        return torch.softmax(logits, dim=1), torch.logsumexp(logits, dim=1, keepdim=True), features

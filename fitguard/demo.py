@@ -1,7 +1,8 @@
 """``fitguard demo``: the main job. Build once, serve the ensemble, classify sample photos.
 
-Each sample photo is sent as it is and in degraded versions (heavy blur, noise, JPEG), so the table
-shows the guard at work: the clean photo is classified and passed as fit, the degraded ones refused.
+Each sample photo is sent as it is and in degraded versions (heavy blur, noise, JPEG). Fit means the
+classifier's answer is right, so the table shows each answer's rightness (from the photo's acceptable
+ImageNet classes) beside the verdict: the guard should pass right answers and refuse wrong ones.
 """
 
 from __future__ import annotations
@@ -23,20 +24,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sample_images(names: tuple[str, ...] = SAMPLES) -> list[tuple[str, bytes]]:
+Sample = tuple[str, bytes, "frozenset[int] | None"]  # name, encoded image, acceptable classes if known
+
+
+def sample_images(names: tuple[str, ...] = SAMPLES) -> list[Sample]:
     """Sample photos and degraded versions, encoded as PNG (lossless, so only the degradation counts)."""
     from fitguard.preprocess import encode_image
     from fitguard.training.distortions import distort
-    from fitguard.training.photos import package_photos
+    from fitguard.training.photos import PHOTO_LABELS, package_photos
 
-    images: list[tuple[str, bytes]] = []
+    images: list[Sample] = []
     for name, rgb in package_photos(names).items():
-        images.append((name, encode_image(rgb)))
+        labels = PHOTO_LABELS.get(name)
+        images.append((name, encode_image(rgb), labels))
         for kind, level in DEGRADATIONS:
-            images.append(
-                (f"{name} + {kind.replace('_', ' ')} {level}", encode_image(distort(rgb, kind, level)))
-            )
+            degraded = encode_image(distort(rgb, kind, level))
+            images.append((f"{name} + {kind.replace('_', ' ')} {level}", degraded, labels))
     return images
+
+
+def _answer(class_id: int, labels: frozenset[int] | None) -> str:
+    if labels is None:
+        return "?"
+    return "right" if class_id in labels else "wrong"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,23 +59,27 @@ def run(args: argparse.Namespace) -> int:
         from fitguard.build import build
 
         build(Path(args.build), backbone=args.backbone)
-    images = [(Path(p).name, Path(p).read_bytes()) for p in args.images] if args.images else sample_images()
+    images = (
+        [(Path(p).name, Path(p).read_bytes(), None) for p in args.images] if args.images else sample_images()
+    )
 
     with EmbeddedServer(repository, http_port=0, grpc_port=0, metrics_port=0) as server:
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
         print(f"fitguard ensemble served at {url} ({args.protocol}); classifying {len(images)} images\n")
         with FitClient(url, protocol=args.protocol) as client:
-            results = client.classify_many([data for _, data in images])
-    width = max(len(name) for name, _ in images)
-    print(f"{'image':<{width}}  {'label':<22} {'conf':>5}  {'quality':>7}  verdict")
+            results = client.classify_many([data for _, data, _ in images])
+    width = max(len(name) for name, _, _ in images)
+    print(f"{'image':<{width}}  {'label':<22} {'conf':>5}  {'quality':>7}  answer  verdict")
     failed = 0
-    for (name, _), v in zip(images, results, strict=True):
+    for (name, _, labels), v in zip(images, results, strict=True):
         if not v.ok:
             failed += 1
             print(f"{name:<{width}}  error: {v.reason}")
             continue
         verdict = "fit" if v.fit else "UNFIT"
-        print(f"{name:<{width}}  {v.label[:22]:<22} {v.confidence:>5.2f}  {v.quality:>7.3f}  {verdict}")
+        answer = _answer(v.class_id, labels)
+        scores = f"{v.confidence:>5.2f}  {v.quality:>7.3f}"
+        print(f"{name:<{width}}  {v.label[:22]:<22} {scores}  {answer:<6}  {verdict}")
     return 1 if failed else 0
 
 

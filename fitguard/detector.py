@@ -1,10 +1,18 @@
 """The fit-for-task detector: features, the detector file, and its reference decision (no torch).
 
-Feature of one image: its top-5 class probabilities sorted in descending order, then the logit of its
-quality (6 values). The logit spreads the top of the quality scale, where clean and mildly degraded images
-lie close together: on [0, 1] the scaler, fitted on clean and heavily degraded images alike, squeezes that
-difference below what a smooth RBF kernel resolves (docs/evaluation.md compares the two). The SVM is a
-scikit-learn pipeline (scaler + RBF SVC) trained with label 1 = fit, 0 = unfit;
+A detector file names its feature set (:data:`FEATURE_SETS`), each computed from what the classifier
+and quality steps serve (``PROBS``, ``ENERGY``, ``QUALITY``), so every set serves through the same graphs:
+
+- ``paper``: the paper's six numbers, the top-5 class probabilities sorted in descending order, then
+  the logit of quality. The logit spreads the top of the quality scale, where clean and mildly degraded
+  images lie close together (docs/evaluation.md compares it with raw quality).
+- ``fit``: the paper's six plus the energy, the logsumexp of the classifier's logits: the scale of the
+  logits that softmax removes. The shipped detector uses it, trained on fit = the classifier's answer
+  is right; docs/fit_right.md measures it beside entropy and DOCTOR, which add nothing held out beyond
+  it and make the linear model's coefficients unstable (they are near-copies of the top-1 probability).
+
+The quality logit is always the last feature. The detector is a scikit-learn pipeline (scaler + a
+binary classifier with ``decision_function``) trained with label 1 = fit, 0 = unfit;
 ``FIT_SCORE = decision_function - threshold`` and ``FIT = FIT_SCORE >= 0``.
 """
 
@@ -18,9 +26,15 @@ import numpy as np
 
 from fitguard.contract import TOP_K
 
-DETECTOR_FORMAT = "fitguard.detector/2"  # /2: the quality feature is a logit
+DETECTOR_FORMAT = "fitguard.detector/3"  # /3: the file names its feature set
+READABLE_FORMATS = ("fitguard.detector/2", DETECTOR_FORMAT)  # /2 files hold the paper's features
 QUALITY_EPS = 1e-4  # quality is clipped to [eps, 1 - eps] before the logit
 FIT_LABEL, UNFIT_LABEL = 1, 0
+PAPER, FIT_SET = "paper", "fit"
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    PAPER: (*(f"top{k}" for k in range(1, TOP_K + 1)), "quality_logit"),
+    FIT_SET: (*(f"top{k}" for k in range(1, TOP_K + 1)), "energy", "quality_logit"),
+}
 
 
 class BadDetectorError(ValueError):
@@ -39,21 +53,36 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.take_along_axis(probs, ids, axis=1).astype(np.float32)
 
 
-def detector_features(probs: np.ndarray, quality: np.ndarray) -> np.ndarray:
-    """[N, 1000] probabilities and [N] or [N, 1] quality in [0, 1] -> [N, 6] float32 features."""
+def detector_features(
+    probs: np.ndarray, quality: np.ndarray, feature_set: str = PAPER, energy: np.ndarray | None = None
+) -> np.ndarray:
+    """[N, 1000] probabilities, [N] or [N, 1] quality in [0, 1] and (for the ``fit`` set) [N] or [N, 1]
+    energy -> [N, d] float32 features of the set."""
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown detector feature set {feature_set!r}; known: {sorted(FEATURE_SETS)}")
     probs = np.asarray(probs, dtype=np.float32)
-    top = -np.sort(-probs, axis=1)[:, :TOP_K]
-    q = quality_logit(np.asarray(quality, dtype=np.float32).reshape(-1, 1))
-    return np.concatenate([top, q], axis=1)
+    parts = [-np.sort(-probs, axis=1)[:, :TOP_K]]
+    if feature_set == FIT_SET:
+        if energy is None:
+            raise ValueError("the fit feature set needs the classifier's energy")
+        parts.append(np.asarray(energy, dtype=np.float32).reshape(-1, 1))
+    parts.append(quality_logit(np.asarray(quality, dtype=np.float32).reshape(-1, 1)))
+    return np.concatenate(parts, axis=1)
 
 
 @dataclass
 class Detector:
     """A trained detector: the scikit-learn pipeline and its operating threshold."""
 
-    pipeline: Any  # sklearn Pipeline(StandardScaler, SVC(kernel="rbf")) predicting FIT_LABEL / UNFIT_LABEL
+    pipeline: Any  # sklearn Pipeline(StandardScaler, binary classifier) predicting FIT_LABEL / UNFIT_LABEL
     threshold: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    feature_set: str = PAPER
+
+    def features(
+        self, probs: np.ndarray, quality: np.ndarray, energy: np.ndarray | None = None
+    ) -> np.ndarray:
+        return detector_features(probs, quality, self.feature_set, energy)
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Signed distance past the threshold: >= 0 is fit. Shape [N] float32."""
@@ -74,6 +103,7 @@ def save_detector(path: str | Path, detector: Detector) -> None:
         raise ValueError(f"detector must be trained on labels [0 unfit, 1 fit], got classes {classes}")
     blob = {
         "format": DETECTOR_FORMAT,
+        "feature_set": detector.feature_set,
         "pipeline": detector.pipeline,
         "threshold": float(detector.threshold),
         "meta": {**detector.meta, "sklearn_version": sklearn.__version__},
@@ -85,7 +115,8 @@ def load_detector(path: str | Path) -> Detector:
     """Read a detector file written by :func:`save_detector`.
 
     Raises:
-        BadDetectorError: unreadable, not a fitguard detector, or not a 6-feature binary classifier.
+        BadDetectorError: unreadable, not a fitguard detector, or its classifier does not take the
+            number of features its feature set has.
     """
     import joblib
 
@@ -97,10 +128,13 @@ def load_detector(path: str | Path) -> Detector:
         raise BadDetectorError(
             f"{path}: not a readable detector file ({exc.__class__.__name__}: {exc})"
         ) from None
-    if not isinstance(blob, dict) or blob.get("format") != DETECTOR_FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in READABLE_FORMATS:
         raise BadDetectorError(f"{path}: not a fitguard detector file (format {DETECTOR_FORMAT} expected)")
+    feature_set = blob.get("feature_set", PAPER)
+    if feature_set not in FEATURE_SETS:
+        raise BadDetectorError(f"{path}: unknown feature set {feature_set!r}")
     pipeline = blob["pipeline"]
-    n_in = getattr(pipeline, "n_features_in_", None)
-    if n_in != TOP_K + 1:
-        raise BadDetectorError(f"{path}: detector takes {n_in} features, fitguard gives {TOP_K + 1}")
-    return Detector(pipeline, float(blob["threshold"]), dict(blob.get("meta", {})))
+    n_in, n_set = getattr(pipeline, "n_features_in_", None), len(FEATURE_SETS[feature_set])
+    if n_in != n_set:
+        raise BadDetectorError(f"{path}: detector takes {n_in} features, its set {feature_set!r} has {n_set}")
+    return Detector(pipeline, float(blob["threshold"]), dict(blob.get("meta", {})), feature_set)

@@ -26,6 +26,7 @@ from fitguard.contract import (
     CLASSIFIER_INPUT,
     DEFAULT_PATCHES,
     DETECTOR,
+    ENERGY,
     FIT,
     FIT_SCORE,
     IQA_FEATURES,
@@ -86,7 +87,7 @@ class ReferencePipeline(_Pipeline):
         """In ``shared`` quality mode the quality model reads the centre crop as its one patch: the
         features the classifier's pass gives the served quality step."""
         from fitguard.backbones import build_backbone
-        from fitguard.classifier import Classifier
+        from fitguard.classifier import ServedClassifier
         from fitguard.detector import load_detector
         from fitguard.quality import QualityModel, load_head
 
@@ -99,7 +100,7 @@ class ReferencePipeline(_Pipeline):
         settings = PreprocessSettings(net.preset, patches, limits, backbone, quality_features)
         return cls(
             settings,
-            classifier=Classifier(net).eval(),
+            classifier=ServedClassifier(net).eval(),
             quality_model=QualityModel(net, head_module).eval(),
             detector=load_detector(detector),
         )
@@ -126,18 +127,18 @@ class ReferencePipeline(_Pipeline):
 
         crops = torch.from_numpy(np.ascontiguousarray(classifier_input))
         with torch.inference_mode():
-            probs = self.classifier(crops).numpy()
+            probs, energy = (t.numpy() for t in self.classifier(crops))
             views = crops[:, None] if patches is None else torch.from_numpy(np.ascontiguousarray(patches))
             quality = self.quality_model(views).numpy()
-        return reference_outputs(probs, quality, self.detector)
+        return reference_outputs(probs, quality, self.detector, energy)
 
 
-def reference_outputs(probs: np.ndarray, quality: np.ndarray, detector: Any) -> Outputs:
+def reference_outputs(probs: np.ndarray, quality: np.ndarray, detector: Any, energy: np.ndarray) -> Outputs:
     """The detector step in numpy + scikit-learn: what the detector graph computes."""
-    from fitguard.detector import detector_features, top_k
+    from fitguard.detector import top_k
 
     ids, top = top_k(probs)
-    score = detector.score(detector_features(probs, quality)).reshape(-1, 1)
+    score = detector.score(detector.features(probs, quality, energy)).reshape(-1, 1)
     return {
         CLASS_ID: ids[:, :1],
         TOP5_IDS: ids,
@@ -171,13 +172,15 @@ class OnnxPipeline(_Pipeline):
 
     def run(self, classifier_input: np.ndarray, patches: np.ndarray | None) -> Outputs:
         if patches is None:  # shared quality mode: the classifier's pass also gives the quality features
-            probs, features = self.sessions[CLASSIFIER].run(
-                [PROBS, IQA_FEATURES], {CLASSIFIER_INPUT: classifier_input}
+            probs, energy, features = self.sessions[CLASSIFIER].run(
+                [PROBS, ENERGY, IQA_FEATURES], {CLASSIFIER_INPUT: classifier_input}
             )
             (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_FEATURES: features})
         else:
-            (probs,) = self.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: classifier_input})
+            probs, energy = self.sessions[CLASSIFIER].run(
+                [PROBS, ENERGY], {CLASSIFIER_INPUT: classifier_input}
+            )
             (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
         names = [CLASS_ID, TOP5_IDS, TOP5_PROBS, FIT, FIT_SCORE]
-        detected = self.sessions[DETECTOR].run(names, {PROBS: probs, QUALITY_SCORE: quality})
+        detected = self.sessions[DETECTOR].run(names, {PROBS: probs, ENERGY: energy, QUALITY_SCORE: quality})
         return {**dict(zip(names, detected, strict=True)), QUALITY_SCORE: quality}

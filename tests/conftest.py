@@ -22,19 +22,20 @@ def photos() -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in ("chelsea", "astronaut", "coffee", "rocket")}
 
 
-def synthetic_detector(seed: int = 0, threshold: float = 0.0):
-    """A real scaler + RBF SVC detector trained in milliseconds on seeded synthetic 6-d features."""
+def synthetic_detector(seed: int = 0, threshold: float = 0.0, feature_set: str = "paper"):
+    """A real scaler + RBF SVC detector trained in milliseconds on seeded synthetic features of the set."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from fitguard.detector import Detector, quality_logit
-    from fitguard.export.onnx_export import probe_features
+    from fitguard.detector import Detector, detector_features
+    from fitguard.export.onnx_export import probe_inputs
 
-    raw = probe_features(200, seed=seed)
-    labels = (raw[:, 0] + raw[:, 5] > 0.9).astype(int)  # confident and sharp -> fit
-    features = np.concatenate([raw[:, :5], quality_logit(raw[:, 5:])], axis=1)
-    return Detector(make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(features, labels), threshold)
+    probs, quality, energy = probe_inputs(200, seed=seed)
+    labels = (probs.max(axis=1) + quality[:, 0] > 0.9).astype(int)  # confident and sharp -> fit
+    features = detector_features(probs, quality, feature_set, energy)
+    pipeline = make_pipeline(StandardScaler(), SVC(kernel="rbf")).fit(features, labels)
+    return Detector(pipeline, threshold, feature_set=feature_set)
 
 
 def export_tiny(root, *, quality_features: str = "patches"):

@@ -88,10 +88,48 @@ def test_quality_weight_is_chosen_by_cv_and_baked_into_an_exportable_scaler():
     baked_det = Detector(det.pipeline, det.threshold)
     probs = rng.dirichlet(np.full(1000, 0.05), size=64).astype(np.float32)
     quality = rng.uniform(0, 1, (64, 1)).astype(np.float32)
+    energy = rng.uniform(5, 20, (64, 1)).astype(np.float32)  # the paper's features leave it unread
     session = ort.InferenceSession(export_detector(baked_det).SerializeToString())
-    (got,) = session.run([c.FIT_SCORE], {c.PROBS: probs, c.QUALITY_SCORE: quality})
-    want = reference_outputs(probs, quality, baked_det)[c.FIT_SCORE]
+    (got,) = session.run([c.FIT_SCORE], {c.PROBS: probs, c.QUALITY_SCORE: quality, c.ENERGY: energy})
+    want = reference_outputs(probs, quality, baked_det, energy)[c.FIT_SCORE]
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("learner", ["logistic", "rbf_svm"])
+def test_fit_set_detector_reads_the_energy(tmp_path, learner):
+    """The ``fit`` set is the paper's six with ENERGY before the quality logit; its graph agrees with
+    numpy + scikit-learn for either learner the shipped recipe may choose, and the file round-trips
+    with its feature set."""
+    import onnxruntime as ort
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from fitguard import contract as c
+    from fitguard.detector import FIT_SET, Detector, save_detector
+    from fitguard.export.onnx_export import export_detector, probe_inputs
+    from fitguard.reference import reference_outputs
+
+    probs, quality, energy = probe_inputs(300, seed=4)
+    x = detector_features(probs, quality, FIT_SET, energy)
+    assert x.shape == (300, 7)
+    np.testing.assert_array_equal(x[:, 5:6], energy)
+    np.testing.assert_array_equal(np.delete(x, 5, axis=1), detector_features(probs, quality))
+    with pytest.raises(ValueError, match="energy"):
+        detector_features(probs, quality, FIT_SET)
+    y = (x[:, 5] - 4 * x[:, 0] > np.median(x[:, 5] - 4 * x[:, 0])).astype(int)
+    clf = LogisticRegression() if learner == "logistic" else SVC(kernel="rbf")
+    det = Detector(make_pipeline(StandardScaler(), clf).fit(x, y), 0.1, {}, FIT_SET)
+    save_detector(tmp_path / "d.joblib", det)
+    loaded = load_detector(tmp_path / "d.joblib")
+    assert loaded.feature_set == FIT_SET
+    session = ort.InferenceSession(export_detector(loaded).SerializeToString())
+    probs, quality, energy = probe_inputs(64, seed=5)
+    (got,) = session.run([c.FIT_SCORE], {c.PROBS: probs, c.QUALITY_SCORE: quality, c.ENERGY: energy})
+    want = reference_outputs(probs, quality, loaded, energy)[c.FIT_SCORE]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert 0 < np.mean(want >= 0) < 1
 
 
 def test_old_detector_format_is_refused(tmp_path):

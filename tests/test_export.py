@@ -189,14 +189,15 @@ def test_graphs_have_named_tensors_and_dynamic_batch_and_patches(tiny_repository
     rng = np.random.default_rng(0)
     for batch in (1, 5):
         x = rng.integers(0, 256, (batch, 3, 224, 224), dtype=np.uint8)
-        (probs,) = sessions[c.CLASSIFIER].run(None, {c.CLASSIFIER_INPUT: x})
+        probs, energy = sessions[c.CLASSIFIER].run(None, {c.CLASSIFIER_INPUT: x})
         assert probs.shape == (batch, 1000) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert energy.shape == (batch, 1) and np.all(np.log(probs.max(1, keepdims=True)) <= 1e-5)
         for patches in (1, 3):
             (q,) = sessions[c.QUALITY].run(
                 None, {c.IQA_PATCHES: rng.integers(0, 256, (batch, patches, 3, 224, 224), dtype=np.uint8)}
             )
             assert q.shape == (batch, 1) and np.all((q >= 0) & (q <= 1))
-        out = sessions[c.DETECTOR].run(None, {c.PROBS: probs, c.QUALITY_SCORE: q})
+        out = sessions[c.DETECTOR].run(None, {c.PROBS: probs, c.ENERGY: energy, c.QUALITY_SCORE: q})
         assert [o.shape for o in out] == [(batch, 1), (batch, 5), (batch, 5), (batch, 1), (batch, 1)]
         assert [o.dtype for o in out] == [np.int64, np.int64, np.float32, np.bool_, np.float32]
 
@@ -220,8 +221,9 @@ def test_onnx_pipeline_matches_reference_pipeline(
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.4, -0.7])
-def test_detector_graph_matches_sklearn_on_random_features(threshold: float) -> None:
-    detector = synthetic_detector(seed=3, threshold=threshold)
+@pytest.mark.parametrize("feature_set", ["paper", "fit"])
+def test_detector_graph_matches_sklearn_on_random_features(threshold: float, feature_set: str) -> None:
+    detector = synthetic_detector(seed=3, threshold=threshold, feature_set=feature_set)
     graph = export_detector(detector)
     onnx.checker.check_model(graph, full_check=True)
     session = ort.InferenceSession(graph.SerializeToString())
@@ -231,9 +233,11 @@ def test_detector_graph_matches_sklearn_on_random_features(threshold: float) -> 
     probs /= probs.sum(1, keepdims=True)
     quality = rng.uniform(0, 1, (500, 1)).astype(np.float32)
     quality[:4, 0] = [0.0, 1.0, 1e-6, 1.0 - 1e-7]  # the logit's clipping, in the graph as in numpy
+    energy = rng.uniform(0, 25, (500, 1)).astype(np.float32)
     names = [t.name for t in c.DETECTOR_OUTPUTS]
-    got = dict(zip(names, session.run(names, {c.PROBS: probs, c.QUALITY_SCORE: quality}), strict=True))
-    want = reference_outputs(probs, quality, detector)
+    inputs = {c.PROBS: probs, c.QUALITY_SCORE: quality, c.ENERGY: energy}
+    got = dict(zip(names, session.run(names, inputs), strict=True))
+    want = reference_outputs(probs, quality, detector, energy)
     np.testing.assert_array_equal(got[c.TOP5_IDS], want[c.TOP5_IDS])
     np.testing.assert_array_equal(got[c.CLASS_ID], want[c.CLASS_ID])
     np.testing.assert_allclose(got[c.FIT_SCORE], want[c.FIT_SCORE], rtol=0, atol=1e-5)
@@ -241,6 +245,8 @@ def test_detector_graph_matches_sklearn_on_random_features(threshold: float) -> 
     np.testing.assert_array_equal(got[c.FIT][clear], want[c.FIT][clear])
     # Sign convention: FIT means the SVM's decision for label 1 (fit), shifted by the threshold.
     features = np.concatenate([want[c.TOP5_PROBS], quality_logit(quality)], axis=1)
+    if feature_set == "fit":
+        features = np.concatenate([features[:, :5], energy, features[:, 5:]], axis=1)
     assert np.isfinite(features).all()
     decision = detector.pipeline.decision_function(features)
     np.testing.assert_array_equal(

@@ -14,7 +14,7 @@ from PIL import Image, ImageFilter
 
 from fitguard import contract as c
 from fitguard.backbones import UInt8Normalize, build_backbone
-from fitguard.classifier import Classifier, SharedClassifier
+from fitguard.classifier import ServedClassifier, SharedClassifier
 from fitguard.cli import main
 from fitguard.detector import save_detector
 from fitguard.export import export_repository, verify_repository
@@ -41,11 +41,12 @@ def test_one_pass_gives_the_classifier_logits_and_the_quality_features(
     crops = np.stack([quality_views(p, preset, c.SHARED_MODE)[0] for p in photos.values()])
     x = torch.from_numpy(crops)
     with torch.inference_mode():
-        probs, features = SharedClassifier(net).eval()(x)
-        want_probs = Classifier(net).eval()(x)
+        probs, energy, features = SharedClassifier(net).eval()(x)
+        want_probs, want_energy = ServedClassifier(net).eval()(x)
         want_features = net.quality_features(UInt8Normalize(preset)(x))
     assert features.shape == (len(crops), net.quality_dim)
     torch.testing.assert_close(probs, want_probs, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(energy, want_energy, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(features, want_features, atol=1e-5, rtol=1e-5)
 
 
@@ -180,7 +181,7 @@ def test_shared_ensemble_answers_with_the_same_contract_as_the_reference(
     assert {o["name"]: (o["datatype"], [int(d) for d in o["shape"]]) for o in meta["outputs"]} == want
     assert [i["name"] for i in meta["inputs"]] == [c.IMAGE]
     assert [o["name"] for o in steps[c.PREPROCESS]["outputs"]] == [c.CLASSIFIER_INPUT]
-    assert sorted(o["name"] for o in steps[c.CLASSIFIER]["outputs"]) == [c.IQA_FEATURES, c.PROBS]
+    assert sorted(o["name"] for o in steps[c.CLASSIFIER]["outputs"]) == [c.ENERGY, c.IQA_FEATURES, c.PROBS]
     assert [i["name"] for i in steps[c.QUALITY]["inputs"]] == [c.IQA_FEATURES]
 
     images = _images(photos)
@@ -232,7 +233,7 @@ def test_training_reads_the_served_shared_features(tmp_path: Path, photos: dict[
     feats, unique = patch_features(images, net, 1, tmp_path / "cache", progress=False, mode=c.SHARED_MODE)
     crops = torch.from_numpy(np.stack([classifier_crop(rgb, net.preset) for rgb in images]))
     with torch.inference_mode():
-        _, want = SharedClassifier(net)(crops)
+        _, _, want = SharedClassifier(net)(crops)
     assert feats.shape == (2, 1, net.quality_dim) and unique.all()
     np.testing.assert_allclose(feats[:, 0], want.numpy(), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one view per image"):

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 
 from fitguard.contract import DEFAULT_PATCHES
+from fitguard.training.fit_detector import PASS_RATE, fit_right_detector
 from fitguard.training.fit_population import CLEAN, POPULATION_GROUPS, PopulationConfig
 from fitguard.training.fit_right import (
+    FOOLING,
     MIXES,
-    PASS_RATE,
     REPEATS,
+    cv_groups,
     restrict,
     right_flags,
     run_repeats,
@@ -31,10 +33,18 @@ from fitguard.training.fit_right import (
     untrained_scores,
 )
 from fitguard.training.metrics import accuracy_at_coverage, aurc
-from fitguard.training.selective import COVERAGES, bootstrap, mean_curve, signal_groups
+from fitguard.training.selective import (
+    COVERAGES,
+    SHIPPED,
+    bootstrap,
+    coverage_matched,
+    mean_curve,
+    signal_groups,
+)
 
 log = logging.getLogger(__name__)
 SHIFT_TRAIN_CATEGORIES: tuple[str, ...] = ("animals", "food")
+MATCHED: tuple[str, ...] = (SHIPPED, "fit_right", "paper_right", "paper_uap")  # compared with MSP at coverage
 WUP_RIGHT = 0.85  # Wu-Palmer variant: a near miss (a WordNet sibling class) counts as right
 
 
@@ -70,6 +80,7 @@ def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: in
             "base_accuracy": float(np.mean([r["right"].mean() for r in sub])),
             **{n: bootstrap(sub, methods, _metric(n), draws=draws) for n in names},
             "table_v": table_v(sub, methods, groups),
+            "at_threshold": {m: coverage_matched(sub, m, draws=draws) for m in MATCHED if m in methods},
             "curve": {"coverage": grid.tolist(), **{m: mean_curve(sub, m, grid) for m in methods}},
         }
     return out
@@ -138,6 +149,39 @@ def _group_summary(
     }
 
 
+def ship_detector(
+    out: Path,
+    *,
+    signals: dict[str, np.ndarray],
+    right: np.ndarray,
+    stamps: np.ndarray,
+    group: np.ndarray,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Fit the shipped recipe on every row and write the detector file; returns its meta."""
+    from fitguard.detector import save_detector
+
+    det, _ = fit_right_detector(
+        signals[SHIPPED],
+        right,
+        groups=cv_groups(stamps),
+        clean=group == CLEAN,
+        fooling=np.isin(group, FOOLING),
+    )
+    det.meta.update(meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_detector(out, det)
+    return det.meta
+
+
+def _held_out_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The shipped recipe's held-out AURC beside MSP's, per mix: what a detector file records."""
+    return {
+        mix: {m: res["aurc"][m] for m in (SHIPPED, "msp")} | {"table_v": res["table_v"][SHIPPED]}
+        for mix, res in results.items()
+    }
+
+
 def evaluate_fit(
     *,
     backbone: str,
@@ -149,8 +193,10 @@ def evaluate_fit(
     patches: int = DEFAULT_PATCHES,
     cache: Path | None = None,
     weights: str | None = "default",
+    detector_out: Path | None = None,
 ) -> dict[str, Any]:
-    """The whole evaluation; returns what ``report.json`` holds."""
+    """The whole evaluation; returns what ``report.json`` holds. With ``detector_out``, the shipped
+    recipe is also fitted on every image and written there, its held-out figures in its meta."""
     import torch
 
     from fitguard.training.datasets import load_dataset
@@ -192,6 +238,17 @@ def evaluate_fit(
     shift = domain_shift(**common, right=right, draws=draws)
     seconds["wordnet_and_shift"] = time.perf_counter() - t
     groups = _group_summary(pop.group, right=right, wright=wright, quality=feats.quality)
+    if detector_out is not None:
+        meta = {
+            "backbone": backbone,
+            "weights_id": models.backbone.weights_id,
+            "head_key": models.key,
+            "patches": patches,
+            "seed": config.seed,
+            "population": config.__dict__,
+            "held_out": _held_out_summary(results),
+        }
+        ship_detector(detector_out, signals=signals, right=right, stamps=stamps, group=pop.group, meta=meta)
     seconds["total"] = time.perf_counter() - t0
     rep = {
         "setup": {
@@ -226,6 +283,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distort-stamps", type=int, default=PopulationConfig.distort_stamps)
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches (as served)")
     parser.add_argument("--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache)")
+    parser.add_argument(
+        "--detector-out", default=None, help="also fit the shipped detector on every image and write it here"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,10 +300,11 @@ def run(args: argparse.Namespace) -> int:
         draws=args.draws,
         patches=args.patches,
         cache=Path(args.cache) if args.cache else None,
+        detector_out=Path(args.detector_out) if args.detector_out else None,
     )
     for mix, res in rep["results"].items():
         a = res["aurc"]
-        line = ", ".join(f"{m} {a[m]['mean']:.3f}" for m in ("msp", "quality", "fit_right", "paper_uap"))
+        line = ", ".join(f"{m} {a[m]['mean']:.3f}" for m in ("msp", "quality", SHIPPED, "paper_uap"))
         print(f"{mix:8s} AURC: {line}")
     print(f"wrote {Path(args.report) / 'report.md'} ({rep['seconds']['total']:.0f} s)")
     return 0

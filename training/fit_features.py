@@ -3,7 +3,8 @@
 One backbone pass over the classifier's centre crop and the P quality patches (cut as the server cuts
 them: :func:`fitguard.preprocess.classifier_crop`, :func:`fitguard.preprocess.iqa_patches`) gives:
 
-- the centre crop's logits (the served ``PROBS``) and DTNIQ-f's quality (the served ``QUALITY``);
+- the centre crop's logits (the served ``PROBS``) and DTNIQ-f's quality (the served ``QUALITY``: the
+  mean over the patches, or in shared quality mode the head on the centre crop's own features);
 - the classifier's logits on every quality patch: the backbone already runs on them for the quality
   features, and its deepest level pooled is exactly what the classifier's ``fc`` reads;
 - per-level statistics of the feature maps the quality head reads (mean over channels of the spatial
@@ -63,6 +64,7 @@ def _forward(models: Models, crops: np.ndarray, patches: int) -> tuple[np.ndarra
     import torch
 
     from fitguard.backbones import UInt8Normalize
+    from fitguard.contract import SHARED_MODE
     from fitguard.quality import expected_quality
 
     bb = models.backbone
@@ -75,8 +77,11 @@ def _forward(models: Models, crops: np.ndarray, patches: int) -> tuple[np.ndarra
         parts += [mean, std]
         summary += [mean.mean(1), std.mean(1)]
     logits = bb.fc(parts[-2]).reshape(b, 1 + patches, -1)
-    qf = torch.cat(parts, dim=1).reshape(b, 1 + patches, -1)[:, 1:]
-    quality = expected_quality(models.quality.head(qf.flatten(0, 1))).reshape(b, patches).mean(1)
+    qf = torch.cat(parts, dim=1).reshape(b, 1 + patches, -1)
+    if models.head_info.get("mode") == SHARED_MODE:
+        quality = expected_quality(models.quality.head(qf[:, 0]))
+    else:
+        quality = expected_quality(models.quality.head(qf[:, 1:].flatten(0, 1))).reshape(b, patches).mean(1)
     stats = torch.stack(summary, dim=1).reshape(b, 1 + patches, -1)[:, 1:].mean(1)
     return logits[:, 0].numpy(), quality.numpy(), logits[:, 1:].numpy(), stats.numpy()
 

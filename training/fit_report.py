@@ -10,6 +10,7 @@ from fitguard.training.fit_right import learned_sets
 from fitguard.training.report import _json_default, _pyplot, _save
 
 MAIN_METHODS: tuple[str, ...] = (
+    "shipped",
     "fit_right",
     "paper_right",
     "paper_uap",
@@ -59,12 +60,25 @@ def _table_v(tv: dict[str, Any], methods: list[str]) -> list[str]:
     return lines
 
 
+def _at_threshold(at: dict[str, Any]) -> list[str]:
+    lines = [
+        "| method | coverage | accuracy of passed | MSP accuracy, same coverage | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for m, r in at.items():
+        lines.append(
+            f"| {m} | {_ci(r['coverage'])} | {_ci(r['accuracy'])} | {_ci(r['msp_accuracy'])} "
+            f"| {_ci(r['minus_msp'])} |"
+        )
+    return lines
+
+
 def risk_coverage_plot(out_dir: Path, results: dict[str, Any]) -> str:
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4))
     for ax, (mix, res) in zip(axes, results.items(), strict=True):
         curve = res["curve"]
-        for m in ("fit_right", "paper_uap", "lr_msp_quality", "msp", "quality"):
+        for m in ("shipped", "paper_uap", "lr_msp_quality", "msp", "quality"):
             ax.plot(curve["coverage"], curve[m], label=m)
         ax.set_title(f"{mix} mix (held out)")
         ax.set_xlabel("coverage")
@@ -107,10 +121,19 @@ def write_markdown(path: Path, rep: dict[str, Any], plot: str) -> None:
         lines += ["", *_selective_table(res, list(MAIN_METHODS)), "", "Feature-group ablation:", ""]
         lines += _selective_table(res, ["fit_right", *ablation])
         lines += ["", "Table V at the thresholds:", "", *_table_v(res["table_v"], list(MAIN_METHODS))]
-    lines += ["", "## Wu-Palmer variant (AURC)", "", "| mix | fit_right | msp | quality | lr_msp_quality |"]
-    lines += ["|---|---|---|---|---|"]
+        if res.get("at_threshold"):
+            lines += ["", "At the threshold, against MSP at the same coverage:", ""]
+            lines += _at_threshold(res["at_threshold"])
+    wup = ("shipped", "fit_right", "msp", "quality", "lr_msp_quality")
+    lines += [
+        "",
+        "## Wu-Palmer variant (AURC)",
+        "",
+        f"| mix | {' | '.join(wup)} |",
+        "|---|---|---|---|---|---|",
+    ]
     for mix, res in rep["wordnet_aurc"].items():
-        cells = " | ".join(_ci(res[m]) for m in ("fit_right", "msp", "quality", "lr_msp_quality"))
+        cells = " | ".join(_ci(res[m]) for m in wup)
         lines.append(f"| {mix} | {cells} |")
     shift = rep["domain_shift"]
     lines += [

@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.detector import detector_features
+from fitguard.detector import FIT_SET, detector_features
 from fitguard.training.fit_features import FitFeatures
 from fitguard.training.metrics import accuracy_at_coverage, aurc
 
 SIGNAL_GROUPS: tuple[str, ...] = ("paper", "probvec", "patches", "levels")
+SHIPPED = "shipped"  # beside the groups: the shipped detector's features, as its graph computes them
 COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
 
@@ -67,6 +68,9 @@ def signal_groups(feats: FitFeatures) -> dict[str, np.ndarray]:
         "probvec": np.stack([ps["entropy"], ps["energy"], ps["doctor"]], axis=1),
         "patches": np.stack([agree, p_centre.mean(1), p_centre.min(1), patch_p.max(2).mean(1)], axis=1),
         "levels": feats.level_stats.astype(np.float64),
+        SHIPPED: detector_features(
+            probs.astype(np.float32), feats.quality, FIT_SET, energy=ps["energy"].astype(np.float32)
+        ).astype(np.float64),
     }
 
 
@@ -130,6 +134,46 @@ def bootstrap(
             }
         out[m] = entry
     return out
+
+
+def _matched(r: dict[str, Any], idx: np.ndarray, method: str, reference: str) -> tuple[float, ...]:
+    """Coverage of ``method`` at its threshold on rows ``idx``, its accuracy there, and the accuracy of
+    ``reference`` on the same share of rows it ranks highest."""
+    conf, ok = r["conf"][method][idx], r["right"][idx]
+    passed = conf >= r["threshold"][method]
+    if not passed.any():
+        return 0.0, float("nan"), float("nan")
+    coverage = float(passed.mean())
+    return coverage, float(ok[passed].mean()), accuracy_at_coverage(r["conf"][reference][idx], ok, coverage)
+
+
+def coverage_matched(
+    repeats: list[dict[str, Any]], method: str, reference: str = "msp", draws: int = 200, seed: int = 0
+) -> dict[str, Any]:
+    """At ``method``'s operating threshold: its coverage and the accuracy of what it passes, beside the
+    accuracy ``reference`` keeps at the same coverage; means over repeats, stamp-bootstrap intervals
+    (the difference paired on the same draws)."""
+    rng = np.random.default_rng(seed)
+    rows = [_stamp_rows(r["stamps"])[1] for r in repeats]
+    point = np.nanmean([_matched(r, np.arange(len(r["right"])), method, reference) for r in repeats], axis=0)
+    reps = np.empty((draws, 3))
+    for b in range(draws):
+        per = []
+        for r, groups in zip(repeats, rows, strict=True):
+            idx = np.concatenate([groups[i] for i in rng.integers(0, len(groups), size=len(groups))])
+            per.append(_matched(r, idx, method, reference))
+        reps[b] = np.nanmean(per, axis=0)
+    diff = reps[:, 1] - reps[:, 2]
+
+    def ci(values: np.ndarray) -> list[float]:
+        return [float(v) for v in np.nanpercentile(values, [2.5, 97.5])]
+
+    return {
+        "coverage": {"mean": float(point[0]), "ci95": ci(reps[:, 0])},
+        "accuracy": {"mean": float(point[1]), "ci95": ci(reps[:, 1])},
+        f"{reference}_accuracy": {"mean": float(point[2]), "ci95": ci(reps[:, 2])},
+        f"minus_{reference}": {"mean": float(point[1] - point[2]), "ci95": ci(diff)},
+    }
 
 
 def mean_curve(repeats: list[dict[str, Any]], method: str, grid: np.ndarray) -> list[float]:

@@ -128,10 +128,10 @@ def gpu_backbone(
 
     from fitguard.backbones import build_backbone
     from fitguard.benchlib.flops import torch_flops
-    from fitguard.classifier import Classifier
+    from fitguard.classifier import ServedClassifier
     from fitguard.contract import INPUT_SIZE
 
-    model = Classifier(build_backbone(backbone, weights)).eval()
+    model = ServedClassifier(build_backbone(backbone, weights)).eval()
     example = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE, dtype=torch.uint8)
     results: dict[str, Any] = {
         "backbone": backbone,

@@ -111,6 +111,7 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
         CLASSIFIER,
         CLASSIFIER_INPUT,
         DETECTOR,
+        ENERGY,
         IQA_FEATURES,
         IQA_PATCHES,
         PROBS,
@@ -124,15 +125,17 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
         crop, patches = pipe.settings.prepare_batch([images[i % len(images)]])
         t1 = time.perf_counter()
         if patches is None:  # shared quality mode: the classifier's pass also gives the quality features
-            probs, features = pipe.sessions[CLASSIFIER].run([PROBS, IQA_FEATURES], {CLASSIFIER_INPUT: crop})
+            probs, energy, features = pipe.sessions[CLASSIFIER].run(
+                [PROBS, ENERGY, IQA_FEATURES], {CLASSIFIER_INPUT: crop}
+            )
             quality_input = {IQA_FEATURES: features}
         else:
-            (probs,) = pipe.sessions[CLASSIFIER].run([PROBS], {CLASSIFIER_INPUT: crop})
+            probs, energy = pipe.sessions[CLASSIFIER].run([PROBS, ENERGY], {CLASSIFIER_INPUT: crop})
             quality_input = {IQA_PATCHES: patches}
         t2 = time.perf_counter()
         (quality,) = pipe.sessions[QUALITY].run([QUALITY_SCORE], quality_input)
         t3 = time.perf_counter()
-        pipe.sessions[DETECTOR].run(None, {PROBS: probs, QUALITY_SCORE: quality})
+        pipe.sessions[DETECTOR].run(None, {PROBS: probs, ENERGY: energy, QUALITY_SCORE: quality})
         t4 = time.perf_counter()
         for key, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             totals[key] += dt
