@@ -138,11 +138,14 @@ def test_verdict_metrics_bound_the_class_labels() -> None:
 
 
 def _split_threshold(scores: np.ndarray) -> float:
-    """A threshold between the two middle scores, so about half the images are fit."""
+    """A threshold in the widest gap between neighbouring scores in the middle half, so that between a
+    quarter and three quarters of the images are fit and no score sits near it."""
     ordered = np.sort(scores.reshape(-1))
-    mid = len(ordered) // 2
-    assert ordered[mid] - ordered[mid - 1] > 1e-4, "scores too close to split"
-    return float((ordered[mid] + ordered[mid - 1]) / 2)
+    n = len(ordered)
+    lo, hi = n // 4, n - n // 4
+    k = lo + int(np.argmax(np.diff(ordered[lo - 1 : hi])))
+    assert ordered[k] - ordered[k - 1] > 1e-4, "scores too close to split"
+    return float((ordered[k] + ordered[k - 1]) / 2)
 
 
 @pytest.fixture(scope="module")
