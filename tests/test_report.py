@@ -50,7 +50,7 @@ def test_report_files_and_groups(report) -> None:
     assert rep["setup"]["group_meta"]["adversarial"]["fooling_rate"] >= 0.9
 
 
-def test_shipped_recipe_refuses_degraded_and_fooling_images(report) -> None:
+def test_quality_refusal_recipe_refuses_degraded_and_fooling_images(report) -> None:
     _, rep = report
     res = rep["results"]
     assert rep["setup"]["detector_all_unfit_groups"] == ["distorted", "fool_gd", "fool_ev"]

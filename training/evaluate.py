@@ -70,6 +70,7 @@ from fitguard.training.scoring import (
 from fitguard.training.svm import HYPERPARAMETERS
 
 log = logging.getLogger(__name__)
+QUALITY_REFUSAL_GROUPS: tuple[str, ...] = (DISTORTED, *FOOLING_GROUPS)
 
 # --------------------------------------------------------------------------------------------------
 # The evaluation
@@ -171,16 +172,23 @@ def wup_kde_data(groups: dict[str, ImageGroup], feats: dict[str, GroupFeatures])
 
 
 def shipped_detector_rates(det: Any, groups: dict[str, ImageGroup], feats: dict[str, GroupFeatures]) -> dict:
-    """The shipped detector file on every image of every group (in-sample for what it trained on)."""
-    trained_on = det.meta.get("unfit_groups", [ADVERSARIAL])
+    """The shipped detector file on every image of every group (in-sample for what it trained on).
+
+    A fit = right detector learned on the labelled objects; of these groups it saw the fooling images
+    only (the same generator and seed make them). A detector of the paper's recipe names its groups."""
+    if "fit_means" in det.meta:
+        trained_on = set(FOOLING_GROUPS)
+    else:
+        trained_on = {ORIGINALS, *det.meta.get("unfit_groups", [ADVERSARIAL])}
     shipped = {}
     for g in [ORIGINALS, *UNFIT_GROUPS]:
         if g in groups:
-            fit = det.fit_verdict(feats[g].features)
+            f = feats[g]
+            fit = det.fit_verdict(det.features(f.probs, f.quality, f.energy))
             shipped[g] = {
                 "detection_rate": float(np.mean(~fit)),
                 "n_images": len(fit),
-                "in_training_data": g == ORIGINALS or g in trained_on,
+                "in_training_data": g in trained_on,
             }
     return shipped
 
@@ -243,10 +251,14 @@ def evaluate(
     feats = {g: compute_features(models, grp, patches, cache=cache_dir) for g, grp in groups.items()}
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    # The shipped detector's unfit groups; a detector trained the paper's way (adversarial alone) gets
-    # every group, so detector_all still adds something beside detector.
+    # detector_all: the detector file's unfit groups; for a detector trained the paper's way (adversarial
+    # alone) every group, so detector_all still adds something beside detector; beside a fit = right
+    # detector (trained on other images) the quality-refusal recipe of docs/evaluation.md.
     recipe = tuple(det.meta.get("unfit_groups") or ())
-    recipe = UNFIT_GROUPS if recipe in ((), (ADVERSARIAL,)) else recipe
+    if "fit_means" in det.meta:
+        recipe = QUALITY_REFUSAL_GROUPS
+    elif recipe in ((), (ADVERSARIAL,)):
+        recipe = UNFIT_GROUPS
     res = evaluate_scores(groups, feats, repeats, seed, split_by, target_far, recipe)
     seconds["protocol"] = time.perf_counter() - t
     t = time.perf_counter()

@@ -40,6 +40,12 @@ class GroupFeatures:
         return softmax(self.logits).astype(np.float32)
 
     @property
+    def energy(self) -> np.ndarray:
+        """Logsumexp of the logits [N], float32 as the classifier graph's ``ENERGY``."""
+        m = self.logits.max(axis=1)
+        return (m + np.log(np.exp(self.logits - m[:, None]).sum(axis=1))).astype(np.float32)
+
+    @property
     def top1(self) -> np.ndarray:
         return self.logits.argmax(axis=1)
 
