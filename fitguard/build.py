@@ -151,7 +151,7 @@ def _detector_step(
     """
     from fitguard.detector import DETECTOR_FORMAT, FEATURE_SETS, FIT_SET
     from fitguard.training.fit_detector import C_GRID, FOOLING_REFUSAL, FOOLING_WEIGHTS, PASS_RATE
-    from fitguard.training.fit_evaluate import evaluate_fit
+    from fitguard.training.fit_evaluate import REPORT_VERSION, evaluate_fit
     from fitguard.training.fit_population import PopulationConfig
     from fitguard.training.fit_right import REPEATS
 
@@ -168,6 +168,7 @@ def _detector_step(
         "learner": ("logistic", C_GRID, FOOLING_WEIGHTS, FOOLING_REFUSAL),
         "pass_rate": PASS_RATE,
         "repeats": REPEATS,
+        "report": REPORT_VERSION,
     }
 
     def train() -> dict[str, Any]:

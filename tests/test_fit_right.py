@@ -40,10 +40,13 @@ def world() -> dict:
     kinds = (CLEAN, DISTORTED, UAP_DEEPFOOL)
     group = np.asarray([kinds[i % 3] for i in range(n - 10)] + [FOOL_GD] * 10)
     item = np.concatenate([np.arange(n - 10), -np.ones(10, np.int64)])
-    pop = Population([], item, group, group.copy(), np.zeros(n, np.int64))
+    codec = np.where(np.arange(n) % 2 == 0, "jpeg@90/224", "webp@80/320")
+    kind = np.where(group == CLEAN, codec, group)
+    pop = Population([], item, group, kind, np.zeros(n, np.int64))
     acceptable = [frozenset({0})] * (n - 10)
     right = right_flags(pop, feats.logits.argmax(1), acceptable)
-    stamps = np.asarray([f"cat{s % 3}/s{s}" for s in stamp_of] + [""] * 10)
+    categories = ("animals", "food", "vehicles")
+    stamps = np.asarray([f"{categories[s % 3]}/s{s}" for s in stamp_of] + [""] * 10)
     return {"pop": pop, "feats": feats, "right": right, "stamps": stamps, "hidden": hidden_right}
 
 
@@ -144,8 +147,9 @@ def test_fit_features_match_the_served_models(tmp_path) -> None:
 
 
 def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
-    from fitguard.training.fit_evaluate import domain_shift, summarize_mixes
+    from fitguard.training.fit_evaluate import summarize_mixes
     from fitguard.training.fit_report import write_markdown
+    from fitguard.training.fit_shift import domain_shifts, shift_splits
 
     feats, right = world["feats"], world["right"]
     common = {
@@ -161,8 +165,18 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
     assert set(res) == {"natural", "paper", "clean"}
     assert res["paper"]["n_test_mean"] > res["natural"]["n_test_mean"] > res["clean"]["n_test_mean"]
     assert 0 <= res["clean"]["aurc"]["msp"]["mean"] <= 1
-    shift = domain_shift(**common, right=right, draws=10, train_categories=("cat0",))
-    assert shift["test_categories"] == ["cat1", "cat2"]
+    scenes = np.asarray([f"scene{i % 5}" for i in range(len(right) - 10)] + [""] * 10)
+    splits = shift_splits(common["pop"], scenes, common["stamps"], seed=0)
+    assert set(splits) == {"categories", "backgrounds", "compression"}
+    for name, (train, test, _) in splits.items():
+        assert not (train & test).any(), name
+        shared = set(common["stamps"][train].tolist()) & set(common["stamps"][test].tolist()) - {""}
+        assert not shared, name  # no stamp on both sides
+    train, test, _ = splits["backgrounds"]
+    assert not set(scenes[train].tolist()) & set(scenes[test].tolist()) - {""}
+    shift = domain_shifts(**common, scenes=scenes, right=right, draws=10)
+    assert shift["categories"]["train"] == ["animals", "food"]
+    assert 0 <= shift["backgrounds"]["clean"]["aurc"]["msp"]["mean"] <= 1
     rep = {
         "setup": {
             "backbone": "tiny",
@@ -181,4 +195,4 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
     }
     write_markdown(tmp_path / "report.md", rep, "risk_coverage.png")
     text = (tmp_path / "report.md").read_text()
-    assert "## natural mix" in text and "Domain shift" in text and "fit_right_no_levels" in text
+    assert "## natural mix" in text and "Domain shift (compression)" in text and "fit_right_no_levels" in text

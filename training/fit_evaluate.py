@@ -27,23 +27,22 @@ from fitguard.training.fit_right import (
     restrict,
     right_flags,
     run_repeats,
-    score_all,
     table_v,
-    thresholds,
     untrained_scores,
 )
-from fitguard.training.metrics import accuracy_at_coverage, aurc
+from fitguard.training.fit_shift import domain_shifts
 from fitguard.training.selective import (
     COVERAGES,
     SHIPPED,
     bootstrap,
     coverage_matched,
     mean_curve,
+    metric,
     signal_groups,
 )
 
 log = logging.getLogger(__name__)
-SHIFT_TRAIN_CATEGORIES: tuple[str, ...] = ("animals", "food")
+REPORT_VERSION = "fit-report/2"  # /2: three domain shifts, accuracy at threshold against MSP
 MATCHED: tuple[str, ...] = (SHIPPED, "fit_right", "paper_right", "paper_uap")  # compared with MSP at coverage
 WUP_RIGHT = 0.85  # Wu-Palmer variant: a near miss (a WordNet sibling class) counts as right
 
@@ -60,14 +59,6 @@ def wup_right(top1: np.ndarray, items: np.ndarray, acceptable: list[frozenset[in
     return out
 
 
-def _metric(name: str) -> Any:
-    """``aurc`` or ``accuracy_at_<coverage>`` as a function of (confidence, right)."""
-    if name == "aurc":
-        return aurc
-    coverage = float(name.rsplit("_", 1)[1])
-    return lambda conf, ok: accuracy_at_coverage(conf, ok, coverage)
-
-
 def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: int) -> dict[str, Any]:
     """Per mix: every selective metric with intervals (differences to MSP), Table V, the mean curve."""
     out: dict[str, Any] = {}
@@ -78,48 +69,11 @@ def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: in
         out[mix] = {
             "n_test_mean": float(np.mean([len(r["right"]) for r in sub])),
             "base_accuracy": float(np.mean([r["right"].mean() for r in sub])),
-            **{n: bootstrap(sub, methods, _metric(n), draws=draws) for n in names},
+            **{n: bootstrap(sub, methods, metric(n), draws=draws) for n in names},
             "table_v": table_v(sub, methods, groups),
             "at_threshold": {m: coverage_matched(sub, m, draws=draws) for m in MATCHED if m in methods},
             "curve": {"coverage": grid.tolist(), **{m: mean_curve(sub, m, grid) for m in methods}},
         }
-    return out
-
-
-def domain_shift(
-    *,
-    pop: Any,
-    signals: dict,
-    untrained: dict,
-    right: np.ndarray,
-    stamps: np.ndarray,
-    draws: int,
-    train_categories: tuple[str, ...] = SHIFT_TRAIN_CATEGORIES,
-) -> dict[str, Any]:
-    """Train on the stamps of ``train_categories`` (the stamp folder), test on the other categories'."""
-    category = np.asarray([s.split("/")[0] if s else "" for s in stamps])
-    train = np.isin(category, train_categories)
-    fool = np.flatnonzero(stamps == "")
-    train[fool[: len(fool) // 2]] = True
-    conf, calib = score_all(signals, untrained, right, pop, stamps, train)
-    thr = thresholds(calib, right, train & (pop.group == CLEAN))
-    test = np.flatnonzero(~train)
-    rep = {
-        "conf": {m: c[test] for m, c in conf.items()},
-        "right": right[test],
-        "stamps": np.where(stamps[test] == "", np.char.add("fool", test.astype(str)), stamps[test]),
-        "group": pop.group[test],
-        "threshold": thr,
-    }
-    methods = list(conf)
-    out: dict[str, Any] = {
-        "train_categories": list(train_categories),
-        "test_categories": sorted(set(category[test].tolist()) - {""}),
-    }
-    for mix in ("clean", "natural"):
-        sub = restrict([rep], MIXES[mix])
-        out[mix] = {"aurc": bootstrap(sub, methods, _metric("aurc"), draws=draws)}
-        out[mix]["table_v"] = table_v(sub, methods, MIXES[mix])
     return out
 
 
@@ -232,10 +186,9 @@ def evaluate_fit(
     wright = wup_right(top1, pop.item, acceptable)
     wreps = run_repeats(**common, right=wright, repeats=repeats, seed=config.seed, svms=False)
     wmethods = list(wreps[0]["conf"])
-    wu = {
-        mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, _metric("aurc"), draws=draws) for mix in MIXES
-    }
-    shift = domain_shift(**common, right=right, draws=draws)
+    wu = {mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, metric("aurc"), draws=draws) for mix in MIXES}
+    scenes = np.asarray([dataset[i].meta.get("scene", "") if i >= 0 else "" for i in pop.item])
+    shift = domain_shifts(**common, scenes=scenes, right=right, draws=draws, seed=config.seed)
     seconds["wordnet_and_shift"] = time.perf_counter() - t
     groups = _group_summary(pop.group, right=right, wright=wright, quality=feats.quality)
     if detector_out is not None:

@@ -89,6 +89,14 @@ def selective_metrics(conf: np.ndarray, right: np.ndarray) -> dict[str, float]:
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 
+def metric(name: str) -> Metric:
+    """``aurc`` or ``accuracy_at_<coverage>`` as a function of (confidence, right)."""
+    if name == "aurc":
+        return aurc
+    coverage = float(name.rsplit("_", 1)[1])
+    return lambda conf, ok: accuracy_at_coverage(conf, ok, coverage)
+
+
 def _stamp_rows(stamps: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     ids, inverse = np.unique(stamps, return_inverse=True)
     return ids, [np.flatnonzero(inverse == k) for k in range(len(ids))]
