@@ -196,3 +196,28 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
     write_markdown(tmp_path / "report.md", rep, "risk_coverage.png")
     text = (tmp_path / "report.md").read_text()
     assert "## natural mix" in text and "Domain shift (compression)" in text and "fit_right_no_levels" in text
+
+
+def test_shipped_recipe_threshold_and_fooling_weight() -> None:
+    """The threshold passes PASS_RATE of the right clean rows out of fold, and the fooling weight is one
+    whose out-of-fold scores refuse at least FOOLING_REFUSAL of the fooling rows."""
+    from fitguard.training.fit_detector import FOOLING_REFUSAL, PASS_RATE, fit_right_detector
+
+    rng = np.random.default_rng(3)
+    n, n_fool = 400, 16
+    right = np.concatenate([rng.random(n) < 0.6, np.zeros(n_fool, bool)])
+    x = rng.normal(0, 1, (n + n_fool, 7))
+    x[:n, 0] += np.where(right[:n], 1.0, -0.5)  # confidence tracks rightness
+    x[n:, 0] += 1.5  # fooling images are confident ...
+    x[n:, -1] -= 8.0  # ... and of very low quality
+    groups = np.concatenate(
+        [np.repeat(np.arange(n // 4), 4).astype(str), [f"fool{i}" for i in range(n_fool)]]
+    )
+    clean = np.concatenate([np.arange(n) % 2 == 0, np.zeros(n_fool, bool)])
+    fooling = np.arange(n + n_fool) >= n
+    det, oof = fit_right_detector(x, right, groups=groups, clean=clean, fooling=fooling)
+    assert np.mean(oof[clean & right] >= det.threshold) == pytest.approx(PASS_RATE, abs=0.02)
+    cand = det.meta["candidates"][str(det.meta["fooling_weight"])]
+    assert cand["oof_fooling_refused"] >= FOOLING_REFUSAL
+    assert det.feature_set == "fit" and det.meta["fit_means"]
+    assert np.mean(det.score(x[fooling]) < 0) >= FOOLING_REFUSAL
