@@ -3,8 +3,9 @@
 - classifier: ``CLASSIFIER_INPUT`` uint8 [N, 3, 224, 224] -> ``PROBS`` fp32 [N, 1000], ``ENERGY`` fp32
   [N, 1] (torch.onnx, dynamo).
 - quality: ``IQA_PATCHES`` uint8 [N, P, 3, 224, 224] -> ``QUALITY`` fp32 [N, 1], N and P dynamic.
-- detector: skl2onnx's scaler + SVC, composed with a TopK/Concat prefix and a threshold suffix into one
-  graph: ``PROBS``, ``QUALITY`` -> ``CLASS_ID``, ``TOP5_IDS``, ``TOP5_PROBS``, ``FIT``, ``FIT_SCORE``.
+- detector: skl2onnx's scaler + classifier (logistic regression or SVC), composed with a TopK/Concat
+  prefix and a threshold suffix into one graph: ``PROBS``, ``ENERGY``, ``QUALITY`` -> ``CLASS_ID``,
+  ``TOP5_IDS``, ``TOP5_PROBS``, ``FIT``, ``FIT_SCORE``.
 
 Precision is a separate, explicit step (:func:`apply_precision`) so a lower-precision variant is one
 entry in :data:`PRECISIONS` plus its tolerances in :mod:`fitguard.export.verify`.
@@ -109,7 +110,7 @@ def export_quality(quality_model: Any) -> onnx.ModelProto:
 # ------------------------------------------------------------------------------------------------ detector
 
 
-def _svm_graph(pipeline: Any, input_name: str, n_features: int) -> onnx.ModelProto:
+def _sklearn_graph(pipeline: Any, input_name: str, n_features: int) -> onnx.ModelProto:
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
@@ -136,11 +137,12 @@ def probe_inputs(rows: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     [rows, 1] of logits from flat to peaked (a few classes lifted above Gaussian noise of random
     scale), and qualities in [0, 1] [rows, 1]."""
     rng = np.random.default_rng(seed)
+    from fitguard.classifier import logsumexp
+
     logits = rng.normal(0, 1, (rows, NUM_CLASSES)) * rng.uniform(0.5, 3, (rows, 1))
     lifted = rng.integers(0, NUM_CLASSES, (rows, 3))
     np.put_along_axis(logits, lifted, rng.uniform(0, 20, (rows, 3)), axis=1)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    energy = logits.max(axis=1, keepdims=True) + np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    energy = logsumexp(logits)[:, None]
     probs = np.exp(logits - energy)
     quality = rng.uniform(0, 1, size=(rows, 1))
     return probs.astype(np.float32), quality.astype(np.float32), energy.astype(np.float32)
@@ -183,7 +185,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
     suffix: FIT_SCORE = decision - threshold; FIT = FIT_SCORE >= 0; CLASS_ID = TOP5_IDS[:, :1].
     """
     features = "detector_features"
-    svm = _svm_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
+    svm = _sklearn_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
     scores_name = svm.graph.output[-1].name
     col, sign = _score_column(svm, detector, features, scores_name)
 

@@ -29,7 +29,7 @@ from fitguard.contract import (
     SHARED_MODE,
 )
 from fitguard.export.onnx_export import BATCH_DIM, EXPORT_BATCH, annotate, torch_export
-from fitguard.export.verify import ParityReport, Tolerances, session
+from fitguard.export.verify import ParityReport, Tolerances, scaled_error, session
 
 FEATURES_VALUE = "iqa_features"  # the ensemble's name for the classifier -> quality tensor
 
@@ -84,16 +84,14 @@ def check_shared_graphs(
     (quality,) = session(graphs[QUALITY]).run([QUALITY_SCORE], {IQA_FEATURES: features})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     top_want = np.argsort(-want_probs, axis=1, kind="stable")[:, :5]
-    scale = 1.0 + float(np.max(np.abs(want_features)))
     reports = [
         ParityReport(
             CLASSIFIER,
             len(inputs),
             {
                 "prob": float(np.max(np.abs(probs - want_probs))),
-                "energy": float(np.max(np.abs(energy - want_energy)))
-                / (1.0 + float(np.max(np.abs(want_energy)))),
-                "features": float(np.max(np.abs(features - want_features))) / scale,
+                "energy": scaled_error(energy, want_energy),
+                "features": scaled_error(features, want_features),
             },
             {"prob": tol.prob, "energy": tol.prob, "features": tol.quality},
             {"top5": int(np.sum(np.any(top != top_want, axis=1)))},

@@ -102,12 +102,18 @@ def verification_inputs(settings: Any, names: Sequence[str] = VERIFY_PHOTOS) -> 
     return settings.prepare_batch([encode_image(getattr(data, name)()) for name in names])
 
 
+def scaled_error(got: np.ndarray, want: np.ndarray) -> float:
+    """Largest absolute difference over ``1 + max |want|``: for unbounded values (energies, features)
+    compared against a tolerance made for numbers of order one."""
+    return float(np.max(np.abs(got - want))) / (1.0 + float(np.max(np.abs(want))))
+
+
 def check_classifier(
     model: onnx.ModelProto, classifier: Any, inputs: np.ndarray, tol: Tolerances
 ) -> tuple[ParityReport, np.ndarray, np.ndarray]:
     """Returns the report and the original's probabilities and energies (the detector check reuses them).
 
-    Energy is compared relative to its scale (logsumexp of logits is an unbounded number)."""
+    Energy is compared by :func:`scaled_error` (logsumexp of logits is an unbounded number)."""
     import torch
 
     probs, energy = session(model).run([PROBS, ENERGY], {CLASSIFIER_INPUT: inputs})
@@ -115,13 +121,12 @@ def check_classifier(
         expected, expected_energy = (t.numpy() for t in classifier(torch.from_numpy(inputs)))
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :5]
-    scale = 1.0 + float(np.max(np.abs(expected_energy)))
     report = ParityReport(
         CLASSIFIER,
         len(inputs),
         {
             "prob": float(np.max(np.abs(probs - expected))),
-            "energy": float(np.max(np.abs(energy - expected_energy))) / scale,
+            "energy": scaled_error(energy, expected_energy),
         },
         {"prob": tol.prob, "energy": tol.prob},
         {"top5": int(np.sum(np.any(top != top_expected, axis=1)))},

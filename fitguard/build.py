@@ -22,7 +22,6 @@ from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
 FIT_REPORT = "fit_report"  # the shipped detector's held-out evaluation (report.md, report.json, plots)
-SUMMARY_METHODS = ("shipped", "msp", "quality")  # what build.json keeps of it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +153,7 @@ def _detector_step(
     from fitguard.training.fit_evaluate import REPORT_VERSION, evaluate_fit
     from fitguard.training.fit_population import PopulationConfig
     from fitguard.training.fit_right import REPEATS
+    from fitguard.training.selective import SHIPPED
 
     head, detector = out / "iqa_head.pt", out / "detector.joblib"
     config = PopulationConfig(seed=models["seed"])
@@ -182,7 +182,8 @@ def _detector_step(
             cache=out / "cache",
             detector_out=detector,
         )
-        aurc = {mix: {m: res["aurc"][m] for m in SUMMARY_METHODS} for mix, res in rep["results"].items()}
+        kept = (SHIPPED, "msp", "quality")  # what build.json keeps of the report
+        aurc = {mix: {m: res["aurc"][m] for m in kept} for mix, res in rep["results"].items()}
         return {"aurc": aurc, "seconds": rep["seconds"]}
 
     record.step("detector", detector, det_args, train)

@@ -1,4 +1,5 @@
-"""The classifier step: uint8 crops -> softmax probabilities and energy, and the softmax numpy code uses.
+"""The classifier step: uint8 crops -> softmax probabilities and energy, and the numpy softmax and
+logsumexp the rest of the code uses for the same numbers.
 
 Requires the ``[export]`` extra (torch).
 """
@@ -13,10 +14,17 @@ from fitguard.backbones import Backbone, UInt8Normalize
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of [N, C] logits in their own dtype (what :class:`Classifier` ends with)."""
-    z = logits - logits.max(axis=1, keepdims=True)
+    """Softmax over the last axis of [..., C] logits in their own dtype (what :class:`Classifier` ends
+    with)."""
+    z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def logsumexp(logits: np.ndarray) -> np.ndarray:
+    """Logsumexp over the last axis of [..., C] logits: the energy :class:`ServedClassifier` returns."""
+    m = logits.max(axis=-1)
+    return m + np.log(np.exp(logits - m[..., None]).sum(axis=-1))
 
 
 class Classifier(nn.Module):

@@ -14,6 +14,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def infer_ensemble(url: str, batch: list[bytes]) -> dict[str, np.ndarray]:
+    """One raw HTTP request of encoded images to the ensemble: every output by name."""
+    import tritonclient.http as http
+
+    from fitguard import contract as c
+
+    names = [t.name for t in c.ENSEMBLE_OUTPUTS]
+    with http.InferenceServerClient(url) as client:
+        tensor = http.InferInput(c.IMAGE, [len(batch), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(batch, dtype=object).reshape(-1, 1))
+        result = client.infer(c.ENSEMBLE, [tensor], outputs=[http.InferRequestedOutput(n) for n in names])
+        return {n: result.as_numpy(n) for n in names}
+
+
 @pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real RGB photos shipped with scikit-image (name -> HWC uint8)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as http
+from conftest import infer_ensemble
 from PIL import Image, ImageFilter
 from tritonclient.utils import InferenceServerException
 
@@ -44,14 +45,6 @@ def reference(tiny_repository: Path) -> ReferencePipeline:
     return ReferencePipeline.from_repository(tiny_repository)
 
 
-def _infer(url: str, batch: list[bytes]) -> dict[str, np.ndarray]:
-    with http.InferenceServerClient(url) as client:
-        tensor = http.InferInput(c.IMAGE, [len(batch), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(batch, dtype=object).reshape(-1, 1))
-        result = client.infer(c.ENSEMBLE, [tensor], outputs=[http.InferRequestedOutput(n) for n in OUTPUTS])
-        return {n: result.as_numpy(n) for n in OUTPUTS}
-
-
 def _assert_same(
     served: dict[str, np.ndarray], expected: dict[str, np.ndarray], rows: slice = slice(None)
 ) -> dict[str, float]:
@@ -71,7 +64,7 @@ def test_served_answers_equal_the_reference_pipeline(
     names = list(images)
     expected = reference.predict([images[n] for n in names])
     onnx_expected = OnnxPipeline.from_repository(tiny_repository).predict([images[n] for n in names])
-    served = [_infer(tiny_server.http_url, [images[n]]) for n in names]  # one image per request
+    served = [infer_ensemble(tiny_server.http_url, [images[n]]) for n in names]  # one image per request
     stacked = {k: np.concatenate([s[k] for s in served]) for k in OUTPUTS}
     for t in c.ENSEMBLE_OUTPUTS:
         assert stacked[t.name].shape == (len(names), *t.shape)
@@ -87,7 +80,7 @@ def test_several_images_in_one_request(
     tiny_server, images: dict[str, bytes], reference: ReferencePipeline
 ) -> None:
     batch = [images[n] for n in ("chelsea", "coffee/blur", "rocket/small-gray", "astronaut/jpeg7")]
-    _assert_same(_infer(tiny_server.http_url, batch), reference.predict(batch))
+    _assert_same(infer_ensemble(tiny_server.http_url, batch), reference.predict(batch))
 
 
 def _preprocess_counts(url: str) -> tuple[int, int]:
@@ -134,7 +127,7 @@ def test_bad_image_fails_alone_among_batched_requests(
     _assert_same({k: np.concatenate([a[k] for a in answers]) for k in OUTPUTS}, expected)
     # The same bad image inside a multi-image request fails that request with the reason.
     with pytest.raises(InferenceServerException, match="bad image"):
-        _infer(tiny_server.http_url, [good[0], b"\x89PNG\r\n\x1a\n truncated"])
+        infer_ensemble(tiny_server.http_url, [good[0], b"\x89PNG\r\n\x1a\n truncated"])
 
 
 def test_classifier_labels_for_the_classification_extension(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import tritonclient.http as http
-from conftest import synthetic_detector
+from conftest import infer_ensemble, synthetic_detector
 from PIL import Image, ImageFilter
 
 from fitguard import contract as c
@@ -143,14 +143,6 @@ def _images(photos: dict[str, np.ndarray]) -> dict[str, bytes]:
     return out
 
 
-def _infer(url: str, batch: list[bytes]) -> dict[str, np.ndarray]:
-    with http.InferenceServerClient(url) as client:
-        tensor = http.InferInput(c.IMAGE, [len(batch), 1], "BYTES")
-        tensor.set_data_from_numpy(np.array(batch, dtype=object).reshape(-1, 1))
-        result = client.infer(c.ENSEMBLE, [tensor], outputs=[http.InferRequestedOutput(n) for n in OUTPUTS])
-        return {n: result.as_numpy(n) for n in OUTPUTS}
-
-
 def _assert_same(served: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> dict[str, float]:
     for name in (c.CLASS_ID, c.TOP5_IDS, c.FIT):
         np.testing.assert_array_equal(served[name], expected[name], err_msg=name)
@@ -188,14 +180,14 @@ def test_shared_ensemble_answers_with_the_same_contract_as_the_reference(
     names = list(images)
     expected = ReferencePipeline.from_repository(tiny_shared_repository).predict([images[n] for n in names])
     onnx_expected = OnnxPipeline.from_repository(tiny_shared_repository).predict([images[n] for n in names])
-    served = [_infer(shared_server.http_url, [images[n]]) for n in names]
+    served = [infer_ensemble(shared_server.http_url, [images[n]]) for n in names]
     stacked = {k: np.concatenate([s[k] for s in served]) for k in OUTPUTS}
     deltas = _assert_same(stacked, expected)
     onnx_deltas = _assert_same(stacked, onnx_expected)
     # Several images in one request, through the dynamic batcher's path.
     batch = [images[n] for n in ("chelsea", "coffee/blur", "rocket/small-gray", "astronaut/jpeg7")]
     _assert_same(
-        _infer(shared_server.http_url, batch),
+        infer_ensemble(shared_server.http_url, batch),
         ReferencePipeline.from_repository(tiny_shared_repository).predict(batch),
     )
     print(f"\n{len(names)} images, shared mode: vs reference {deltas}; vs in-process ONNX {onnx_deltas}")

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from fitguard.contract import DEFAULT_PATCHES
-from fitguard.training.fit_detector import PASS_RATE, fit_right_detector
-from fitguard.training.fit_population import CLEAN, POPULATION_GROUPS, PopulationConfig
+from fitguard.training.fit_detector import PASS_RATE
+from fitguard.training.fit_population import POPULATION_GROUPS, PopulationConfig
 from fitguard.training.fit_right import (
-    FOOLING,
     MIXES,
     REPEATS,
     cv_groups,
+    fit_shipped,
     restrict,
     right_flags,
     run_repeats,
@@ -115,13 +115,7 @@ def ship_detector(
     """Fit the shipped recipe on every row and write the detector file; returns its meta."""
     from fitguard.detector import save_detector
 
-    det, _ = fit_right_detector(
-        signals[SHIPPED],
-        right,
-        groups=cv_groups(stamps),
-        clean=group == CLEAN,
-        fooling=np.isin(group, FOOLING),
-    )
+    det, _ = fit_shipped(signals[SHIPPED], right, groups=cv_groups(stamps), group=group)
     det.meta.update(meta)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_detector(out, det)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.detector import FIT_LABEL, UNFIT_LABEL
+from fitguard.detector import FIT_LABEL, UNFIT_LABEL, Detector
 from fitguard.training.fit_detector import PASS_RATE, fit_right_detector
 from fitguard.training.fit_population import (
     CLEAN,
@@ -114,17 +114,19 @@ def cv_groups(stamps: np.ndarray) -> np.ndarray:
     return np.where(stamps == "", np.char.add("fool", np.arange(len(stamps)).astype(str)), stamps)
 
 
+def fit_shipped(
+    x: np.ndarray, right: np.ndarray, *, groups: np.ndarray, group: np.ndarray
+) -> tuple[Detector, np.ndarray]:
+    """The shipped recipe on these rows: ``groups`` from :func:`cv_groups`, ``group`` the population
+    group of each row (its clean rows set the threshold, its fooling rows are weighted)."""
+    return fit_right_detector(x, right, groups=groups, clean=group == CLEAN, fooling=np.isin(group, FOOLING))
+
+
 def _fit_shipped(
     x: np.ndarray, right: np.ndarray, train: np.ndarray, stamps: np.ndarray, group: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The shipped recipe's decision values on every row, and with out-of-fold ones on training rows."""
-    det, oof = fit_right_detector(
-        x[train],
-        right[train],
-        groups=cv_groups(stamps)[train],
-        clean=group[train] == CLEAN,
-        fooling=np.isin(group[train], FOOLING),
-    )
+    det, oof = fit_shipped(x[train], right[train], groups=cv_groups(stamps)[train], group=group[train])
     scores = det.pipeline.decision_function(x)
     calib = scores.copy()
     calib[train] = oof

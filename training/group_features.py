@@ -42,8 +42,9 @@ class GroupFeatures:
     @property
     def energy(self) -> np.ndarray:
         """Logsumexp of the logits [N], float32 as the classifier graph's ``ENERGY``."""
-        m = self.logits.max(axis=1)
-        return (m + np.log(np.exp(self.logits - m[:, None]).sum(axis=1))).astype(np.float32)
+        from fitguard.classifier import logsumexp
+
+        return logsumexp(self.logits).astype(np.float32)
 
     @property
     def top1(self) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from fitguard.classifier import logsumexp, softmax
 from fitguard.detector import FIT_SET, detector_features
 from fitguard.training.fit_features import FitFeatures
 from fitguard.training.metrics import accuracy_at_coverage, aurc
@@ -31,24 +32,13 @@ SHIPPED = "shipped"  # beside the groups: the shipped detector's features, as it
 COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    m = logits.max(axis=-1)
-    return m + np.log(np.exp(logits - m[..., None]).sum(axis=-1))
-
-
 def prob_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
     """Untrained confidences from the logits: MSP, energy, DOCTOR (sum of p^2), negative entropy."""
     logits = logits.astype(np.float64)
-    p = _softmax(logits)
+    p = softmax(logits)
     return {
         "msp": p.max(axis=1),
-        "energy": _logsumexp(logits),
+        "energy": logsumexp(logits),
         "doctor": (p**2).sum(axis=1),
         "entropy": (p * np.log(np.clip(p, 1e-12, None))).sum(axis=1),
     }
@@ -56,10 +46,10 @@ def prob_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
 
 def signal_groups(feats: FitFeatures) -> dict[str, np.ndarray]:
     """The signal groups of the module docstring, each [N, d] float64."""
-    probs = _softmax(feats.logits.astype(np.float64))
+    probs = softmax(feats.logits.astype(np.float64))
     top1 = probs.argmax(axis=1)
     ps = prob_scores(feats.logits)
-    patch_p = _softmax(feats.patch_logits.astype(np.float64))  # [N, P, 1000]
+    patch_p = softmax(feats.patch_logits.astype(np.float64))  # [N, P, 1000]
     rows = np.arange(len(top1))
     p_centre = patch_p[rows, :, top1]  # [N, P]
     agree = (patch_p.argmax(axis=2) == top1[:, None]).mean(axis=1)
