@@ -139,8 +139,9 @@ def test_demo_main_job(build_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def labelled(build_dir: Path) -> dict:
-    """Labelled object photos the shipped detector never saw (a view of each stamp beyond the ones the
-    evaluation population takes), sent as users send them, plus blurred and noisy versions of some."""
+    """Labelled object images the shipped detector was not fitted on: a view of each stamp beyond the ones
+    the evaluation population takes (the stamps themselves were in its training data; the figures held
+    out by stamp are the report's), sent as users send them, plus blurred and noisy versions of some."""
     from fitguard.training.datasets import load_dataset
     from fitguard.training.distortions import distort
     from fitguard.training.fit_population import PopulationConfig, as_sent
@@ -194,5 +195,5 @@ def test_served_verdicts_on_labelled_objects_equal_the_evaluation(served, build_
     print(
         f"right {right.mean():.3f}; passed {passed.mean():.3f}; right among passed {right[passed].mean():.3f}"
     )
-    # What the guard is for, on photos it never saw: answers it passes are right more often than the rest.
+    # What the guard is for, on views it was not fitted on: passed answers are right more often than the rest.
     assert right[passed].mean() > right[~passed].mean()
