@@ -10,7 +10,7 @@ BUILD ?= build
 # torch is pinned for reproducible builds; pip takes these from the local wheel cache where there is one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup system-deps data build demo test test-fast report bench lint clean
+.PHONY: setup system-deps data build demo test test-fast test-integration report bench lint clean
 
 setup: $(VENV)/.installed system-deps $(BIN)/promtool
 
@@ -48,13 +48,24 @@ build: setup data
 demo: build
 	$(BIN)/fitguard demo --build $(BUILD)
 
+# Tiers: fast (no server, no build), integration (the embedded server on the tiny repository), build
+# (the real build that make demo makes). make test runs them all.
 test: build
-	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest
+	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest --durations=25
 
-test-fast: setup data
-	$(BIN)/python -m pytest -m "not slow"
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not server and not build and not reliability"
 
+test-integration: setup data
+	$(BIN)/python -m pytest -m "not build" --durations=25
+
+# The figures the README and docs cite: the quality head's scene protocol (10 splits, BRISQUE, left-out
+# kinds), the fit = right evaluation with its shifts and release gate, the paper's protocol.
 report: build
+	$(BIN)/fitguard train iqa --backbone $(BACKBONE) --quality-features shared \
+	  --out $(BUILD)/report/iqa/iqa_head.pt --cache-dir $(BUILD)/cache
+	$(BIN)/fitguard evaluate-fit --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \
+	  --report $(BUILD)/fit_report --cache $(BUILD)/cache
 	$(BIN)/fitguard evaluate --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \
 	  --detector $(BUILD)/detector.joblib --report $(BUILD)/report --cache $(BUILD)/cache
 

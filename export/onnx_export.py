@@ -175,27 +175,10 @@ def _score_column(
     return col, sign
 
 
-def export_detector(detector: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``ENERGY``, ``QUALITY`` to the
-    verdict (a feature set that does not read ``ENERGY`` leaves that input unused).
-
-    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; logit of QUALITY clipped to [eps, 1 - eps]
-    (:func:`fitguard.detector.quality_logit`); Concat -> the detector's features (for the ``fit`` set
-    with ENERGY before the quality logit).
-    suffix: FIT_SCORE = decision - threshold; FIT = FIT_SCORE >= 0; CLASS_ID = TOP5_IDS[:, :1].
-    """
-    features = "detector_features"
-    svm = _sklearn_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
-    scores_name = svm.graph.output[-1].name
-    col, sign = _score_column(svm, detector, features, scores_name)
-
-    graph = svm.graph
-    n = BATCH_DIM
-    consts = [
+def _common_constants(threshold: float) -> list[onnx.TensorProto]:
+    return [
         numpy_helper.from_array(np.array([TOP_K], np.int64), "fg_k"),
-        numpy_helper.from_array(np.array([col], np.int64), "fg_score_col"),
-        numpy_helper.from_array(np.array([sign], np.float32), "fg_score_sign"),
-        numpy_helper.from_array(np.array([detector.threshold], np.float32), "fg_threshold"),
+        numpy_helper.from_array(np.array([threshold], np.float32), "fg_threshold"),
         numpy_helper.from_array(np.array([0.0], np.float32), "fg_zero"),
         numpy_helper.from_array(np.array([0], np.int64), "fg_start"),
         numpy_helper.from_array(np.array([1], np.int64), "fg_one"),
@@ -203,7 +186,11 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         numpy_helper.from_array(np.array(1.0 - QUALITY_EPS, np.float32), "fg_1_eps"),
         numpy_helper.from_array(np.array([[1.0]], np.float32), "fg_unit"),
     ]
-    prefix = [
+
+
+def _prefix_nodes() -> list[onnx.NodeProto]:
+    """TopK of PROBS, and the quality logit (:func:`fitguard.detector.quality_logit`) as fg_quality_logit."""
+    return [
         helper.make_node("TopK", [PROBS, "fg_k"], [TOP5_PROBS, TOP5_IDS], axis=1, largest=1, sorted=1),
         helper.make_node("Clip", [QUALITY_SCORE, "fg_eps", "fg_1_eps"], ["fg_q"]),
         helper.make_node("Log", ["fg_q"], ["fg_log_q"]),
@@ -211,37 +198,108 @@ def export_detector(detector: Any) -> onnx.ModelProto:
         helper.make_node("Log", ["fg_1_q"], ["fg_log_1_q"]),
         helper.make_node("Sub", ["fg_log_q", "fg_log_1_q"], ["fg_quality_logit"]),
     ]
+
+
+def _verdict_nodes(confidence: str) -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("Sub", [confidence, "fg_threshold"], [FIT_SCORE]),
+        helper.make_node("GreaterOrEqual", [FIT_SCORE, "fg_zero"], [FIT]),
+        helper.make_node("Slice", [TOP5_IDS, "fg_start", "fg_one", "fg_one"], [CLASS_ID]),
+    ]
+
+
+def _graph_inputs() -> list[onnx.ValueInfoProto]:
+    return [
+        helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [BATCH_DIM, NUM_CLASSES]),
+        helper.make_tensor_value_info(ENERGY, TensorProto.FLOAT, [BATCH_DIM, 1]),
+        helper.make_tensor_value_info(QUALITY_SCORE, TensorProto.FLOAT, [BATCH_DIM, 1]),
+    ]
+
+
+def _graph_outputs() -> list[onnx.ValueInfoProto]:
+    n = BATCH_DIM
+    return [
+        helper.make_tensor_value_info(CLASS_ID, TensorProto.INT64, [n, 1]),
+        helper.make_tensor_value_info(TOP5_IDS, TensorProto.INT64, [n, TOP_K]),
+        helper.make_tensor_value_info(TOP5_PROBS, TensorProto.FLOAT, [n, TOP_K]),
+        helper.make_tensor_value_info(FIT, TensorProto.BOOL, [n, 1]),
+        helper.make_tensor_value_info(FIT_SCORE, TensorProto.FLOAT, [n, 1]),
+    ]
+
+
+def _guarded_graph(detector: Any) -> onnx.ModelProto:
+    """A guarded detector (:class:`fitguard.detector.Veto`): confidence = TOP5_PROBS[:, :1] minus 1 where
+    ENERGY >= energy_min and the quality logit <= quality_logit_max."""
+    veto = detector.veto
+    consts = [
+        *_common_constants(detector.threshold),
+        numpy_helper.from_array(np.array([[veto.energy_min]], np.float32), "fg_energy_min"),
+        numpy_helper.from_array(np.array([[veto.quality_logit_max]], np.float32), "fg_quality_logit_max"),
+    ]
+    nodes = [
+        *_prefix_nodes(),
+        helper.make_node("GreaterOrEqual", [ENERGY, "fg_energy_min"], ["fg_confident"]),
+        helper.make_node("LessOrEqual", ["fg_quality_logit", "fg_quality_logit_max"], ["fg_low_quality"]),
+        helper.make_node("And", ["fg_confident", "fg_low_quality"], ["fg_veto_flag"]),
+        helper.make_node("Cast", ["fg_veto_flag"], ["fg_veto"], to=TensorProto.FLOAT),
+        helper.make_node("Slice", [TOP5_PROBS, "fg_start", "fg_one", "fg_one"], ["fg_msp"]),
+        helper.make_node("Sub", ["fg_msp", "fg_veto"], ["fg_confidence"]),
+        *_verdict_nodes("fg_confidence"),
+    ]
+    graph = helper.make_graph(nodes, "fitguard_detector", _graph_inputs(), _graph_outputs(), consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    annotate(
+        model,
+        "detector",
+        threshold=repr(float(detector.threshold)),
+        feature_set=detector.feature_set,
+        veto_energy_min=repr(float(veto.energy_min)),
+        veto_quality_logit_max=repr(float(veto.quality_logit_max)),
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def export_detector(detector: Any) -> onnx.ModelProto:
+    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``ENERGY``, ``QUALITY`` to the
+    verdict (a feature set that does not read ``ENERGY`` leaves that input unused).
+
+    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; logit of QUALITY clipped to [eps, 1 - eps]
+    (:func:`fitguard.detector.quality_logit`); Concat -> the detector's features (for the ``fit`` set
+    with ENERGY before the quality logit).
+    suffix: FIT_SCORE = confidence - threshold, the confidence being the decision (learned) or the
+    top-1 probability minus the veto (guarded, :func:`_guarded_graph`); FIT = FIT_SCORE >= 0;
+    CLASS_ID = TOP5_IDS[:, :1].
+    """
+    if detector.guarded:
+        return _guarded_graph(detector)
+    features = "detector_features"
+    svm = _sklearn_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
+    scores_name = svm.graph.output[-1].name
+    col, sign = _score_column(svm, detector, features, scores_name)
+
+    graph = svm.graph
+    consts = [
+        *_common_constants(detector.threshold),
+        numpy_helper.from_array(np.array([col], np.int64), "fg_score_col"),
+        numpy_helper.from_array(np.array([sign], np.float32), "fg_score_sign"),
+    ]
+    prefix = _prefix_nodes()
     columns = [TOP5_PROBS, ENERGY] if detector.feature_set == FIT_SET else [TOP5_PROBS]
     prefix.append(helper.make_node("Concat", [*columns, "fg_quality_logit"], [features], axis=1))
     suffix = [
         helper.make_node("Gather", [scores_name, "fg_score_col"], ["fg_decision"], axis=1),
         helper.make_node("Mul", ["fg_decision", "fg_score_sign"], ["fg_signed"]),
-        helper.make_node("Sub", ["fg_signed", "fg_threshold"], [FIT_SCORE]),
-        helper.make_node("GreaterOrEqual", [FIT_SCORE, "fg_zero"], [FIT]),
-        helper.make_node("Slice", [TOP5_IDS, "fg_start", "fg_one", "fg_one"], [CLASS_ID]),
+        *_verdict_nodes("fg_signed"),
     ]
     nodes = [*prefix, *graph.node, *suffix]
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(consts)
     del graph.input[:]
-    graph.input.extend(
-        [
-            helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [n, NUM_CLASSES]),
-            helper.make_tensor_value_info(ENERGY, TensorProto.FLOAT, [n, 1]),
-            helper.make_tensor_value_info(QUALITY_SCORE, TensorProto.FLOAT, [n, 1]),
-        ]
-    )
+    graph.input.extend(_graph_inputs())
     del graph.output[:]
-    graph.output.extend(
-        [
-            helper.make_tensor_value_info(CLASS_ID, TensorProto.INT64, [n, 1]),
-            helper.make_tensor_value_info(TOP5_IDS, TensorProto.INT64, [n, TOP_K]),
-            helper.make_tensor_value_info(TOP5_PROBS, TensorProto.FLOAT, [n, TOP_K]),
-            helper.make_tensor_value_info(FIT, TensorProto.BOOL, [n, 1]),
-            helper.make_tensor_value_info(FIT_SCORE, TensorProto.FLOAT, [n, 1]),
-        ]
-    )
+    graph.output.extend(_graph_outputs())
     graph.name = "fitguard_detector"
     annotate(
         svm,

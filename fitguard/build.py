@@ -1,9 +1,11 @@
-"""``fitguard build``: the whole offline chain in one command.
+"""``fitguard build``: what ships, in one command.
 
-Quality head (DTNIQ-f on the scenes set, distorted and labelled offline) -> detector data and SVM ->
-verified ONNX export -> Triton repository. Each step is skipped when its output exists and was made
-with the same arguments, so ``make demo`` and ``make test`` build once. ``build.json`` records
-arguments, timings and metrics.
+Quality head (DTNIQ-f on the scenes set, distorted and labelled offline, fitted once) -> the fit = right
+detector (fitted once on the labelled objects) -> verified ONNX export -> Triton repository. Nothing is
+evaluated here: ``make report`` runs the evaluations that the README and docs cite. Each step is
+skipped when its output exists and was made with the same arguments and inputs, so ``make demo`` and
+``make test`` build once and a detector change rebuilds only the detector and the export.
+``build.json`` records arguments and timings.
 """
 
 from __future__ import annotations
@@ -17,11 +19,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES, SHARED_MODE
 from fitguard.repository import MANIFEST_NAME
 
 BUILD_FILE = "build.json"
-FIT_REPORT = "fit_report"  # the shipped detector's held-out evaluation (report.md, report.json, plots)
+# What makes the repository out of the model files: a change here re-exports (seconds).
+EXPORT_CODE: tuple[str, ...] = (
+    "fitguard.export.onnx_export",
+    "fitguard.export.repository",
+    "fitguard.export.configs",
+    "fitguard.preprocess",
+    "fitguard.contract",
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +46,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quality-features",
         choices=QUALITY_MODES,
-        default=PATCHES_MODE,
-        help="patches: DTNIQ-f on P patches; shared: the classifier's pass gives the quality features "
-        "(one backbone pass per image; docs/iqa.md compares the two)",
+        default=SHARED_MODE,
+        help="shared: the classifier's pass gives the quality features (one backbone pass per image); "
+        "patches: the paper's DTNIQ-f on P patches (docs/iqa.md compares the two)",
     )
-    parser.add_argument("--splits", type=int, default=10, help="IQA evaluation splits")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="build", help="build folder")
     parser.add_argument("--force", action="store_true", help="rebuild every step")
@@ -55,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
         photos=args.photos,
         patches=args.patches,
         quality_features=args.quality_features,
-        splits=args.splits,
         seed=args.seed,
         force=args.force,
     )
@@ -65,6 +72,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _stamp(args: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_version(*modules: str) -> str:
+    """A hash of these modules' source: a step reruns when the code that makes its output changes."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(name)
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _file_hash(path: Path) -> str:
@@ -120,74 +140,39 @@ def _objects_version() -> str:
     return prepare_objects().name
 
 
-def _iqa_args(common: dict[str, Any], *, dataset: str, splits: int) -> dict[str, Any]:
+def _iqa_args(common: dict[str, Any], *, dataset: str) -> dict[str, Any]:
     """Stamps hold every setting that changes a step's output, so a changed default retrains."""
     from fitguard.backbones import QUALITY_FEATURES
     from fitguard.training.iqa_data import SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW
-    from fitguard.training.iqa_eval import EVALUATION, SPLIT_SCHEME
     from fitguard.training.iqa_head import default_head_config
 
     return {
         **common,
         "dataset": dataset if dataset != "scenes" else _scenes_version(),
-        "splits": splits,
-        "split_scheme": SPLIT_SCHEME,
-        "evaluation": EVALUATION,
+        "fit": "once",
         "features": QUALITY_FEATURES,
         "images": (SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW),
         "head_config": asdict(default_head_config(dataset)),
     }
 
 
-def _detector_step(
-    record: _Record, models: dict[str, Any], *, out: Path, iqa_args: dict[str, Any]
-) -> dict[str, Any]:
-    """Train (or reuse) the shipped detector and its held-out evaluation; returns its stamp arguments.
-
-    Fit means the classifier's answer is right: the detector learns right against wrong answers on the
-    labelled objects (clean as users send them, distorted, universal perturbations, fooling images), and
-    ``evaluate-fit`` measures the same recipe held out by stamp (``fit_report/``, docs/fit_right.md).
-    """
+def _detector_args(record: _Record, models: dict[str, Any], iqa_args: dict[str, Any]) -> dict[str, Any]:
+    """The detector step's stamp: the head it reads, the population and the recipe's settings."""
     from fitguard.detector import DETECTOR_FORMAT, FEATURE_SETS, FIT_SET
-    from fitguard.training.fit_detector import C_GRID, FOOLING_REFUSAL, FOOLING_WEIGHTS, PASS_RATE
-    from fitguard.training.fit_evaluate import REPORT_VERSION, evaluate_fit
     from fitguard.training.fit_population import PopulationConfig
-    from fitguard.training.fit_right import REPEATS
-    from fitguard.training.selective import SHIPPED
 
-    head, detector = out / "iqa_head.pt", out / "detector.joblib"
-    config = PopulationConfig(seed=models["seed"])
-    det_args = {
+    return {
         **iqa_args,
         "head": record.stamp("iqa"),
         "fit": "right",
-        "population": asdict(config),
+        "population": asdict(PopulationConfig(seed=models["seed"])),
         "objects": _objects_version(),
         "format": DETECTOR_FORMAT,
         "features": FEATURE_SETS[FIT_SET],
-        "learner": ("logistic", C_GRID, FOOLING_WEIGHTS, FOOLING_REFUSAL),
-        "pass_rate": PASS_RATE,
-        "repeats": REPEATS,
-        "report": REPORT_VERSION,
+        "code": _code_version(
+            "fitguard.detector", "fitguard.training.fit_detector", "fitguard.training.fit_train"
+        ),
     }
-
-    def train() -> dict[str, Any]:
-        rep = evaluate_fit(
-            backbone=models["backbone"],
-            weights=models["weights"],
-            head=head,
-            report=out / FIT_REPORT,
-            config=config,
-            patches=models["patches"],
-            cache=out / "cache",
-            detector_out=detector,
-        )
-        kept = (SHIPPED, "msp", "quality")  # what build.json keeps of the report
-        aurc = {mix: {m: res["aurc"][m] for m in kept} for mix, res in rep["results"].items()}
-        return {"aurc": aurc, "seconds": rep["seconds"]}
-
-    record.step("detector", detector, det_args, train)
-    return det_args
 
 
 def build(
@@ -197,13 +182,14 @@ def build(
     weights: str | None = "default",
     photos: str | None = None,
     patches: int = DEFAULT_PATCHES,
-    quality_features: str = PATCHES_MODE,
-    splits: int = 10,
+    quality_features: str = SHARED_MODE,
     seed: int = 0,
     force: bool = False,
 ) -> dict[str, Any]:
     """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
     from fitguard.export import export_repository
+    from fitguard.training.fit_population import PopulationConfig
+    from fitguard.training.fit_train import train_fit_detector
     from fitguard.training.iqa import train_iqa
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +201,7 @@ def build(
     models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
     # The quality head trains on the scenes set unless a photo folder is given.
     dataset = "synthetic" if photos else "scenes"
-    iqa_args = _iqa_args(common, dataset=dataset, splits=splits)
+    iqa_args = _iqa_args(common, dataset=dataset)
     record.step(
         "iqa",
         head,
@@ -225,16 +211,34 @@ def build(
             dataset=dataset,
             photos=photos,
             out=head,
-            splits=splits,
+            splits=0,
             cache_dir=out / "cache",
             quality_features=quality_features,
         ),
     )
-    det_args = _detector_step(record, models, out=out, iqa_args=iqa_args)
+    det_args = _detector_args(record, models, iqa_args)
+    record.step(
+        "detector",
+        detector,
+        det_args,
+        lambda: train_fit_detector(
+            detector,
+            backbone=backbone,
+            weights=weights,
+            head=head,
+            config=PopulationConfig(seed=seed),
+            patches=patches,
+            cache=out / "cache",
+        ),
+    )
     record.step(
         "export",
         repository / MANIFEST_NAME,
-        {**det_args, "detector": _file_hash(detector)},
+        {
+            **det_args,
+            "detector": _file_hash(detector),
+            "code": _code_version(*EXPORT_CODE),
+        },
         lambda: export_repository(
             repository,
             backbone=backbone,

@@ -31,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "iqa": ("fitguard.training.iqa", "train the DTNIQ-f quality head"),
-    "detector": ("fitguard.training.detector", "train the fit-for-task SVM detector"),
+    "detector": (
+        "fitguard.training.fit_train",
+        "train the shipped fit = right detector (--recipe paper: the paper's SVM)",
+    ),
 }
 
 

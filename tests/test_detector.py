@@ -132,6 +132,46 @@ def test_fit_set_detector_reads_the_energy(tmp_path, learner):
     assert 0 < np.mean(want >= 0) < 1
 
 
+def test_guarded_detector_ranks_by_msp_and_vetoes_in_its_graph(tmp_path):
+    """A guarded detector's confidence is the top-1 probability, minus one where the energy and the quality
+    logit are both past the veto's limits: the veto moves answers below every other and never reorders
+    the rest. The exported graph computes the same FIT_SCORE as numpy, and the file round-trips."""
+    import onnxruntime as ort
+
+    from fitguard import contract as c
+    from fitguard.detector import FIT_SET, Detector, Veto, save_detector
+    from fitguard.export.onnx_export import export_detector, probe_inputs
+    from fitguard.reference import reference_outputs
+
+    probs, quality, energy = probe_inputs(300, seed=6)
+    x = detector_features(probs, quality, FIT_SET, energy)
+    veto = Veto(energy_min=float(np.median(energy)), quality_logit_max=float(np.median(x[:, -1])))
+    det = Detector(None, 0.3, {}, FIT_SET, veto)
+    fires = veto.fires(x)
+    np.testing.assert_array_equal(
+        fires, (energy[:, 0] >= veto.energy_min) & (x[:, -1] <= veto.quality_logit_max)
+    )
+    assert 0.1 < fires.mean() < 0.4  # both halves at once: about a quarter
+    conf = det.confidence(x)
+    np.testing.assert_allclose(conf[~fires], x[~fires, 0], atol=1e-7)
+    assert conf[fires].max() < conf[~fires].min()  # a vetoed answer ranks below every other
+    np.testing.assert_allclose(det.score(x), conf - 0.3, atol=1e-6)
+    save_detector(tmp_path / "g.joblib", det)
+    loaded = load_detector(tmp_path / "g.joblib")
+    assert loaded.guarded and loaded.veto == veto and loaded.pipeline is None
+    session = ort.InferenceSession(export_detector(loaded).SerializeToString())
+    probs, quality, energy = probe_inputs(128, seed=7)
+    feeds = {c.PROBS: probs, c.QUALITY_SCORE: quality, c.ENERGY: energy}
+    got = session.run([c.FIT_SCORE, c.FIT, c.TOP5_IDS], feeds)
+    want = reference_outputs(probs, quality, loaded, energy)
+    np.testing.assert_allclose(got[0], want[c.FIT_SCORE], atol=1e-5)
+    np.testing.assert_array_equal(got[1], want[c.FIT])
+    np.testing.assert_array_equal(got[2], want[c.TOP5_IDS])
+    assert (got[0] < -0.3).any() and (got[0] > -0.3).any()  # the probes hit both sides of the veto
+    with pytest.raises(ValueError, match="guarded"):
+        save_detector(tmp_path / "bad.joblib", Detector(None, 0.0, {}, "paper", veto))
+
+
 def test_old_detector_format_is_refused(tmp_path):
     import joblib
 

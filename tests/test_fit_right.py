@@ -221,3 +221,80 @@ def test_shipped_recipe_threshold_and_fooling_weight() -> None:
     assert cand["oof_fooling_refused"] >= FOOLING_REFUSAL
     assert det.feature_set == "fit" and det.meta["fit_means"]
     assert np.mean(det.score(x[fooling]) < 0) >= FOOLING_REFUSAL
+
+
+def test_guarded_recipe_bounds_the_veto_and_refuses_fooling() -> None:
+    """MSP ranks; the veto (energy and quality both in their tails) refuses the fooling rows (confident,
+    high energy, low quality) and at most VETO_BUDGET of the right natural rows, leaving alone natural
+    rows that are only confident or only of low quality; the threshold passes PASS_RATE of the right
+    clean rows."""
+    from fitguard.training.fit_detector import FOOLING_REFUSAL, PASS_RATE, VETO_BUDGET, fit_guarded_detector
+
+    rng = np.random.default_rng(5)
+    n, n_fool = 600, 24
+    right = np.concatenate([rng.random(n) < 0.6, np.zeros(n_fool, bool)])
+    x = rng.normal(0, 1, (n + n_fool, 7))
+    x[:, 0] = np.clip(np.where(right, 0.7, 0.4) + rng.normal(0, 0.15, n + n_fool), 0, 1)
+    x[:, 5] = 9 + 1.2 * x[:, 0] + rng.normal(0, 0.8, n + n_fool)  # energy grows with confidence
+    x[:, 6] = 1.5 + rng.normal(0, 1.0, n + n_fool)  # quality logit
+    x[n:, 0] = rng.uniform(0.9, 1.0, n_fool)  # fooling images: confident ...
+    x[n:, 5] = rng.uniform(13.0, 16.0, n_fool)  # ... beyond natural energies ...
+    x[n:, 6] = rng.uniform(-2.5, -0.5, n_fool)  # ... and of low quality
+    clean = np.concatenate([np.arange(n) % 2 == 0, np.zeros(n_fool, bool)])
+    attack = np.arange(n + n_fool) >= n
+    det, conf = fit_guarded_detector(x, right, clean=clean, attack=attack)
+    assert det.guarded and det.meta["recipe"] == "guarded" and det.meta["met_requirements"]
+    assert det.meta["veto_right_natural"] <= VETO_BUDGET
+    assert np.mean(det.score(x[attack]) < 0) >= FOOLING_REFUSAL
+    assert np.mean(conf[clean & right] >= det.threshold) == pytest.approx(PASS_RATE, abs=0.01)
+    np.testing.assert_allclose(det.confidence(x), conf, atol=1e-6)
+    # Only one tail is not enough: very confident sharp images and noisy plain ones pass the veto.
+    probe = np.tile(x[:2], (1, 1))
+    probe[0, 5], probe[0, 6] = 20.0, 2.0
+    probe[1, 5], probe[1, 6] = 9.0, -4.0
+    assert not det.veto.fires(probe).any()
+
+
+def test_release_gate_reads_every_shift_and_fails_on_a_loss() -> None:
+    """The gate passes a detector within its margins everywhere and fails one that loses to MSP under a
+    single shift, naming it."""
+    from fitguard.training.fit_gate import gate_lines, release_gate
+
+    def aurc(shipped: float, msp: float, lo: float, hi: float) -> dict:
+        return {"msp": {"mean": msp}, "shipped": {"mean": shipped, "minus_msp": {"ci95": [lo, hi]}}}
+
+    def rates(right_passed: float) -> dict:
+        return {"shipped": {"clean": {"right_passed": right_passed, "passed": 0.8}}}
+
+    fooled = {"shipped": {"fool_gd": {"passed": 0.0}, "fool_ev": {"passed": 0.03}}}
+    rep = {
+        "results": {
+            "natural": {"aurc": aurc(0.280, 0.286, -0.01, 0.004)},
+            "paper": {"aurc": aurc(0.280, 0.362, -0.09, -0.06), "table_v": fooled},
+            "clean": {"aurc": aurc(0.209, 0.209, -0.004, 0.004), "table_v": rates(0.92)},
+        },
+        "domain_shift": {
+            "codec": {
+                "clean": {"aurc": aurc(0.2, 0.2, -0.003, 0.003), "table_v": rates(0.9)},
+                "natural": {"aurc": aurc(0.25, 0.25, -0.002, 0.004)},
+                "paper": {"aurc": aurc(0.25, 0.30, -0.08, -0.02)},
+            }
+        },
+        "unseen": {
+            "photos": {
+                "natural": {"aurc": aurc(0.1, 0.1, 0.0, 0.0)},
+                "paper": {"aurc": aurc(0.1, 0.2, -0.1, -0.1)},
+            }
+        },
+    }
+    gate = release_gate(rep)
+    assert gate["passed"] and not gate["loses_anywhere"] and gate["paper_target_met"], gate
+    assert gate["worst"]["paper"]["where"] == "codec"
+    rep["domain_shift"]["codec"]["paper"]["aurc"] = aurc(0.29, 0.30, -0.02, -0.001)  # a gain under 15%
+    gate = release_gate(rep)
+    assert gate["passed"] and not gate["paper_target_met"]
+    assert any(line.startswith("- misses the target: codec paper") for line in gate_lines(gate))
+    rep["unseen"]["photos"]["natural"]["aurc"] = aurc(0.12, 0.1, 0.01, 0.03)
+    gate = release_gate(rep)
+    assert not gate["passed"] and gate["loses_anywhere"]
+    assert any("photos natural" in line for line in gate_lines(gate))

@@ -313,3 +313,29 @@ def test_cli_kadid_and_synthetic_tiny(
     # One ladder per held-out scene and kind; the baseline runs on the ladders (61 images per scene).
     assert metrics["ordering"]["ladders"] == 2 * 12 and metrics["baseline"]["images"] == 3 * 61
     assert metrics["calibration"]["ladders"] == 2 * 12
+
+
+@pytest.mark.slow
+def test_vsi_labels_in_parallel_equal_one_process_and_are_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, photos: dict[str, np.ndarray]
+) -> None:
+    """Two worker processes give the labels one process gives; each view's values land in the data cache
+    once, and a second run reads them from there instead of computing them."""
+    from fitguard.training.vsi_labels import vsi_labels
+
+    views = photo_views({n: photos[n] for n in ("coffee", "chelsea")}, 2, 96, seed=0)
+    jobs = [[(crop, [("white_noise", 3, 1), ("jpeg", 2, 1)]) for crop in crops] for crops in views.values()]
+    monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "a"))
+    parallel = vsi_labels(jobs, workers=2)
+    files = sorted((tmp_path / "a" / "data" / "vsi").glob("*.npy"))
+    assert len(files) == 4 and not list((tmp_path / "a" / "data" / "vsi").glob("*.tmp*"))
+    monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "b"))
+    single = vsi_labels(jobs, workers=1)
+    for p, s in zip(parallel, single, strict=True):
+        for a, b in zip(p, s, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+            assert a.shape == (2,) and a[0] < 1.0
+    np.save(files[0], np.array([0.5, 0.25]))  # a cached file is what a later run returns
+    monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "a"))
+    again = [v for photo in vsi_labels(jobs, workers=2) for v in photo]
+    assert any(np.array_equal(v, [0.5, 0.25]) for v in again)

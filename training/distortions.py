@@ -201,3 +201,12 @@ def distort(rgb: np.ndarray, kind: str, level: int, seed: int = 0) -> np.ndarray
     out = _FUNCS[kind](rgb, PARAMS[kind][level - 1], rng)
     assert out.shape == rgb.shape and out.dtype == np.uint8
     return out
+
+
+def distort_with(rgb: np.ndarray, kind: str, param: float, seed: int = 0) -> np.ndarray:
+    """Apply distortion ``kind`` with an explicit parameter (a level's value from :data:`PARAMS` or one
+    beyond the ladder): the shift tests send strengths the quality head and detector never saw."""
+    if kind not in _FUNCS:
+        raise ValueError(f"unknown distortion {kind!r}; known: {', '.join(DISTORTIONS)}")
+    rng = np.random.default_rng([seed, DISTORTIONS.index(kind)])
+    return _FUNCS[kind](np.ascontiguousarray(rgb, dtype=np.uint8), param, rng)

@@ -18,19 +18,19 @@ import numpy as np
 
 from fitguard.contract import DEFAULT_PATCHES
 from fitguard.training.fit_detector import PASS_RATE
+from fitguard.training.fit_gate import gate_lines, release_gate
 from fitguard.training.fit_population import POPULATION_GROUPS, PopulationConfig
 from fitguard.training.fit_right import (
     MIXES,
+    RECIPES,
     REPEATS,
-    cv_groups,
-    fit_shipped,
     restrict,
-    right_flags,
     run_repeats,
     table_v,
     untrained_scores,
 )
 from fitguard.training.fit_shift import domain_shifts
+from fitguard.training.fit_unseen import UnseenConfig, build_unseen, summarize_unseen, with_unseen
 from fitguard.training.selective import (
     COVERAGES,
     SHIPPED,
@@ -42,8 +42,13 @@ from fitguard.training.selective import (
 )
 
 log = logging.getLogger(__name__)
-REPORT_VERSION = "fit-report/2"  # /2: three domain shifts, accuracy at threshold against MSP
-MATCHED: tuple[str, ...] = (SHIPPED, "fit_right", "paper_right", "paper_uap")  # compared with MSP at coverage
+REPORT_VERSION = "fit-report/3"  # /3: sets never trained on, the release gate
+MATCHED: tuple[str, ...] = (
+    *RECIPES,
+    "fit_right",
+    "paper_right",
+    "paper_uap",
+)  # compared with MSP at coverage
 WUP_RIGHT = 0.85  # Wu-Palmer variant: a near miss (a WordNet sibling class) counts as right
 
 
@@ -77,18 +82,6 @@ def summarize_mixes(repeats: list[dict[str, Any]], methods: list[str], draws: in
     return out
 
 
-def _population_features(models: Any, pop: Any, *, patches: int, cache: Path) -> Any:
-    """One backbone pass per image of every group, back in population order."""
-    from fitguard.training.fit_features import FitFeatures, compute_fit_features
-
-    parts, order = [], []
-    for g in POPULATION_GROUPS:
-        idx = np.flatnonzero(pop.group == g)
-        parts.append(compute_fit_features(models, [pop.images[i] for i in idx], patches, cache=cache, desc=g))
-        order.append(idx)
-    return FitFeatures.concat(parts).subset(np.argsort(np.concatenate(order)))
-
-
 def _group_summary(
     group: np.ndarray, *, right: np.ndarray, wright: np.ndarray, quality: np.ndarray
 ) -> dict[str, dict[str, float]]:
@@ -103,33 +96,6 @@ def _group_summary(
     }
 
 
-def ship_detector(
-    out: Path,
-    *,
-    signals: dict[str, np.ndarray],
-    right: np.ndarray,
-    stamps: np.ndarray,
-    group: np.ndarray,
-    meta: dict[str, Any],
-) -> dict[str, Any]:
-    """Fit the shipped recipe on every row and write the detector file; returns its meta."""
-    from fitguard.detector import save_detector
-
-    det, _ = fit_shipped(signals[SHIPPED], right, groups=cv_groups(stamps), group=group)
-    det.meta.update(meta)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_detector(out, det)
-    return det.meta
-
-
-def _held_out_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The shipped recipe's held-out AURC beside MSP's, per mix: what a detector file records."""
-    return {
-        mix: {m: res["aurc"][m] for m in (SHIPPED, "msp")} | {"table_v": res["table_v"][SHIPPED]}
-        for mix, res in results.items()
-    }
-
-
 def evaluate_fit(
     *,
     backbone: str,
@@ -141,67 +107,65 @@ def evaluate_fit(
     patches: int = DEFAULT_PATCHES,
     cache: Path | None = None,
     weights: str | None = "default",
-    detector_out: Path | None = None,
+    unseen_config: UnseenConfig | None = None,
 ) -> dict[str, Any]:
-    """The whole evaluation; returns what ``report.json`` holds. With ``detector_out``, the shipped
-    recipe is also fitted on every image and written there, its held-out figures in its meta."""
-    import torch
-
-    from fitguard.training.datasets import load_dataset
-    from fitguard.training.fit_population import build_population
+    """The whole evaluation; returns what ``report.json`` holds, its release gate included
+    (:mod:`fitguard.training.fit_gate`). It writes no detector file: ``fitguard train detector`` fits
+    the shipped recipe on every image."""
+    from fitguard.training.fit_features import compute_fit_features
     from fitguard.training.fit_report import write_fit_report
-    from fitguard.training.group_features import load_models
-    from fitguard.training.groups import default_cache_dir
+    from fitguard.training.fit_train import load_fit_data
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cache = cache or default_cache_dir()
-    seconds: dict[str, float] = {}
+    unseen_config = unseen_config or UnseenConfig(seed=config.seed)
+
     t0 = time.perf_counter()
-    models = load_models(backbone, head, weights)
-    dataset = load_dataset("objects")
-    pop = build_population(models.backbone, dataset, config, cache)
-    seconds["population"] = time.perf_counter() - t0
+    data = load_fit_data(
+        backbone=backbone, head=head, config=config, patches=patches, cache=cache, weights=weights
+    )
+    seconds = dict(data.seconds)
     t = time.perf_counter()
-    feats = _population_features(models, pop, patches=patches, cache=cache)
-    seconds["features"] = time.perf_counter() - t
+    unseen = build_unseen(data.dataset, side=data.models.backbone.preset.resize, config=unseen_config)
+    ufeats = compute_fit_features(data.models, unseen.images, patches, cache=cache, desc="unseen")
+    rows = with_unseen(data, unseen, ufeats)
+    seconds["unseen_sets"] = time.perf_counter() - t
     t = time.perf_counter()
-    acceptable = [it.labels for it in dataset]
-    top1 = feats.logits.argmax(axis=1)
-    right = right_flags(pop, top1, acceptable)
-    stamps = np.asarray([dataset[i].group if i >= 0 else "" for i in pop.item])
+    pop, feats, right, stamps = rows["pop"], rows["feats"], rows["right"], rows["stamps"]
     signals = signal_groups(feats)
     untrained = untrained_scores(feats.logits, feats.quality)
     common = {"pop": pop, "signals": signals, "untrained": untrained, "stamps": stamps}
-    reps = run_repeats(**common, right=right, repeats=repeats, seed=config.seed)
+    trainable = rows["trainable"]
+    reps = run_repeats(**common, right=right, repeats=repeats, seed=config.seed, trainable=trainable)
     methods = list(reps[0]["conf"])
     results = summarize_mixes(reps, methods, draws)
+    unseen_results = summarize_unseen(reps, methods, MATCHED, draws)
     seconds["repeats"] = time.perf_counter() - t
     t = time.perf_counter()
-    wright = wup_right(top1, pop.item, acceptable)
-    wreps = run_repeats(**common, right=wright, repeats=repeats, seed=config.seed, svms=False)
+    wright = wup_right(feats.logits.argmax(axis=1), pop.item, data.acceptable)
+    wreps = run_repeats(
+        **common, right=wright, repeats=repeats, seed=config.seed, svms=False, trainable=trainable
+    )
     wmethods = list(wreps[0]["conf"])
     wu = {mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, metric("aurc"), draws=draws) for mix in MIXES}
-    scenes = np.asarray([dataset[i].meta.get("scene", "") if i >= 0 else "" for i in pop.item])
-    shift = domain_shifts(**common, scenes=scenes, right=right, draws=draws, seed=config.seed)
+    n = len(data.pop)
+    shift = domain_shifts(
+        pop=data.pop,
+        signals={k: v[:n] for k, v in signals.items()},
+        untrained={k: v[:n] for k, v in untrained.items()},
+        stamps=data.stamps,
+        scenes=data.scenes,
+        right=data.right,
+        draws=draws,
+        seed=config.seed,
+    )
     seconds["wordnet_and_shift"] = time.perf_counter() - t
-    groups = _group_summary(pop.group, right=right, wright=wright, quality=feats.quality)
-    if detector_out is not None:
-        meta = {
-            "backbone": backbone,
-            "weights_id": models.backbone.weights_id,
-            "head_key": models.key,
-            "patches": patches,
-            "seed": config.seed,
-            "population": config.__dict__,
-            "held_out": _held_out_summary(results),
-        }
-        ship_detector(detector_out, signals=signals, right=right, stamps=stamps, group=pop.group, meta=meta)
+    groups = _group_summary(data.pop.group, right=data.right, wright=wright[:n], quality=data.feats.quality)
     seconds["total"] = time.perf_counter() - t0
     rep = {
         "setup": {
             "backbone": backbone,
-            "weights_id": models.backbone.weights_id,
+            "weights_id": data.models.backbone.weights_id,
             "iqa_head": str(head),
+            "quality_features": data.models.head_info.get("mode"),
             "patches": patches,
             "repeats": repeats,
             "bootstrap_draws": draws,
@@ -214,8 +178,10 @@ def evaluate_fit(
         "results": results,
         "wordnet_aurc": wu,
         "domain_shift": shift,
+        "unseen": unseen_results,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+    rep["gate"] = release_gate(rep)
     write_fit_report(Path(report), rep)
     return rep
 
@@ -231,7 +197,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches (as served)")
     parser.add_argument("--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache)")
     parser.add_argument(
-        "--detector-out", default=None, help="also fit the shipped detector on every image and write it here"
+        "--no-gate", action="store_true", help="exit 0 even when the shipped detector fails its release gate"
     )
 
 
@@ -247,11 +213,14 @@ def run(args: argparse.Namespace) -> int:
         draws=args.draws,
         patches=args.patches,
         cache=Path(args.cache) if args.cache else None,
-        detector_out=Path(args.detector_out) if args.detector_out else None,
     )
     for mix, res in rep["results"].items():
         a = res["aurc"]
         line = ", ".join(f"{m} {a[m]['mean']:.3f}" for m in ("msp", "quality", SHIPPED, "paper_uap"))
         print(f"{mix:8s} AURC: {line}")
+    print("\n".join(gate_lines(rep["gate"])))
     print(f"wrote {Path(args.report) / 'report.md'} ({rep['seconds']['total']:.0f} s)")
+    if not rep["gate"]["passed"] and not args.no_gate:
+        print("the shipped detector fails its release gate (above); --no-gate reports without failing")
+        return 3
     return 0

@@ -6,16 +6,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fitguard.training.fit_gate import gate_lines
 from fitguard.training.fit_right import learned_sets
 from fitguard.training.report import _json_default, _pyplot, _save
 
 MAIN_METHODS: tuple[str, ...] = (
     "shipped",
+    "guarded_uap",
+    "lr_right",
     "fit_right",
     "paper_right",
     "paper_uap",
     "lr_msp_quality",
     "msp",
+    "maxlogit",
+    "margin",
     "energy",
     "doctor",
     "entropy",
@@ -86,15 +91,37 @@ def _shift_sections(shifts: dict[str, Any]) -> list[str]:
             "",
             f"{shift['n_train']} training rows, {shift['n_test']} test rows.",
             "",
-            "| method | clean AURC | natural AURC | right clean passed | clean passed |",
-            "|---|---|---|---|---|",
+            "| method | clean AURC | natural AURC | paper AURC | right clean passed | clean passed |",
+            "|---|---|---|---|---|---|",
         ]
         for m in MAIN_METHODS:
             tv = shift["clean"]["table_v"][m]["clean"]
             lines.append(
                 f"| {m} | {_ci(shift['clean']['aurc'][m])} | {_ci(shift['natural']['aurc'][m])} "
-                f"| {tv['right_passed']:.3f} | {tv['passed']:.3f} |"
+                f"| {_ci(shift['paper']['aurc'][m])} | {tv['right_passed']:.3f} | {tv['passed']:.3f} |"
             )
+    return lines
+
+
+def _unseen_sections(unseen: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for name, res in unseen.items():
+        lines += [
+            "",
+            f"## Never trained on ({name}): {res['n_test_mean']:.0f} held-out images per repeat, "
+            f"accuracy {res['base_accuracy']:.3f}",
+            "",
+            "| method | AURC | minus MSP (95% CI) | paper-mix AURC | minus MSP (95% CI) | right passed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in MAIN_METHODS:
+            nat, pap = res["natural"]["aurc"][m], res["paper"]["aurc"][m]
+            diff = _ci(nat["minus_msp"]) if "minus_msp" in nat else "-"
+            pdiff = _ci(pap["minus_msp"]) if "minus_msp" in pap else "-"
+            right_passed = res["table_v"][m].get(name, {}).get("right_passed", float("nan"))
+            lines.append(f"| {m} | {_ci(nat)} | {diff} | {_ci(pap)} | {pdiff} | {right_passed:.3f} |")
+        lines += ["", "At the threshold, against MSP at the same coverage:", ""]
+        lines += _at_threshold(res["at_threshold"])
     return lines
 
 
@@ -121,6 +148,8 @@ def write_markdown(path: Path, rep: dict[str, Any], plot: str) -> None:
         f"{setup['repeats']} repeats of a 50% stamp split, {setup['bootstrap_draws']} bootstrap draws over "
         f"held-out stamps (mean over repeats [95% interval]). Thresholds pass "
         f"{100 * setup['pass_rate_right_clean']:.2f}% of the right clean training images.",
+        "",
+        *(gate_lines(rep["gate"]) if "gate" in rep else []),
         "",
         "## Groups",
         "",
@@ -149,18 +178,19 @@ def write_markdown(path: Path, rep: dict[str, Any], plot: str) -> None:
         if res.get("at_threshold"):
             lines += ["", "At the threshold, against MSP at the same coverage:", ""]
             lines += _at_threshold(res["at_threshold"])
-    wup = ("shipped", "fit_right", "msp", "quality", "lr_msp_quality")
+    wup = ("shipped", "lr_right", "fit_right", "msp", "quality", "lr_msp_quality")
     lines += [
         "",
         "## Wu-Palmer variant (AURC)",
         "",
         f"| mix | {' | '.join(wup)} |",
-        "|---|---|---|---|---|---|",
+        "|---|" + "---|" * len(wup),
     ]
     for mix, res in rep["wordnet_aurc"].items():
         cells = " | ".join(_ci(res[m]) for m in wup)
         lines.append(f"| {mix} | {cells} |")
     lines += _shift_sections(rep["domain_shift"])
+    lines += _unseen_sections(rep.get("unseen", {}))
     lines += ["", f"![risk-coverage]({plot})", "", f"Seconds: {rep['seconds']}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fitguard.detector import FIT_LABEL, UNFIT_LABEL, Detector
-from fitguard.training.fit_detector import PASS_RATE, fit_right_detector
+from fitguard.training.fit_detector import PASS_RATE, fit_guarded_detector, fit_right_detector
 from fitguard.training.fit_population import (
     CLEAN,
     DISTORTED,
@@ -43,7 +43,10 @@ NATURAL: tuple[str, ...] = (CLEAN, DISTORTED, UAP_DEEPFOOL, UAP_PGD)
 FOOLING: tuple[str, ...] = (FOOL_GD, FOOL_EV)
 PAPER_MIX: tuple[str, ...] = (*NATURAL, *FOOLING)
 MIXES: dict[str, tuple[str, ...]] = {"natural": NATURAL, "paper": PAPER_MIX, "clean": (CLEAN,)}
-UNTRAINED: tuple[str, ...] = ("msp", "energy", "doctor", "entropy", "quality")
+UAPS: tuple[str, ...] = (UAP_DEEPFOOL, UAP_PGD)
+UNTRAINED: tuple[str, ...] = ("msp", "maxlogit", "margin", "energy", "doctor", "entropy", "quality")
+LR_RIGHT, GUARDED_UAP = "lr_right", "guarded_uap"
+RECIPES: tuple[str, ...] = (SHIPPED, GUARDED_UAP, LR_RIGHT)  # fitted in every repeat and shift
 SVM_GRID: dict[str, list[float]] = {
     "svc__C": [0.1, 1.0, 10.0],
     "svc__gamma": [0.05, 0.2],
@@ -115,19 +118,29 @@ def cv_groups(stamps: np.ndarray) -> np.ndarray:
 
 
 def fit_shipped(
-    x: np.ndarray, right: np.ndarray, *, groups: np.ndarray, group: np.ndarray
+    x: np.ndarray, right: np.ndarray, *, groups: np.ndarray, group: np.ndarray, recipe: str = SHIPPED
 ) -> tuple[Detector, np.ndarray]:
-    """The shipped recipe on these rows: ``groups`` from :func:`cv_groups`, ``group`` the population
-    group of each row (its clean rows set the threshold, its fooling rows are weighted)."""
-    return fit_right_detector(x, right, groups=groups, clean=group == CLEAN, fooling=np.isin(group, FOOLING))
+    """A detector recipe on these rows: ``groups`` from :func:`cv_groups`, ``group`` the population group
+    of each row (its clean rows set the threshold). ``shipped``: MSP guarded by a veto against fooling
+    images; ``guarded_uap``: the same veto also trained against universal perturbations; ``lr_right``:
+    the logistic regression on right/wrong shipped before (fooling rows weighted).
+
+    Returns the detector and the out-of-fold confidences of every row."""
+    clean, fooling = group == CLEAN, np.isin(group, FOOLING)
+    if recipe == LR_RIGHT:
+        return fit_right_detector(x, right, groups=groups, clean=clean, fooling=fooling)
+    attack = fooling | (np.isin(group, UAPS) if recipe == GUARDED_UAP else False)
+    return fit_guarded_detector(x, right, clean=clean, attack=attack)
 
 
 def _fit_shipped(
-    x: np.ndarray, right: np.ndarray, train: np.ndarray, stamps: np.ndarray, group: np.ndarray
+    x: np.ndarray, right: np.ndarray, train: np.ndarray, stamps: np.ndarray, group: np.ndarray, recipe: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The shipped recipe's decision values on every row, and with out-of-fold ones on training rows."""
-    det, oof = fit_shipped(x[train], right[train], groups=cv_groups(stamps)[train], group=group[train])
-    scores = det.pipeline.decision_function(x)
+    """A recipe's confidence on every row, and with out-of-fold ones on training rows."""
+    det, oof = fit_shipped(
+        x[train], right[train], groups=cv_groups(stamps)[train], group=group[train], recipe=recipe
+    )
+    scores = det.confidence(x).astype(np.float64)
     calib = scores.copy()
     calib[train] = oof
     return scores, calib
@@ -148,7 +161,8 @@ def score_all(
     calib = dict(untrained)
     xq = np.stack([untrained["msp"], signals["paper"][:, -1]], axis=1)
     conf["lr_msp_quality"], calib["lr_msp_quality"] = _fit_lr(xq, right, train, stamps)
-    conf[SHIPPED], calib[SHIPPED] = _fit_shipped(signals[SHIPPED], right, train, stamps, pop.group)
+    for recipe in RECIPES:
+        conf[recipe], calib[recipe] = _fit_shipped(signals[SHIPPED], right, train, stamps, pop.group, recipe)
     for name, names in learned_sets().items():
         conf[name], calib[name] = _fit_lr(stack_signals(signals, names), right, train, stamps)
     if svms:
@@ -194,14 +208,19 @@ def run_repeats(
     repeats: int = REPEATS,
     seed: int = 0,
     svms: bool = True,
+    trainable: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
-    """Per repeat: held-out confidences of every method, the right flags, and the thresholds."""
+    """Per repeat: held-out confidences of every method, the right flags, and the thresholds.
+
+    ``trainable`` marks the rows a method may learn from (default all): rows of shift sets are scored
+    on held-out stamps but never trained on."""
     out = []
     for r in range(repeats):
-        train = stamp_split(stamps, seed + r)
+        stamp_train = stamp_split(stamps, seed + r)
+        train = stamp_train if trainable is None else stamp_train & trainable
         conf, calib = score_all(signals, untrained, right, pop, stamps, train, svms)
         thr = thresholds(calib, right, train & (pop.group == CLEAN))
-        test = np.flatnonzero(~train)
+        test = np.flatnonzero(~stamp_train)
         out.append(
             {
                 "test": test,

@@ -92,7 +92,9 @@ def train_iqa(
     ``splits`` splits by scene (repeated k-fold) give held-out SRCC/PLCC, ordering and calibration
     (:func:`fitguard.training.iqa_eval.scene_protocol`); ``baseline`` measures BRISQUE on the same
     splits; ``left_out`` trains one head per distortion kind without it. The head written to ``out`` is
-    then trained on all scenes for the median of the splits' early-stopped epoch counts. ``config``
+    then trained on all scenes for the median of the splits' early-stopped epoch counts. ``splits=0``
+    evaluates nothing and fits the head once, early-stopped on a held-out share of the scenes (what
+    ``fitguard build`` ships; ``make report`` runs the evaluation). ``config``
     defaults to :func:`fitguard.training.iqa_head.default_head_config`; ``quick`` trains a small set
     (6 views per scene, 2 splits) for tests that need some head. ``quality_features``: ``patches`` (P
     patches per image) or ``shared`` (the classifier's centre crop, as served). Returns the metrics.
@@ -117,10 +119,14 @@ def train_iqa(
     )
     lap("features")
     # Synthetic sets validate on views rather than scenes (see train_head).
-    fit = head_fit(feats, unique, labels, config, seed, labels.views if dataset in SYNTHETIC_SETS else None)
-    split_list = reference_splits(labels.references, splits, seed=seed)
-    evaluation, held_out = _evaluate(fit, items, labels, split_list, baseline, left_out, progress, lap)
-    final_config = _final_config(config, evaluation)
+    if splits:
+        val_groups = labels.views if dataset in SYNTHETIC_SETS else None
+        fit = head_fit(feats, unique, labels, config, seed, val_groups)
+        split_list = reference_splits(labels.references, splits, seed=seed)
+        evaluation, held_out = _evaluate(fit, items, labels, split_list, baseline, left_out, progress, lap)
+        final_config = _final_config(config, evaluation)
+    else:  # fitted once, early-stopped on a held-out share of the scenes: what a build ships
+        evaluation, held_out, final_config = {"splits": []}, [], config
     all_idx = np.arange(len(items))
     head, _ = train_head(feats, unique, labels.scores, labels.references, all_idx, final_config, seed=seed)
     lap("final")
@@ -212,7 +218,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="what the head reads: P patches, or the classifier's centre crop (shared; as served by "
         "fitguard export --quality-features shared)",
     )
-    add("--splits", type=int, default=10, help="splits by scene, repeated k-fold (%(default)s)")
+    add(
+        "--splits",
+        type=int,
+        default=10,
+        help="splits by scene, repeated k-fold (%(default)s); 0 fits the head once and evaluates nothing",
+    )
     add("--seed", type=int, default=0)
     add("--weights", default="default", help="backbone weights: default, imagenet, a path, random")
     add("--cache-dir", help="feature cache (default: $FITGUARD_CACHE/features or ~/.cache/fitguard)")
@@ -250,10 +261,12 @@ def run(args: argparse.Namespace) -> int:
         left_out=not args.no_left_out,
         quality_features=args.quality_features,
     )
-    print(
-        f"{m['backbone']} on {m['dataset']} ({m['images']} images, {m['references']} references), "
-        f"{len(m['splits'])} splits: SRCC {m['srcc_mean']:.4f} ± {m['srcc_std']:.4f}, "
-        f"PLCC {m['plcc_mean']:.4f} ± {m['plcc_std']:.4f}; {m['seconds']['total']:.0f} s"
-    )
+    line = f"{m['backbone']} on {m['dataset']} ({m['images']} images, {m['references']} references)"
+    if m["splits"]:
+        line += (
+            f", {len(m['splits'])} splits: SRCC {m['srcc_mean']:.4f} ± {m['srcc_std']:.4f}, "
+            f"PLCC {m['plcc_mean']:.4f} ± {m['plcc_std']:.4f}"
+        )
+    print(f"{line}; {m['seconds']['total']:.0f} s")
     print(f"wrote {args.out} and its .metrics.json, .scatter.png, .levels.png")
     return 0

@@ -19,6 +19,7 @@ from PIL import Image
 
 from fitguard.preprocess import decode_image
 from fitguard.training.distortions import DISTORTIONS, LEVELS, distort
+from fitguard.training.vsi_labels import vsi_labels
 
 log = logging.getLogger(__name__)
 
@@ -271,16 +272,6 @@ def _center(img: Image.Image, size: int) -> np.ndarray:
     return arr[top : top + size, left : left + size]
 
 
-def _vsi(distorted: Sequence[np.ndarray], reference: np.ndarray) -> np.ndarray:
-    import piq
-    import torch
-
-    ref = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].float() / 255.0
-    batch = torch.from_numpy(np.stack(distorted)).permute(0, 3, 1, 2).float() / 255.0
-    with torch.inference_mode():
-        return piq.vsi(batch, ref.expand_as(batch), data_range=1.0, reduction="none").double().numpy()
-
-
 def synthetic(
     photos: dict[str, np.ndarray],
     views: int | None = None,
@@ -306,31 +297,32 @@ def synthetic(
     Items regenerate their image on ``load()`` (distortions are seeded), so nothing large stays in
     memory. The split group is the photo, not the view: crops of one photo share content.
     """
-    from tqdm.auto import tqdm
 
     views = default_views(len(photos), per_view or len(kinds) * len(levels)) if views is None else views
     pairs = [(k, lvl) for k in kinds for lvl in levels]
     per_view = len(pairs) if per_view is None else max(1, min(per_view, len(pairs)))
     all_views = photo_views(photos, views, size, seed)
-    items: list[IQAItem] = []
-    for p, (name, crops) in enumerate(
-        tqdm(all_views.items(), desc="labels (VSI)", unit="photo", disable=not progress)
-    ):
+    jobs: list[list[tuple[np.ndarray, list[tuple[str, int, int]]]]] = []
+    for p, (name, crops) in enumerate(all_views.items()):
         order = (
             np.random.default_rng([seed, p]).permutation(len(pairs))
             if per_view < len(pairs)
             else np.arange(len(pairs))
         )
+        views_specs = []
         for v, crop in enumerate(crops):
-            view_name = f"{name}#{v}"
             if ladder and v == 0:
                 chosen = pairs
             else:
                 start = (v - 1 if ladder else v) * per_view
                 chosen = [pairs[order[(start + i) % len(pairs)]] for i in range(per_view)]
-            specs = [(k, lvl, _seed(seed, name, v)) for k, lvl in chosen]
-            images = [distort(crop, k, lvl, s) for k, lvl, s in specs]
-            raw = _vsi(images, crop) if images else np.zeros(0)
+            views_specs.append((crop, [(k, lvl, _seed(seed, name, v)) for k, lvl in chosen]))
+        jobs.append(views_specs)
+    raws = vsi_labels(jobs, progress=progress)
+    items: list[IQAItem] = []
+    for name, views_specs, photo_raw in zip(all_views, jobs, raws, strict=True):
+        for v, ((crop, specs), raw) in enumerate(zip(views_specs, photo_raw, strict=True)):
+            view_name = f"{name}#{v}"
             for (k, lvl, s), value in zip(specs, raw, strict=True):
                 loader = _distorted_loader(crop, k, lvl, s)
                 score = float(vsi_to_score(value))

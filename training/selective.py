@@ -33,11 +33,15 @@ COVERAGES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
 
 def prob_scores(logits: np.ndarray) -> dict[str, np.ndarray]:
-    """Untrained confidences from the logits: MSP, energy, DOCTOR (sum of p^2), negative entropy."""
+    """Untrained confidences from the logits: MSP, max logit, top-1 minus top-2 probability, energy,
+    DOCTOR (sum of p^2), negative entropy."""
     logits = logits.astype(np.float64)
     p = softmax(logits)
+    top2 = -np.sort(-p, axis=1)[:, :2]
     return {
         "msp": p.max(axis=1),
+        "maxlogit": logits.max(axis=1),
+        "margin": top2[:, 0] - top2[:, 1],
         "energy": logsumexp(logits),
         "doctor": (p**2).sum(axis=1),
         "entropy": (p * np.log(np.clip(p, 1e-12, None))).sum(axis=1),

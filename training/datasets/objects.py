@@ -131,6 +131,11 @@ def _composite_loader(stamp_path: Path, scene_path: Path, spec: comp.CompositeSp
     return load
 
 
+def stamp_image(item: Item) -> Image.Image:
+    """The cut-out photograph (RGBA) behind an object item, to show it on other backgrounds."""
+    return _open_rgba(item.meta["stamp_png"]).copy()
+
+
 def load_objects(data_dir: str | Path | None = None, group_by: str = "stamp") -> Dataset:
     """The object composites: labels = the stamp's ImageNet classes; group = the stamp (``objects``)
     or the background scene (``composites``, for quality references)."""
@@ -147,6 +152,7 @@ def load_objects(data_dir: str | Path | None = None, group_by: str = "stamp") ->
             spec = comp.CompositeSpec(**{**spec_dict, "crop": tuple(spec_dict["crop"])})
             meta = {
                 "stamp": r["id"],
+                "stamp_png": str(folder / "stamps" / _file_name(r["id"])),
                 "scene": spec.scene,
                 "spec": spec_dict,
                 "package": manifest["package"],
