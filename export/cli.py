@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES
+from fitguard.contract import DEFAULT_PATCHES, QUALITY_MODES
 from fitguard.export.accelerators import ACCELERATORS
 from fitguard.export.configs import PREPROCESS_STEPS
 from fitguard.export.monitoring import MONITORING
@@ -57,11 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--quality-features",
-        default=PATCHES_MODE,
+        default=None,
         choices=QUALITY_MODES,
-        help="patches: DTNIQ-f runs the backbone on P patches (the paper's method); shared: the classifier's "
-        "pass over the centre crop gives the quality features, one backbone pass per image (the head must be "
-        "trained with --quality-features shared)",
+        help="shared: the classifier's pass over the centre crop gives the quality features, one backbone "
+        "pass per image; patches: DTNIQ-f runs the backbone on P patches (the paper's method); default: "
+        "the mode the quality head was trained for",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
 
@@ -75,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     from fitguard.export.overload import QueuePolicy
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
-    from fitguard.quality import BadHeadError
+    from fitguard.quality import BadHeadError, load_head
 
     torch.set_num_threads(args.threads)
     try:
+        mode = args.quality_features or load_head(args.iqa_head)[1]["mode"]
         export_repository(
             args.out,
             backbone=args.backbone,
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             preprocess=args.preprocess,
             monitoring=args.monitoring,
             queue=QueuePolicy(args.max_queue_size, args.queue_timeout_ms),
-            quality_features=args.quality_features,
+            quality_features=mode,
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:
         print(f"fitguard export: error: {exc}", file=sys.stderr)

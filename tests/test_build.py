@@ -81,13 +81,16 @@ def test_build_record_head_and_detector(build_dir: Path) -> None:
 
 
 def test_quality_evaluation_on_held_out_scenes(build_dir: Path, tmp_path: Path) -> None:
-    """The report's quality protocol on reduced settings (two splits, no left-out kinds) from the build's
-    cached features: held-out SRCC and PLCC, and the head above the BRISQUE baseline on the same splits."""
+    """The report's quality protocol on reduced settings (two splits, a narrower head, no left-out kinds)
+    from the build's cached features: held-out SRCC and PLCC, and the head above the BRISQUE baseline on
+    the same splits."""
     from fitguard.training.iqa import train_iqa
+    from fitguard.training.iqa_head import HeadConfig
 
     m = train_iqa(
         dataset="scenes",
         out=tmp_path / "head.pt",
+        config=HeadConfig(hidden=512),  # a quarter of the paper's width: the same SRCC, in minutes less
         splits=2,
         cache_dir=build_dir / "cache",
         left_out=False,
@@ -106,10 +109,11 @@ def test_clean_cat_is_a_cat(served) -> None:
     assert v.class_id in CATS, v
 
 
-def test_passed_answers_are_right_more_often_than_refused_ones(served, degraded) -> None:
+def test_passed_answers_are_right_more_often_than_refused_ones(served, build_dir: Path, degraded) -> None:
     """Fit means right: on the labelled package photos and their heavily degraded versions, what the
-    guard passes is right more often than what it refuses, and every answer about the astronaut (no
-    ImageNet class) whose confidence is low is refused."""
+    guard passes is right more often than what it refuses. These are real photos, however degraded: the
+    veto (confident beyond natural photos and of low quality) leaves every one of them to MSP's ranking."""
+    from fitguard.detector import load_detector
     from fitguard.training.photos import PHOTO_LABELS
 
     names = [n for n in degraded if n.split("/")[0] in PHOTO_LABELS]
@@ -120,10 +124,8 @@ def test_passed_answers_are_right_more_often_than_refused_ones(served, degraded)
     print({n: ("right" if r else "wrong", "fit" if p else "UNFIT") for n, r, p in table})
     assert passed.any() and (~passed).any()
     assert right[passed].mean() > right[~passed].mean()
-    astronaut = [
-        v for n, v in zip(names, got, strict=True) if n.startswith("astronaut") and v.confidence < 0.3
-    ]
-    assert astronaut and not any(v.fit for v in astronaut)
+    threshold = load_detector(build_dir / "detector.joblib").threshold
+    np.testing.assert_allclose([v.fit_score for v in got], [v.confidence - threshold for v in got], atol=1e-5)
 
 
 def test_served_equals_reference_pipeline(served, build_dir: Path, degraded) -> None:
@@ -219,3 +221,27 @@ def test_served_verdicts_on_labelled_objects_equal_the_evaluation(served, build_
     )
     # What the guard is for, on views it was not fitted on: passed answers are right more often than the rest.
     assert right[passed].mean() > right[~passed].mean()
+
+
+def test_train_detector_writes_the_recipe_asked_for(build_dir: Path, tmp_path: Path) -> None:
+    """``fitguard train detector`` fits the shipped (guarded) recipe by default and the logistic
+    regression shipped before it with ``--recipe lr_right``, from the build's cached population; an
+    evaluation never writes a detector file."""
+    from fitguard.cli import main
+    from fitguard.detector import load_detector
+
+    base = [
+        "train",
+        "detector",
+        "--backbone",
+        "efficientnet_lite0",
+        "--iqa-head",
+        str(build_dir / "iqa_head.pt"),
+    ]
+    base += ["--cache", str(build_dir / "cache")]
+    assert main([*base, "--out", str(tmp_path / "lr.joblib"), "--recipe", "lr_right"]) == 0
+    learned = load_detector(tmp_path / "lr.joblib")
+    assert not learned.guarded and learned.meta["learner"] == "LogisticRegression"
+    assert main([*base, "--out", str(tmp_path / "shipped.joblib")]) == 0
+    shipped = load_detector(tmp_path / "shipped.joblib")
+    assert shipped.veto == load_detector(build_dir / "detector.joblib").veto

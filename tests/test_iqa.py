@@ -260,6 +260,8 @@ def test_cli_tid2013_tiny(tid_tree: Path, tmp_path: Path) -> None:
                 *argv,
                 "--splits",
                 "2",
+                "--quality-features",
+                "patches",
                 "--patches",
                 "2",
                 "--cache-dir",

@@ -22,7 +22,7 @@ from fitguard.contract import DEFAULT_PATCHES
 from fitguard.training.fit_population import POPULATION_GROUPS, Population, PopulationConfig
 
 log = logging.getLogger(__name__)
-RECIPES: tuple[str, ...] = ("shipped", "paper")
+RECIPES: tuple[str, ...] = ("shipped", "lr_right", "paper")
 
 
 @dataclass
@@ -97,8 +97,10 @@ def train_fit_detector(
     patches: int = DEFAULT_PATCHES,
     cache: Path | None = None,
     weights: str | None = "default",
+    recipe: str = "shipped",
 ) -> dict[str, Any]:
-    """Fit the shipped recipe on every image of the population, write the detector file, return its meta."""
+    """Fit a recipe (``shipped`` or ``lr_right``, :func:`fitguard.training.fit_right.fit_shipped`) on every
+    image of the population, write the detector file, return its meta."""
     from fitguard.detector import save_detector
     from fitguard.training.fit_right import cv_groups, fit_shipped
     from fitguard.training.selective import SHIPPED, signal_groups
@@ -108,7 +110,7 @@ def train_fit_detector(
     )
     t = time.perf_counter()
     x = signal_groups(data.feats)[SHIPPED]
-    det, _ = fit_shipped(x, data.right, groups=cv_groups(data.stamps), group=data.pop.group)
+    det, _ = fit_shipped(x, data.right, groups=cv_groups(data.stamps), group=data.pop.group, recipe=recipe)
     det.meta.update(
         {
             "backbone": backbone,
@@ -134,8 +136,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--recipe",
         choices=RECIPES,
         default="shipped",
-        help="shipped: the served fit = right detector on the labelled objects (docs/fit_right.md); "
-        "paper: the paper's SVM on clean against universal-perturbation images (docs/evaluation.md); "
+        help="shipped: the served fit = right detector on the labelled objects, MSP guarded by a veto; "
+        "lr_right: the logistic regression shipped before it (docs/fit_right.md); paper: the paper's "
+        "SVM on clean against universal-perturbation images (docs/evaluation.md); "
         "--images, --labels, --limit, --target-far, --views, --repeats, --split-by and --unfit-groups "
         "are the paper recipe's alone",
     )
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         patches=args.patches,
         cache=Path(args.cache) if args.cache else None,
         weights=args.weights,
+        recipe=args.recipe,
     )
     print(f"wrote {args.out}: {meta['rows']} rows ({meta['right_share']:.1%} right), {meta['seconds']}")
     return 0

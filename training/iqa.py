@@ -214,9 +214,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add(
         "--quality-features",
         choices=QUALITY_MODES,
-        default=PATCHES_MODE,
-        help="what the head reads: P patches, or the classifier's centre crop (shared; as served by "
-        "fitguard export --quality-features shared)",
+        default=SHARED_MODE,
+        help="what the head reads: the classifier's centre crop (shared, one backbone pass per image, as "
+        "the build serves it) or P patches (the paper's DTNIQ-f)",
     )
     add(
         "--splits",
