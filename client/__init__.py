@@ -9,6 +9,7 @@ Needs only numpy, Pillow and tritonclient::
 """
 
 from .aio import AsyncFitClient
+from .calibration import Calibration, read_calibration
 from .errors import (
     BadImage,
     ContractMismatch,
@@ -28,6 +29,7 @@ from .verdict import Failure, TopClass, Verdict
 __all__ = [
     "AsyncFitClient",
     "BadImage",
+    "Calibration",
     "ContractMismatch",
     "Failure",
     "FitClient",
@@ -45,4 +47,5 @@ __all__ = [
     "TopClass",
     "Verdict",
     "expand_paths",
+    "read_calibration",
 ]

@@ -324,6 +324,6 @@ class AsyncFitClient:
     async def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
         async def attempt() -> list[Verdict]:
             outputs, version = await self._get_transport().infer(self.model, payloads)
-            return verdicts_from_outputs(outputs, version, sources)
+            return verdicts_from_outputs(outputs, version, sources, (await self.connect()).calibration)
 
         return await retry.acall(attempt, self.retry_policy)

@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 DEFAULT_URL = "localhost:8001"
 
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             results = client.classify_many(
                 files, batch_size=args.batch_size, concurrency=args.concurrency, progress=progress
             )
+            calibration = client.info.calibration
     except FitguardError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(r.to_dict()), flush=False)
     else:
         print_table([r for r in results if r.ok], sys.stdout)
+        print(calibration_line(calibration), file=sys.stdout)
     failures = [r for r in results if not r.ok]
     if failures:
         print(f"\n{len(failures)} of {len(results)} image(s) failed:", file=sys.stderr)
@@ -108,3 +113,13 @@ def print_table(verdicts: list, out: TextIO) -> None:
     print(line(tuple("-" * w for w in widths)), file=out)
     for r in rows:
         print(line(r), file=out)
+
+
+def calibration_line(calibration: Calibration) -> str:
+    """Which threshold judged the table: a ``fitguard calibrate`` run, or the export's own."""
+    if not calibration.calibrated:
+        return "\ncalibration: none (the threshold the repository was exported with)"
+    return (
+        f"\ncalibration: {calibration.id} (detector version {calibration.detector_version}): "
+        f"{calibration.guarantee}"
+    )

@@ -295,7 +295,7 @@ class FitClient:
     def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
         def attempt() -> list[Verdict]:
             outputs, version = self._transports.get().infer(self.model, payloads)
-            return verdicts_from_outputs(outputs, version, sources)
+            return verdicts_from_outputs(outputs, version, sources, self.connect().calibration)
 
         return retry.call(attempt, self.retry_policy)
 

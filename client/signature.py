@@ -8,6 +8,7 @@ from typing import Any
 
 from fitguard import contract
 
+from .calibration import Calibration, calibration_from_config
 from .errors import ContractMismatch
 
 
@@ -19,6 +20,7 @@ class ModelInfo:
     versions: tuple[str, ...]
     platform: str
     max_batch_size: int
+    calibration: Calibration = Calibration()
 
 
 def _fmt(name: str, datatype: str, shape: list[int] | tuple[int, ...]) -> str:
@@ -76,4 +78,5 @@ def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url:
         versions=tuple(str(v) for v in metadata.get("versions", [])),
         platform=str(metadata.get("platform", "")),
         max_batch_size=max_batch,
+        calibration=calibration_from_config(config),
     )

@@ -11,6 +11,7 @@ import numpy as np
 from fitguard import contract
 from fitguard.labels import imagenet_classes
 
+from .calibration import Calibration
 from .errors import FitguardError
 
 
@@ -31,6 +32,8 @@ class Verdict:
     ``fit`` is the detector's decision: True when the classifier's answer can be trusted for this
     image. ``fit_score`` is its signed margin (>= 0 means fit; further from 0 means more certain).
     ``quality`` is the predicted perceptual quality within ``quality_range`` (higher is better).
+    ``detector_version`` and ``calibration_id`` say which threshold judged it: the detector version the
+    ensemble pins and the ``fitguard calibrate`` run that wrote it (both None for the export's own).
     """
 
     label: str
@@ -44,6 +47,8 @@ class Verdict:
     model_version: str
     source: str | None = None
     quality_range: tuple[float, float] = contract.QUALITY_RANGE
+    detector_version: str | None = None
+    calibration_id: str | None = None
     ok: bool = field(default=True, init=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +68,8 @@ class Verdict:
             "fit": self.fit,
             "fit_score": self.fit_score,
             "model_version": self.model_version,
+            "detector_version": self.detector_version,
+            "calibration_id": self.calibration_id,
         }
 
 
@@ -89,9 +96,13 @@ def _top(class_id: int, probability: float) -> TopClass:
 
 
 def verdicts_from_outputs(
-    outputs: Mapping[str, np.ndarray], model_version: str, sources: list[str | None]
+    outputs: Mapping[str, np.ndarray],
+    model_version: str,
+    sources: list[str | None],
+    calibration: Calibration | None = None,
 ) -> list[Verdict]:
     """Turn the ensemble's batched output tensors (leading dimension B) into B verdicts."""
+    calibration = calibration or Calibration()
     class_ids = np.asarray(outputs[contract.CLASS_ID]).reshape(len(sources), -1)[:, 0]
     top_ids = np.asarray(outputs[contract.TOP5_IDS]).reshape(len(sources), contract.TOP_K)
     top_probs = np.asarray(outputs[contract.TOP5_PROBS], dtype=np.float64).reshape(
@@ -118,6 +129,8 @@ def verdicts_from_outputs(
                 fit_score=float(score[i]),
                 model_version=model_version,
                 source=source,
+                detector_version=calibration.detector_version,
+                calibration_id=calibration.id,
             )
         )
     return verdicts

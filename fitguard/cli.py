@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fitguard.training.datasets.cli",
         "prepare and describe the offline data sets (Debian packages)",
     ),
+    "calibrate": (
+        "fitguard.calibrate",
+        "set the detector's threshold from your own photos, with a guarantee",
+    ),
 }
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "iqa": ("fitguard.training.iqa", "train the DTNIQ-f quality head"),

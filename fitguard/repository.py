@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "manifest.json"
 CONFIG_NAME = "config.pbtxt"
 MODEL_NAME = "model.onnx"
-VERSION = "1"  # fitguard serves one version of each model
+VERSION = "1"  # the version an export writes; `fitguard calibrate` adds detector versions
 LABELS_NAME = "labels.txt"
 # Copies of the source files, kept beside the manifest (Triton ignores plain files).
 HEAD_NAME = "iqa_head.pt"
@@ -25,8 +25,11 @@ DETECTOR_NAME = "detector.joblib"
 
 
 def model_path(repository: str | Path, name: str) -> Path:
-    """The ONNX file of model ``name``: ``<repository>/<name>/1/model.onnx``."""
-    return Path(repository) / name / VERSION / MODEL_NAME
+    """The ONNX file of model ``name`` that serves: ``<repository>/<name>/<version>/model.onnx``, the
+    highest version present (``fitguard calibrate`` adds detector versions; an export writes 1)."""
+    folder = Path(repository) / name
+    versions = [int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / MODEL_NAME).exists()]
+    return folder / (str(max(versions)) if versions else VERSION) / MODEL_NAME
 
 
 def config_path(repository: str | Path, name: str) -> Path:
