@@ -223,14 +223,13 @@ def test_served_verdicts_on_labelled_objects_equal_the_evaluation(served, build_
     assert right[passed].mean() > right[~passed].mean()
 
 
-def test_train_detector_writes_the_recipe_asked_for(build_dir: Path, tmp_path: Path) -> None:
-    """``fitguard train detector`` fits the shipped (guarded) recipe by default and the logistic
-    regression shipped before it with ``--recipe lr_right``, from the build's cached population; an
-    evaluation never writes a detector file."""
-    from fitguard.cli import main
+def test_train_detector_writes_the_shipped_recipe(build_dir: Path, tmp_path: Path) -> None:
+    """``fitguard train detector`` fits the shipped (guarded) recipe from the build's cached population:
+    the same veto and threshold as the build's file; ``--recipe`` names the others."""
+    from fitguard.cli import get_args_parser, main
     from fitguard.detector import load_detector
 
-    base = [
+    argv = [
         "train",
         "detector",
         "--backbone",
@@ -238,10 +237,36 @@ def test_train_detector_writes_the_recipe_asked_for(build_dir: Path, tmp_path: P
         "--iqa-head",
         str(build_dir / "iqa_head.pt"),
     ]
-    base += ["--cache", str(build_dir / "cache")]
-    assert main([*base, "--out", str(tmp_path / "lr.joblib"), "--recipe", "lr_right"]) == 0
-    learned = load_detector(tmp_path / "lr.joblib")
-    assert not learned.guarded and learned.meta["learner"] == "LogisticRegression"
-    assert main([*base, "--out", str(tmp_path / "shipped.joblib")]) == 0
-    shipped = load_detector(tmp_path / "shipped.joblib")
-    assert shipped.veto == load_detector(build_dir / "detector.joblib").veto
+    argv += ["--cache", str(build_dir / "cache"), "--out", str(tmp_path / "shipped.joblib")]
+    assert main(argv) == 0
+    shipped, built = load_detector(tmp_path / "shipped.joblib"), load_detector(build_dir / "detector.joblib")
+    assert shipped.veto == built.veto and shipped.threshold == built.threshold
+    assert get_args_parser(argv).parse_args([*argv, "--recipe", "lr_right"]).recipe == "lr_right"
+
+
+def test_fit_evaluation_with_shifts_and_gate_on_reduced_settings(build_dir: Path, tmp_path: Path) -> None:
+    """``evaluate-fit`` as ``make report`` runs it, on fewer repeats, draws and unseen stamps: every shift
+    and unseen set is scored, and the shipped (guarded) detector loses to MSP nowhere."""
+    from fitguard.training.fit_evaluate import evaluate_fit
+    from fitguard.training.fit_population import PopulationConfig
+    from fitguard.training.fit_unseen import UNSEEN_GROUPS, UnseenConfig
+
+    rep = evaluate_fit(
+        backbone="efficientnet_lite0",
+        head=build_dir / "iqa_head.pt",
+        report=tmp_path / "fit_report",
+        config=PopulationConfig(),
+        repeats=2,
+        draws=20,
+        cache=build_dir / "cache",
+        unseen_config=UnseenConfig(kind_stamps=8, above_stamps=8, background_stamps=24),
+    )
+    assert set(rep["unseen"]) == set(UNSEEN_GROUPS)
+    assert set(rep["domain_shift"]) == {"categories", "backgrounds", "compression"}
+    gate = rep["gate"]
+    assert not gate["loses_anywhere"], [r for r in gate["aurc"] if r["loses"]]
+    natural = rep["results"]["natural"]["aurc"]["shipped"]["minus_msp"]["mean"]
+    assert abs(natural) <= 0.01  # MSP ranks; the veto touches only the tail
+    assert rep["results"]["paper"]["aurc"]["shipped"]["mean"] < rep["results"]["paper"]["aurc"]["msp"]["mean"]
+    text = (tmp_path / "fit_report" / "report.md").read_text()
+    assert "Release gate for `shipped`" in text and "## Never trained on (photos)" in text

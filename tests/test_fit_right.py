@@ -164,7 +164,8 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
     res = summarize_mixes(reps, methods, draws=10)
     assert set(res) == {"natural", "paper", "clean"}
     assert res["paper"]["n_test_mean"] > res["natural"]["n_test_mean"] > res["clean"]["n_test_mean"]
-    assert 0 <= res["clean"]["aurc"]["msp"]["mean"] <= 1
+    # Confidence tracks rightness in this world, so MSP ranks well below a random order's risk.
+    assert res["clean"]["aurc"]["msp"]["mean"] < 0.8 * (1 - res["clean"]["base_accuracy"])
     scenes = np.asarray([f"scene{i % 5}" for i in range(len(right) - 10)] + [""] * 10)
     splits = shift_splits(common["pop"], scenes, common["stamps"], seed=0)
     assert set(splits) == {"categories", "backgrounds", "compression"}
@@ -176,7 +177,8 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
     assert not set(scenes[train].tolist()) & set(scenes[test].tolist()) - {""}
     shift = domain_shifts(**common, scenes=scenes, right=right, draws=10)
     assert shift["categories"]["train"] == ["animals", "food"]
-    assert 0 <= shift["backgrounds"]["clean"]["aurc"]["msp"]["mean"] <= 1
+    aurc = shift["backgrounds"]["clean"]["aurc"]
+    assert aurc["msp"]["mean"] < aurc["quality"]["mean"]  # quality is drawn at random here
     rep = {
         "setup": {
             "backbone": "tiny",
