@@ -175,6 +175,43 @@ def _detector_args(record: _Record, models: dict[str, Any], iqa_args: dict[str, 
     }
 
 
+def _detector_and_export(
+    record: _Record, out: Path, *, models: dict[str, Any], det_args: dict[str, Any], quality_features: str
+) -> None:
+    """The detector step (fitted once on the labelled objects) and the verified export."""
+    from fitguard.export import export_repository
+    from fitguard.training.fit_population import PopulationConfig
+    from fitguard.training.fit_train import train_fit_detector
+
+    head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
+    record.step(
+        "detector",
+        detector,
+        det_args,
+        lambda: train_fit_detector(
+            detector,
+            backbone=models["backbone"],
+            weights=models["weights"],
+            head=head,
+            config=PopulationConfig(seed=models["seed"]),
+            patches=models["patches"],
+            cache=out / "cache",
+        ),
+    )
+    record.step(
+        "export",
+        repository / MANIFEST_NAME,
+        {**det_args, "detector": _file_hash(detector), "code": _code_version(*EXPORT_CODE)},
+        lambda: export_repository(
+            repository,
+            head=head,
+            detector=detector,
+            quality_features=quality_features,
+            **{k: models[k] for k in ("backbone", "weights", "patches")},
+        ),
+    )
+
+
 def build(
     out: Path,
     *,
@@ -187,9 +224,6 @@ def build(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
-    from fitguard.export import export_repository
-    from fitguard.training.fit_population import PopulationConfig
-    from fitguard.training.fit_train import train_fit_detector
     from fitguard.training.iqa import train_iqa
 
     out.mkdir(parents=True, exist_ok=True)
@@ -197,7 +231,7 @@ def build(
     common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
     if quality_features != PATCHES_MODE:  # stamps of patch-mode builds stay as they were
         common["quality_features"] = quality_features
-    head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
+    head, repository = out / "iqa_head.pt", out / "model_repository"
     models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
     # The quality head trains on the scenes set unless a photo folder is given.
     dataset = "synthetic" if photos else "scenes"
@@ -217,38 +251,7 @@ def build(
         ),
     )
     det_args = _detector_args(record, models, iqa_args)
-    record.step(
-        "detector",
-        detector,
-        det_args,
-        lambda: train_fit_detector(
-            detector,
-            backbone=backbone,
-            weights=weights,
-            head=head,
-            config=PopulationConfig(seed=seed),
-            patches=patches,
-            cache=out / "cache",
-        ),
-    )
-    record.step(
-        "export",
-        repository / MANIFEST_NAME,
-        {
-            **det_args,
-            "detector": _file_hash(detector),
-            "code": _code_version(*EXPORT_CODE),
-        },
-        lambda: export_repository(
-            repository,
-            backbone=backbone,
-            weights=weights,
-            head=head,
-            detector=detector,
-            patches=patches,
-            quality_features=quality_features,
-        ),
-    )
+    _detector_and_export(record, out, models=models, det_args=det_args, quality_features=quality_features)
     record.data["repository"] = str(repository)
     record.write()
     return record.data

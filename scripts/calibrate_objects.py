@@ -58,44 +58,6 @@ def served_check(repository: Path, held: Path, old: float, new: float, delta: fl
     return out
 
 
-def repeated_splits(
-    conf: np.ndarray, wrong: np.ndarray, groups: np.ndarray, target: float, delta: float
-) -> dict:
-    """Calibrate on 120 random stamps, measure on the other 40, SPLITS times: with one object per stamp
-    (the default) and with every object (--all-images)."""
-    from fitguard.guarantee import CalibrationError, certify_risk
-
-    stamps = np.unique(groups)
-    members = {g: np.flatnonzero(groups == g) for g in stamps}
-    out = {}
-    for mode in ("one per stamp", "all images"):
-        rng = np.random.default_rng(7)
-        coverage, risks, none = [], [], 0
-        for _ in range(SPLITS):
-            order = rng.permutation(stamps)
-            chosen = [members[g] if mode == "all images" else [rng.choice(members[g])] for g in order[:120]]
-            cal = np.concatenate(chosen)
-            held = np.concatenate([members[g] for g in order[120:]])
-            try:
-                threshold = certify_risk(conf[cal], wrong[cal], target, delta).threshold
-            except CalibrationError:
-                none += 1
-                continue
-            passed = conf[held] >= threshold
-            coverage.append(float(passed.mean()))
-            risks.append(float(wrong[held][passed].mean()) if passed.any() else 0.0)
-        risks_arr = np.array(risks)
-        out[mode] = {
-            "splits": SPLITS,
-            "no_threshold": none / SPLITS,
-            "held_out_risk_above_target": float(np.sum(risks_arr > target) / SPLITS),
-            "held_out_risk_mean": float(risks_arr.mean()),
-            "held_out_risk_q90": float(np.quantile(risks_arr, 0.9)),
-            "held_out_coverage_mean": float(np.mean(coverage)),
-        }
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, default=Path("build"))
@@ -107,7 +69,7 @@ def main() -> None:
     from fitguard.calibration_sample import read_sample, score_in_process
     from fitguard.cli import main as fitguard
     from fitguard.export.manifest import read_manifest
-    from fitguard.training.calibration_objects import write_objects_sample
+    from fitguard.training.calibration_objects import repeated_splits, write_objects_sample
     from fitguard.training.datasets import load_dataset
 
     repository = args.build / "model_repository"
@@ -135,7 +97,15 @@ def main() -> None:
     everything += read_sample(work / "held", work / "held/labels.txt")
     scored = score_in_process(repository, everything, log=None)
     groups = np.array([im.group for im in scored.images])
-    splits = repeated_splits(scored.confidence, scored.wrong, groups, args.target_risk, args.delta)
+    splits = repeated_splits(
+        scored.confidence,
+        scored.wrong,
+        groups,
+        target=args.target_risk,
+        delta=args.delta,
+        splits=SPLITS,
+        calibration_groups=CALIBRATION_STAMPS,
+    )
     manifest = read_manifest(repository)
     result = {
         "build": {
