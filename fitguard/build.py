@@ -87,6 +87,18 @@ def _code_version(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _sources_version() -> str:
+    """A hash of the committed ``model_repository/`` (configs, Python backends): the export copies them,
+    so a change there re-exports."""
+    from fitguard.export.repository import SOURCE
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in SOURCE.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(path.relative_to(SOURCE).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _file_hash(path: Path) -> str:
     """Downstream steps key on their inputs' content, so a retrained head or detector is re-exported."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -201,7 +213,12 @@ def _detector_and_export(
     record.step(
         "export",
         repository / MANIFEST_NAME,
-        {**det_args, "detector": _file_hash(detector), "code": _code_version(*EXPORT_CODE)},
+        {
+            **det_args,
+            "detector": _file_hash(detector),
+            "code": _code_version(*EXPORT_CODE),
+            "sources": _sources_version(),
+        },
         lambda: export_repository(
             repository,
             head=head,
