@@ -46,7 +46,7 @@ if [[ "${FITGUARD_VERIFY_MANIFEST:-1}" != "0" ]]; then
     if ! "${PYTHON}" - "${MODEL_REPOSITORY}" <<'PY'
 import sys
 
-from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
+from fitguard.manifest import RepositoryIntegrityError, verify_repository
 
 try:
     manifest = verify_repository(sys.argv[1])

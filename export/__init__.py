@@ -1,7 +1,7 @@
 """Export the classifier, the quality model and the detector to a verified Triton model repository.
 
-Heavy modules load on first use, so :mod:`fitguard.export.manifest` stays importable where torch is not
-installed (the preprocess backend verifies its repository with it).
+Heavy modules load on first use, so importing this package needs no torch. The manifest check the
+served steps run lives in the core (:mod:`fitguard.manifest`); its names are re-exported here.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ _LAZY = {
     "source_repository": "fitguard.export.repository",
     "ParityError": "fitguard.export.verify",
     "ExportError": "fitguard.export.onnx_export",
-    "verify_repository": "fitguard.export.manifest",
-    "read_manifest": "fitguard.export.manifest",
-    "RepositoryIntegrityError": "fitguard.export.manifest",
+    "verify_repository": "fitguard.manifest",
+    "read_manifest": "fitguard.manifest",
+    "RepositoryIntegrityError": "fitguard.manifest",
 }
 __all__ = sorted(_LAZY)
 

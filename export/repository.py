@@ -31,9 +31,9 @@ from fitguard.contract import (
 )
 from fitguard.export.configs import Serving, render_config
 from fitguard.export.graphs import Models, checked_graphs, load_models
-from fitguard.export.manifest import write_manifest
 from fitguard.export.monitoring import check_monitoring
 from fitguard.export.overload import QueuePolicy
+from fitguard.manifest import write_manifest
 from fitguard.preprocess import PreprocessSettings
 from fitguard.repository import (
     DETECTOR_NAME,

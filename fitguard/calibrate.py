@@ -249,7 +249,7 @@ def calibrate_repository(
         RepositoryIntegrityError, CalibratedRepositoryError, FileExistsError: unusable source or target.
     """
     from fitguard.export.calibrated import write_calibrated
-    from fitguard.export.manifest import verify_repository
+    from fitguard.manifest import verify_repository
 
     repository, out = Path(repository), Path(out)
     folder = Path(options.report) if options.report is not None else out.parent / f"{out.name}.calibration"
@@ -343,7 +343,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fitguard.client import FitguardError
     from fitguard.export.calibrated import CalibratedRepositoryError
-    from fitguard.export.manifest import RepositoryIntegrityError
+    from fitguard.manifest import RepositoryIntegrityError
 
     try:
         target = Target(args.target_risk, args.target_pass_rate, args.delta)

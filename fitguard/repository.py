@@ -1,7 +1,7 @@
 """The layout of a Triton model repository as fitguard writes and reads it: file names and config reading.
 
 Standard library at import time (the preprocess backend's manifest check imports it through
-:mod:`fitguard.export.manifest`); protobuf and numpy load inside the functions that need them.
+:mod:`fitguard.manifest`); protobuf and numpy load inside the functions that need them.
 """
 
 from __future__ import annotations

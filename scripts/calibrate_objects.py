@@ -68,7 +68,7 @@ def main() -> None:
 
     from fitguard.calibration_sample import read_sample, score_in_process
     from fitguard.cli import main as fitguard
-    from fitguard.export.manifest import read_manifest
+    from fitguard.manifest import read_manifest
     from fitguard.training.calibration_objects import repeated_splits, write_objects_sample
     from fitguard.training.datasets import load_dataset
 

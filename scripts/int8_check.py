@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from fitguard.contract import CLASS_ID, CLASSIFIER, CLASSIFIER_INPUT, FIT, IQA_PATCHES, QUALITY
-    from fitguard.export.manifest import checksums
+    from fitguard.manifest import checksums
     from fitguard.reference import OnnxPipeline
     from fitguard.repository import MANIFEST_NAME, model_path, repository_settings
 

@@ -158,7 +158,7 @@ def _detector_outputs(path: Path) -> dict[str, np.ndarray]:
 def test_calibrated_copy_is_a_new_detector_version(tmp_path: Path, tiny_repository: Path) -> None:
     from fitguard.client.calibration import calibration_from_config
     from fitguard.export.calibrated import graph_threshold, served_version, write_calibrated
-    from fitguard.export.manifest import read_manifest, sha256_file, verify_repository
+    from fitguard.manifest import read_manifest, sha256_file, verify_repository
     from fitguard.repository import read_config
 
     record = {"guarantee": "test", "mode": "pass_rate"}

@@ -145,7 +145,7 @@ def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[st
     from tritonclient.grpc import model_config_pb2 as mc
 
     from fitguard.export.configs import check_signature
-    from fitguard.export.manifest import verify_repository
+    from fitguard.manifest import verify_repository
 
     for accelerator, repo in dali_repositories.items():
         manifest = verify_repository(repo)

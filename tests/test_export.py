@@ -21,10 +21,10 @@ from fitguard.detector import quality_logit, save_detector
 from fitguard.export import verify
 from fitguard.export.accelerators import apply_accelerator
 from fitguard.export.configs import Serving, check_signature, render_config
-from fitguard.export.manifest import RepositoryIntegrityError, verify_repository
 from fitguard.export.onnx_export import export_detector
 from fitguard.export.repository import SOURCE, export_repository
 from fitguard.labels import labels_text
+from fitguard.manifest import RepositoryIntegrityError, verify_repository
 from fitguard.preprocess import Limits, PreprocessSettings, encode_image
 from fitguard.presets import preset_for
 from fitguard.quality import BadHeadError, QualityHead, save_head

@@ -6,7 +6,17 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE = ("contract", "presets", "preprocess", "backbones", "classifier", "quality", "detector", "repository")
+CORE = (
+    "contract",
+    "presets",
+    "preprocess",
+    "backbones",
+    "classifier",
+    "quality",
+    "detector",
+    "repository",
+    "manifest",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -31,13 +41,14 @@ def test_the_core_imports_neither_export_nor_training() -> None:
         assert not outside, f"fitguard/{name}.py imports {sorted(outside)}"
 
 
-def test_the_preprocess_backend_imports_the_contract_and_preprocess_only() -> None:
-    """Plus the manifest check and the bad-image counter, which counts refusals where they happen."""
+def test_the_preprocess_backend_imports_the_core_only() -> None:
+    """The contract, preprocess, the manifest check and the bad-image counter (which counts refusals where
+    they happen): no export, training or benchmark code in a served step."""
     modules = imported_modules(ROOT / "model_repository" / "preprocess" / "1" / "model.py")
     assert modules == {
         "fitguard.contract",
         "fitguard.preprocess",
-        "fitguard.export.manifest",
+        "fitguard.manifest",
         "fitguard.monitoring",
     }, modules
 
@@ -50,7 +61,7 @@ def test_the_monitor_backend_reads_the_verdict_only() -> None:
 
 def test_the_manifest_check_stays_light() -> None:
     """The backend verifies its repository in installs without torch: manifest.py reaches only file names."""
-    assert imported_modules(ROOT / "export" / "manifest.py") == {"fitguard.repository"}
+    assert imported_modules(ROOT / "fitguard" / "manifest.py") == {"fitguard.repository"}
     assert imported_modules(ROOT / "fitguard" / "repository.py") <= {
         "fitguard.contract",
         "fitguard.preprocess",

@@ -22,7 +22,7 @@ class TritonPythonModel:
         params = Parameters.from_config(config)
         if params.bool("verify_manifest", True):
             # A model file changed after export must fail the load, not serve silently different answers.
-            from fitguard.export.manifest import find_root, verify_repository
+            from fitguard.manifest import find_root, verify_repository
 
             verify_repository(find_root(args["model_repository"]))
         self.settings = PreprocessSettings.from_parameters(params)
