@@ -26,7 +26,7 @@ from fitguard.client.calibration import CALIBRATION_GUARANTEE, CALIBRATION_ID, C
 from fitguard.contract import DETECTOR, ENERGY, ENSEMBLE, FIT, FIT_SCORE, NUM_CLASSES, PROBS, QUALITY_SCORE
 from fitguard.export.onnx_export import ExportError
 from fitguard.manifest import verify_repository, write_manifest
-from fitguard.repository import MANIFEST_NAME, MODEL_NAME, config_path, read_config
+from fitguard.repository import MANIFEST_NAME, MODEL_NAME, config_path, model_versions, read_config
 
 THRESHOLD_INITIALIZER = "fg_threshold"
 _META_PREFIX = "fitguard."
@@ -41,9 +41,7 @@ class CalibratedRepositoryError(RuntimeError):
 
 def detector_versions(repository: str | Path) -> list[int]:
     """The numbered version folders of the detector that hold a model file, ascending."""
-    folder = Path(repository) / DETECTOR
-    found = (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else ()
-    return sorted(int(p.name) for p in found if (p / MODEL_NAME).is_file())
+    return model_versions(repository, DETECTOR)
 
 
 def served_version(repository: str | Path) -> int:

@@ -24,12 +24,18 @@ HEAD_NAME = "iqa_head.pt"
 DETECTOR_NAME = "detector.joblib"
 
 
+def model_versions(repository: str | Path, name: str) -> list[int]:
+    """The numbered version folders of model ``name`` that hold a model file, ascending."""
+    folder = Path(repository) / name
+    found = (p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()) if folder.is_dir() else ()
+    return sorted(int(p.name) for p in found if (p / MODEL_NAME).is_file())
+
+
 def model_path(repository: str | Path, name: str) -> Path:
     """The ONNX file of model ``name`` that serves: ``<repository>/<name>/<version>/model.onnx``, the
     highest version present (``fitguard calibrate`` adds detector versions; an export writes 1)."""
-    folder = Path(repository) / name
-    versions = [int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / MODEL_NAME).exists()]
-    return folder / (str(max(versions)) if versions else VERSION) / MODEL_NAME
+    versions = model_versions(repository, name)
+    return Path(repository) / name / (str(versions[-1]) if versions else VERSION) / MODEL_NAME
 
 
 def config_path(repository: str | Path, name: str) -> Path:

@@ -4,21 +4,23 @@ Features are :func:`fitguard.detector.detector_features` of the ``fit`` set (the
 classifier's energy), computed from what the served classifier and quality steps return.
 
 The shipped recipe is *guarded* (:func:`fit_guarded_detector`): the classifier's own max softmax
-probability ranks the answers, and a logistic regression trained to tell fooling images from natural
-ones only vetoes. Under covariate shift MSP is the ranking to beat, and a learned ranking fitted on
-composites did not transfer to real photos (it refused noisy photos that MSP kept, mostly right); a veto
-whose threshold refuses a fixed small share of the right natural training answers bounds what it can
-cost there by construction, while fooling images, which MSP passes with full confidence, fall to the
-bottom. docs/fit_right.md measures it in-domain and under every shift.
+probability ranks the answers, and a veto (:class:`fitguard.detector.Veto`) drops an answer only where
+the energy and the quality logit both lie in their extreme tails among the right natural training
+answers. Under covariate shift MSP is the ranking to beat, and a learned ranking fitted on composites
+did not transfer to real photos (it refused noisy photos that MSP kept, mostly right); a veto that needs
+both tails at once leaves confident sharp photos and noisy snapshots alone, while fooling images, which
+MSP passes with full confidence, fall to the bottom. docs/fit_right.md measures it in-domain and under
+every shift.
 
 The earlier recipe, :func:`fit_right_detector`, stays selectable and reported (``lr_right``): a
 logistic regression on standardised features ranks, its regularisation chosen by the area under the
 risk-coverage curve, cross-validated and grouped by stamp; fooling images may weigh more than one row,
-the weight being the one that refuses :data:`FOOLING_REFUSAL` of them out of fold at the least cost.
+the weight being the one that refuses :data:`FOOLING_REFUSAL` of them out of fold at the least cost. Its
+threshold is read from out-of-fold scores: in-sample scores of a fitted model separate its own training
+rows better than new ones, so a threshold read from them passes too few right images. The guarded recipe
+learns nothing but two quantiles, so it reads its threshold from the training rows themselves.
 
-Both recipes read their thresholds from out-of-fold scores: in-sample scores of a fitted model separate
-its own training rows better than new ones, so a threshold read from them passes too few right images.
-The threshold passes :data:`PASS_RATE` of the right clean training answers.
+Both thresholds pass :data:`PASS_RATE` of the right clean training answers.
 """
 
 from __future__ import annotations

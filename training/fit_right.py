@@ -117,13 +117,14 @@ def cv_groups(stamps: np.ndarray) -> np.ndarray:
     return np.where(stamps == "", np.char.add("fool", np.arange(len(stamps)).astype(str)), stamps)
 
 
-def fit_shipped(
+def fit_recipe(
     x: np.ndarray, right: np.ndarray, *, groups: np.ndarray, group: np.ndarray, recipe: str = SHIPPED
 ) -> tuple[Detector, np.ndarray]:
     """A detector recipe on these rows: ``groups`` from :func:`cv_groups`, ``group`` the population group
-    of each row (its clean rows set the threshold). ``shipped``: MSP guarded by a veto against fooling
-    images; ``guarded_uap``: the same veto also trained against universal perturbations; ``lr_right``:
-    the logistic regression on right/wrong shipped before (fooling rows weighted).
+    of each row (its clean rows set the threshold). ``shipped``: MSP guarded by the two-tail veto, its
+    limits read from the right natural rows; ``guarded_uap``: the same with the universal-perturbation
+    rows counted as attacks, so left out of the rows the limits are read from; ``lr_right``: the
+    logistic regression on right/wrong shipped before (fooling rows weighted).
 
     Returns the detector and the out-of-fold confidences of every row."""
     clean, fooling = group == CLEAN, np.isin(group, FOOLING)
@@ -133,11 +134,11 @@ def fit_shipped(
     return fit_guarded_detector(x, right, clean=clean, attack=attack)
 
 
-def _fit_shipped(
+def _fit_recipe(
     x: np.ndarray, right: np.ndarray, train: np.ndarray, stamps: np.ndarray, group: np.ndarray, recipe: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """A recipe's confidence on every row, and with out-of-fold ones on training rows."""
-    det, oof = fit_shipped(
+    det, oof = fit_recipe(
         x[train], right[train], groups=cv_groups(stamps)[train], group=group[train], recipe=recipe
     )
     scores = det.confidence(x).astype(np.float64)
@@ -162,7 +163,7 @@ def score_all(
     xq = np.stack([untrained["msp"], signals["paper"][:, -1]], axis=1)
     conf["lr_msp_quality"], calib["lr_msp_quality"] = _fit_lr(xq, right, train, stamps)
     for recipe in RECIPES:
-        conf[recipe], calib[recipe] = _fit_shipped(signals[SHIPPED], right, train, stamps, pop.group, recipe)
+        conf[recipe], calib[recipe] = _fit_recipe(signals[SHIPPED], right, train, stamps, pop.group, recipe)
     for name, names in learned_sets().items():
         conf[name], calib[name] = _fit_lr(stack_signals(signals, names), right, train, stamps)
     if svms:

@@ -22,7 +22,7 @@ from fitguard.contract import DEFAULT_PATCHES
 from fitguard.training.fit_population import POPULATION_GROUPS, Population, PopulationConfig
 
 log = logging.getLogger(__name__)
-RECIPES: tuple[str, ...] = ("shipped", "lr_right", "paper")
+PAPER_RECIPE = "paper"
 
 
 @dataclass
@@ -97,12 +97,13 @@ def train_fit_detector(
     patches: int = DEFAULT_PATCHES,
     cache: Path | None = None,
     weights: str | None = "default",
-    recipe: str = "shipped",
+    recipe: str | None = None,
 ) -> dict[str, Any]:
-    """Fit a recipe (``shipped`` or ``lr_right``, :func:`fitguard.training.fit_right.fit_shipped`) on every
-    image of the population, write the detector file, return its meta."""
+    """Fit a recipe (the shipped one by default, or ``lr_right``:
+    :func:`fitguard.training.fit_right.fit_recipe`) on every image of the population, write the detector
+    file, return its meta."""
     from fitguard.detector import save_detector
-    from fitguard.training.fit_right import cv_groups, fit_shipped
+    from fitguard.training.fit_right import cv_groups, fit_recipe
     from fitguard.training.selective import SHIPPED, signal_groups
 
     data = load_fit_data(
@@ -110,7 +111,8 @@ def train_fit_detector(
     )
     t = time.perf_counter()
     x = signal_groups(data.feats)[SHIPPED]
-    det, _ = fit_shipped(x, data.right, groups=cv_groups(data.stamps), group=data.pop.group, recipe=recipe)
+    groups = cv_groups(data.stamps)
+    det, _ = fit_recipe(x, data.right, groups=groups, group=data.pop.group, recipe=recipe or SHIPPED)
     det.meta.update(
         {
             "backbone": backbone,
@@ -131,11 +133,13 @@ def train_fit_detector(
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from fitguard.training.detector import configure as paper_configure
+    from fitguard.training.fit_right import LR_RIGHT
+    from fitguard.training.selective import SHIPPED
 
     parser.add_argument(
         "--recipe",
-        choices=RECIPES,
-        default="shipped",
+        choices=(SHIPPED, LR_RIGHT, PAPER_RECIPE),
+        default=SHIPPED,
         help="shipped: the served fit = right detector on the labelled objects, MSP guarded by a veto; "
         "lr_right: the logistic regression shipped before it (docs/fit_right.md); paper: the paper's "
         "SVM on clean against universal-perturbation images (docs/evaluation.md); "
@@ -148,7 +152,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.recipe == "paper":
+    if args.recipe == PAPER_RECIPE:
         from fitguard.training.detector import run as paper_run
 
         return paper_run(args)

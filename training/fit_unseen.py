@@ -213,11 +213,11 @@ def summarize_unseen(
     out: dict[str, Any] = {}
     for group in UNSEEN_GROUPS:
         # A small set can have no held-out rows in a repeat: such repeats say nothing about it.
-        held = [k for k, r in enumerate(restrict(repeats, (group,))) if len(r["right"])]
+        alone, with_fooling = restrict(repeats, (group,)), restrict(repeats, (group, *FOOLING))
+        held = [k for k, r in enumerate(alone) if len(r["right"])]
         if not held:
             continue
-        sub = [restrict(repeats, (group,))[k] for k in held]
-        with_fooling = [restrict(repeats, (group, *FOOLING))[k] for k in held]
+        sub, with_fooling = [alone[k] for k in held], [with_fooling[k] for k in held]
         out[group] = {
             "n_test_mean": float(np.mean([len(r["right"]) for r in sub])),
             "base_accuracy": float(np.mean([r["right"].mean() for r in sub])),

@@ -9,6 +9,7 @@ distortion code and piq's version, so a rebuild with nothing changed does not pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -35,15 +36,22 @@ def _vsi(distorted: Sequence[np.ndarray], reference: np.ndarray) -> np.ndarray:
         return piq.vsi(batch, ref.expand_as(batch), data_range=1.0, reduction="none").double().numpy()
 
 
-def _cache_path(crop: np.ndarray, specs: list[Spec]) -> Path:
+@functools.cache
+def _code_digest() -> bytes:
+    """What, beside a view's pixels and specs, makes its labels: read once per process."""
     import piq
 
-    from fitguard.cache import cache_root
     from fitguard.training import distortions
 
+    return repr((VSI_VERSION, piq.__version__)).encode() + inspect.getsource(distortions).encode()
+
+
+def _cache_path(crop: np.ndarray, specs: list[Spec]) -> Path:
+    from fitguard.cache import cache_root
+
     digest = hashlib.sha256(np.ascontiguousarray(crop).tobytes())
-    digest.update(repr((VSI_VERSION, crop.shape, specs, piq.__version__)).encode())
-    digest.update(inspect.getsource(distortions).encode())
+    digest.update(repr((crop.shape, specs)).encode())
+    digest.update(_code_digest())
     return cache_root() / "data" / "vsi" / f"{digest.hexdigest()[:24]}.npy"
 
 
