@@ -140,14 +140,14 @@ class _Record:
 
 def _scenes_version() -> str:
     """The prepared scenes set's folder name: it changes with the packages, the scene list and the recipe."""
-    from fitguard.training.datasets.scenes import prepare_scenes
+    from fitguard.training.data.scenes import prepare_scenes
 
     return prepare_scenes().name
 
 
 def _objects_version() -> str:
     """The prepared labelled objects' folder name: it changes with the packages and the recipe."""
-    from fitguard.training.datasets.objects import prepare_objects
+    from fitguard.training.data.objects import prepare_objects
 
     return prepare_objects().name
 
@@ -155,8 +155,8 @@ def _objects_version() -> str:
 def _iqa_args(common: dict[str, Any], *, dataset: str) -> dict[str, Any]:
     """Stamps hold every setting that changes a step's output, so a changed default retrains."""
     from fitguard.backbones import QUALITY_FEATURES
-    from fitguard.training.iqa_data import SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW
-    from fitguard.training.iqa_head import default_head_config
+    from fitguard.training.quality.data import SYNTHETIC_IMAGES, SYNTHETIC_PER_VIEW
+    from fitguard.training.quality.head import default_head_config
 
     return {
         **common,
@@ -171,7 +171,7 @@ def _iqa_args(common: dict[str, Any], *, dataset: str) -> dict[str, Any]:
 def _detector_args(record: _Record, models: dict[str, Any], iqa_args: dict[str, Any]) -> dict[str, Any]:
     """The detector step's stamp: the head it reads, the population and the recipe's settings."""
     from fitguard.detector import DETECTOR_FORMAT, FEATURE_SETS, FIT_SET
-    from fitguard.training.fit_population import PopulationConfig
+    from fitguard.training.fit.population import PopulationConfig
 
     return {
         **iqa_args,
@@ -182,7 +182,7 @@ def _detector_args(record: _Record, models: dict[str, Any], iqa_args: dict[str, 
         "format": DETECTOR_FORMAT,
         "features": FEATURE_SETS[FIT_SET],
         "code": _code_version(
-            "fitguard.detector", "fitguard.training.fit_detector", "fitguard.training.fit_train"
+            "fitguard.detector", "fitguard.training.fit.recipes", "fitguard.training.fit.train"
         ),
     }
 
@@ -192,8 +192,8 @@ def _detector_and_export(
 ) -> None:
     """The detector step (fitted once on the labelled objects) and the verified export."""
     from fitguard.export import export_repository
-    from fitguard.training.fit_population import PopulationConfig
-    from fitguard.training.fit_train import train_fit_detector
+    from fitguard.training.fit.population import PopulationConfig
+    from fitguard.training.fit.train import train_fit_detector
 
     head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
     record.step(
@@ -241,7 +241,7 @@ def build(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
-    from fitguard.training.iqa import train_iqa
+    from fitguard.training.quality.train import train_iqa
 
     out.mkdir(parents=True, exist_ok=True)
     record = _Record(out / BUILD_FILE, force)

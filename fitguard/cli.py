@@ -17,15 +17,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("fitguard.export.cli", "export classifier, quality model and detector to a Triton repository"),
     "build": ("fitguard.build", "train, export and verify the whole repository offline"),
     "classify": ("fitguard.client.cli", "classify images with a running fitguard server"),
-    "evaluate": ("fitguard.training.evaluate", "reproduce the paper's evaluation and write a report"),
+    "evaluate": ("fitguard.training.paper.evaluate", "reproduce the paper's evaluation and write a report"),
     "evaluate-fit": (
-        "fitguard.training.fit_evaluate",
+        "fitguard.training.fit.evaluate",
         "held-out fit = right evaluation on the labelled objects (selective classification)",
     ),
     "bench": ("fitguard.bench", "benchmark the served ensemble against in-process and naive pipelines"),
     "demo": ("fitguard.demo", "build once, serve, and classify sample photos and degraded versions"),
     "data": (
-        "fitguard.training.datasets.cli",
+        "fitguard.training.data.cli",
         "prepare and describe the offline data sets (Debian packages)",
     ),
     "calibrate": (
@@ -34,9 +34,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
-    "iqa": ("fitguard.training.iqa", "train the DTNIQ-f quality head"),
+    "iqa": ("fitguard.training.quality.train", "train the DTNIQ-f quality head"),
     "detector": (
-        "fitguard.training.fit_train",
+        "fitguard.training.fit.train",
         "train the shipped fit = right detector (--recipe paper: the paper's SVM)",
     ),
 }

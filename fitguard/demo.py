@@ -30,8 +30,8 @@ Sample = tuple[str, bytes, "frozenset[int] | None"]  # name, encoded image, acce
 def sample_images(names: tuple[str, ...] = SAMPLES) -> list[Sample]:
     """Sample photos and degraded versions, encoded as PNG (lossless, so only the degradation counts)."""
     from fitguard.preprocess import encode_image
-    from fitguard.training.distortions import distort
-    from fitguard.training.photos import PHOTO_LABELS, package_photos
+    from fitguard.training.data.distortions import distort
+    from fitguard.training.data.photos import PHOTO_LABELS, package_photos
 
     images: list[Sample] = []
     for name, rgb in package_photos(names).items():

@@ -4,7 +4,7 @@ threshold checked on stamps it never saw through the real server, and its guaran
     python scripts/calibrate_objects.py --build build --target-risk 0.3 --out docs/calibration
 
 120 stamps (all their objects; the bounds use one per stamp) form the deployment's sample, the other 40
-stamps are held out; every object as a user sends it (:mod:`fitguard.training.calibration_objects`).
+stamps are held out; every object as a user sends it (:mod:`fitguard.training.fit.calibration_objects`).
 Writes ``report.*`` (the command's report), ``heldout.json`` (the served check, the repeated splits).
 """
 
@@ -69,8 +69,8 @@ def main() -> None:
     from fitguard.calibration_sample import read_sample, score_in_process
     from fitguard.cli import main as fitguard
     from fitguard.manifest import read_manifest
-    from fitguard.training.calibration_objects import repeated_splits, write_objects_sample
-    from fitguard.training.datasets import load_dataset
+    from fitguard.training.data import load_dataset
+    from fitguard.training.fit.calibration_objects import repeated_splits, write_objects_sample
 
     repository = args.build / "model_repository"
     work = Path(tempfile.mkdtemp(prefix="calibrate-objects-"))

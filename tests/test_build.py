@@ -51,7 +51,7 @@ def served(build_dir: Path):
 
 @pytest.fixture(scope="module")
 def degraded(photos) -> dict[str, bytes]:
-    from fitguard.training.distortions import distort
+    from fitguard.training.data.distortions import distort
 
     out = {}
     for name, rgb in photos.items():
@@ -65,7 +65,7 @@ def test_build_record_head_and_detector(build_dir: Path) -> None:
     """The build made what ships and evaluated nothing: a shared-mode head fitted once, the guarded
     detector, the export."""
     from fitguard.detector import load_detector
-    from fitguard.training.fit_detector import VETO_BUDGET
+    from fitguard.training.fit.recipes import VETO_BUDGET
 
     record = json.loads((build_dir / "build.json").read_text())
     assert set(record["steps"]) == {"iqa", "detector", "export"}
@@ -84,8 +84,8 @@ def test_quality_evaluation_on_held_out_scenes(build_dir: Path, tmp_path: Path) 
     """The report's quality protocol on reduced settings (two splits, a narrower head, no left-out kinds)
     from the build's cached features: held-out SRCC and PLCC, and the head above the BRISQUE baseline on
     the same splits."""
-    from fitguard.training.iqa import train_iqa
-    from fitguard.training.iqa_head import HeadConfig
+    from fitguard.training.quality.head import HeadConfig
+    from fitguard.training.quality.train import train_iqa
 
     m = train_iqa(
         dataset="scenes",
@@ -114,7 +114,7 @@ def test_passed_answers_are_right_more_often_than_refused_ones(served, build_dir
     guard passes is right more often than what it refuses. These are real photos, however degraded: the
     veto (confident beyond natural photos and of low quality) leaves every one of them to MSP's ranking."""
     from fitguard.detector import load_detector
-    from fitguard.training.photos import PHOTO_LABELS
+    from fitguard.training.data.photos import PHOTO_LABELS
 
     names = [n for n in degraded if n.split("/")[0] in PHOTO_LABELS]
     got = served.classify_many([degraded[n] for n in names])
@@ -166,9 +166,9 @@ def labelled(build_dir: Path) -> dict:
     """Labelled object images the shipped detector was not fitted on: a view of each stamp beyond the ones
     the evaluation population takes (the stamps themselves were in its training data; the figures held
     out by stamp are the report's), sent as users send them, plus blurred and noisy versions of some."""
-    from fitguard.training.datasets import load_dataset
-    from fitguard.training.distortions import distort
-    from fitguard.training.fit_population import PopulationConfig, as_sent
+    from fitguard.training.data import load_dataset
+    from fitguard.training.data.distortions import distort
+    from fitguard.training.fit.population import PopulationConfig, as_sent
 
     ds = load_dataset("objects")
     taken = PopulationConfig().clean_per_stamp
@@ -195,10 +195,10 @@ def test_served_verdicts_on_labelled_objects_equal_the_evaluation(served, build_
     features as ``evaluate-fit`` computes them), so the report's figures are the served system's."""
     from fitguard.contract import DEFAULT_PATCHES
     from fitguard.detector import load_detector
-    from fitguard.training.fit_features import compute_fit_features
-    from fitguard.training.group_features import load_models
+    from fitguard.training.fit.features import compute_fit_features
+    from fitguard.training.fit.signals import SHIPPED, signal_groups
     from fitguard.training.metrics import aurc
-    from fitguard.training.selective import SHIPPED, signal_groups
+    from fitguard.training.paper.features import load_models
 
     images, labels = labelled["images"], labelled["labels"]
     got = served.classify_many([encode_image(im) for im in images], batch_size=8, concurrency=2)
@@ -247,9 +247,9 @@ def test_train_detector_writes_the_shipped_recipe(build_dir: Path, tmp_path: Pat
 def test_fit_evaluation_with_shifts_and_gate_on_reduced_settings(build_dir: Path, tmp_path: Path) -> None:
     """``evaluate-fit`` as ``make report`` runs it, on fewer repeats, draws and unseen stamps: every shift
     and unseen set is scored, and the shipped (guarded) detector loses to MSP nowhere."""
-    from fitguard.training.fit_evaluate import evaluate_fit
-    from fitguard.training.fit_population import PopulationConfig
-    from fitguard.training.fit_unseen import UNSEEN_GROUPS, UnseenConfig
+    from fitguard.training.fit.evaluate import evaluate_fit
+    from fitguard.training.fit.population import PopulationConfig
+    from fitguard.training.fit.unseen import UNSEEN_GROUPS, UnseenConfig
 
     rep = evaluate_fit(
         backbone="efficientnet_lite0",

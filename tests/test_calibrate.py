@@ -267,8 +267,8 @@ def test_bad_inputs_exit_2_with_a_message(
 
 @pytest.fixture(scope="module")
 def stamp_halves() -> tuple[set[str], set[str]]:
-    from fitguard.training.datasets import load_dataset
-    from fitguard.training.fit_population import stamp_halves
+    from fitguard.training.data import load_dataset
+    from fitguard.training.fit.population import stamp_halves
 
     return stamp_halves(load_dataset("objects"), seed=0)
 
@@ -278,7 +278,7 @@ def test_pass_rate_holds_on_objects_held_out_by_stamp(
     tmp_path: Path, tiny_repository: Path, stamp_halves: tuple[set[str], set[str]]
 ) -> None:
     """One object per stamp: images of one stamp pass or fail together, so a stamp is one draw."""
-    from fitguard.training.calibration_objects import write_objects_sample
+    from fitguard.training.fit.calibration_objects import write_objects_sample
 
     write_objects_sample(tmp_path / "a", stamp_halves[0], per_stamp=1, seed=1)
     write_objects_sample(tmp_path / "b", stamp_halves[1], per_stamp=1, seed=2)
@@ -316,8 +316,8 @@ def test_risk_holds_on_objects_held_out_by_stamp_with_the_build(
     """One object of each of 120 stamps calibrates (independent draws); every object of the other 40
     stamps checks."""
     from fitguard.guarantee import rate_interval
-    from fitguard.training.calibration_objects import write_objects_sample
-    from fitguard.training.datasets import load_dataset
+    from fitguard.training.data import load_dataset
+    from fitguard.training.fit.calibration_objects import write_objects_sample
 
     target = 0.3
     stamps = np.random.default_rng(0).permutation(load_dataset("objects").groups()).tolist()
@@ -349,7 +349,7 @@ def test_guarantee_holds_on_repeated_stamp_splits_with_the_build(
     bounds the true risk of what passes; a check on about 160 held-out images also carries their own
     sampling noise (a threshold at exactly the target exceeds it on half of such draws), so the share of
     checks above the target may exceed delta by that noise: 0.05 here."""
-    from fitguard.training.calibration_objects import repeated_splits, write_objects_sample
+    from fitguard.training.fit.calibration_objects import repeated_splits, write_objects_sample
 
     labels = write_objects_sample(tmp_path / "all", seed=3)
     scored = score_in_process(build_repository, read_sample(tmp_path / "all", labels), log=None)

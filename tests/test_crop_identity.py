@@ -15,7 +15,8 @@ pytest.importorskip("tqdm")  # the training extra
 from fitguard.contract import DEFAULT_PATCHES  # noqa: E402
 from fitguard.preprocess import PreprocessSettings, center_offset, encode_image, iqa_patches  # noqa: E402
 from fitguard.presets import Preset  # noqa: E402
-from fitguard.training.groups import apply_perturbation, classifier_batch, crop_offset  # noqa: E402
+from fitguard.training.attacks.adversarial import apply_perturbation  # noqa: E402
+from fitguard.training.image_groups import classifier_batch, crop_offset  # noqa: E402
 
 # Canvas sides and crop sizes giving even and odd margins; 259 - 224 = 35 is where a floored offset (17)
 # and the served rounding (18) part ways.

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from fitguard.cli import main
-from fitguard.training.datasets import composite as comp
-from fitguard.training.datasets import fetch_package, group_split, load_dataset
-from fitguard.training.datasets.stamps import STAMP_DIR, STAMP_PACKAGE, flat_fraction, read_stamp
-from fitguard.training.datasets.wordnet_labels import MAX_CLASSES, ImageNetWordNet, read_overrides, terms
+from fitguard.training.data import composite as comp
+from fitguard.training.data import fetch_package, group_split, load_dataset
+from fitguard.training.data.stamps import STAMP_DIR, STAMP_PACKAGE, flat_fraction, read_stamp
+from fitguard.training.data.wordnet_labels import MAX_CLASSES, ImageNetWordNet, read_overrides, terms
 
 PHOTOGRAPHS = (
     "animals/mammals/cats/tiger",

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from fitguard.cli import main
-from fitguard.training.datasets import (
+from fitguard.training.data import (
     PackageFetchError,
     fetch_package,
     group_folds,
     group_split,
     load_dataset,
 )
-from fitguard.training.datasets.debian import licence_line
-from fitguard.training.datasets.scenes import MAX_SIDE, SCENE_PACKAGES, read_scene_list
+from fitguard.training.data.debian import licence_line
+from fitguard.training.data.scenes import MAX_SIDE, SCENE_PACKAGES, read_scene_list
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def test_missing_package_error_names_it(tmp_path):
 
 
 def test_missing_package_error_from_the_cli(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("fitguard.training.datasets.scenes.SCENE_PACKAGES", ("fitguard-no-such-package",))
+    monkeypatch.setattr("fitguard.training.data.scenes.SCENE_PACKAGES", ("fitguard-no-such-package",))
     assert main(["data", "prepare", "--data-dir", str(tmp_path)]) == 2
     assert "fitguard-no-such-package" in capsys.readouterr().err
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from fitguard.labels import wnid_to_index
-from fitguard.training.datasets import Dataset, Item, group_split, load_dataset
-from fitguard.training.datasets.accuracy import accuracy
+from fitguard.training.data import Dataset, Item, group_split, load_dataset
+from fitguard.training.data.accuracy import accuracy
 
 
 def _save(path: Path, rgb: np.ndarray) -> None:

@@ -20,11 +20,15 @@ from fitguard.detector import (  # noqa: E402
 )
 from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
 from fitguard.quality import QualityHead, save_head  # noqa: E402
-from fitguard.training import groups as G  # noqa: E402
-from fitguard.training.detector import train_detector  # noqa: E402
-from fitguard.training.group_features import compute_features, load_models  # noqa: E402
-from fitguard.training.protocol import pair_splits, run_protocol  # noqa: E402
-from fitguard.training.svm import fit_detector  # noqa: E402
+from fitguard.training import image_groups as IG  # noqa: E402
+from fitguard.training.attacks import adversarial as AA  # noqa: E402
+from fitguard.training.attacks import fooling as AF  # noqa: E402
+from fitguard.training.paper import distorted as PD  # noqa: E402
+from fitguard.training.paper import originals as PO  # noqa: E402
+from fitguard.training.paper.features import compute_features, load_models  # noqa: E402
+from fitguard.training.paper.protocol import pair_splits, run_protocol  # noqa: E402
+from fitguard.training.paper.svm import fit_detector  # noqa: E402
+from fitguard.training.paper.train import train_detector  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def tiny_head(tmp_path_factory, tiny):
 
 @pytest.fixture(scope="module")
 def originals(tiny, photos):
-    return G.originals_group(tiny, photos, views=6)
+    return PO.originals_group(tiny, photos, views=6)
 
 
 def test_detector_features_sort_top5_and_take_the_quality_logit():
@@ -69,7 +73,7 @@ def test_quality_weight_is_chosen_by_cv_and_baked_into_an_exportable_scaler():
     from fitguard.detector import Detector
     from fitguard.export.onnx_export import export_detector
     from fitguard.reference import reference_outputs
-    from fitguard.training.svm import bake_quality_weight, fit_detector, make_pipeline
+    from fitguard.training.paper.svm import bake_quality_weight, fit_detector, make_pipeline
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype(np.float32)
@@ -203,35 +207,37 @@ def test_originals_views_and_reference_labels(tiny, originals, photos):
     assert originals.meta["candidates"] == 6 * len(photos)
     assert 1 <= len(originals) <= originals.meta["candidates"]
     # Kept views are predicted as their photo's reference label, which is the whole-photo view's top-1.
-    top1 = G.predict_logits(tiny, originals.images).argmax(1)
+    top1 = IG.predict_logits(tiny, originals.images).argmax(1)
     assert np.array_equal(top1, originals.labels)
     names = sorted(photos)
     for s in set(originals.sources.tolist()):
-        whole = G.canvas(photos[names[s]], side)
-        assert G.predict_logits(tiny, whole[None]).argmax(1)[0] == originals.labels[originals.sources == s][0]
+        whole = IG.canvas(photos[names[s]], side)
+        assert (
+            IG.predict_logits(tiny, whole[None]).argmax(1)[0] == originals.labels[originals.sources == s][0]
+        )
     assert np.array_equal(originals.pairs, np.arange(len(originals)))
     # Deterministic.
-    again = G.originals_group(tiny, photos, views=6)
+    again = PO.originals_group(tiny, photos, views=6)
     assert np.array_equal(again.images, originals.images) and np.array_equal(again.labels, originals.labels)
 
 
 def test_group_cache_round_trip(tiny, photos, tmp_path):
-    first = G.originals_group(tiny, photos, views=3, cache=tmp_path)
+    first = PO.originals_group(tiny, photos, views=3, cache=tmp_path)
     files = list((tmp_path / "groups").glob("originals-*.npz"))
     assert len(files) == 1
-    second = G.originals_group(tiny, photos, views=3, cache=tmp_path)
+    second = PO.originals_group(tiny, photos, views=3, cache=tmp_path)
     assert np.array_equal(first.images, second.images) and list(first.tags) == list(second.tags)
     assert second.meta == first.meta
 
 
 def test_distorted_group(originals):
-    group = G.distorted_group(originals, max_sources=3)
+    group = PD.distorted_group(originals, max_sources=3)
     assert len(group) == 3 * 4 * 5
     assert set(group.tags.tolist()) == {"gaussian_blur", "white_noise", "jpeg", "jpeg2000"}
     assert set(group.levels.tolist()) == {1, 2, 3, 4, 5}
     assert np.array_equal(group.labels, originals.labels[group.pairs])
     assert group.images.shape[1:] == originals.images.shape[1:]
-    assert np.array_equal(group.images, G.distorted_group(originals, max_sources=3).images)
+    assert np.array_equal(group.images, PD.distorted_group(originals, max_sources=3).images)
     blur5 = group.images[(group.tags == "gaussian_blur") & (group.levels == 5)][0]
     src = originals.images[group.pairs[(group.tags == "gaussian_blur") & (group.levels == 5)][0]]
     assert (
@@ -241,34 +247,34 @@ def test_distorted_group(originals):
 
 
 def test_adversarial_group_is_bounded_and_on_the_crop(tiny, originals):
-    adv = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    adv = AA.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
     assert adv.images.shape == originals.images.shape
     assert 0 <= adv.meta["fooling_rate"] <= 1 and adv.meta["linf"] <= 10 / 255 + 1e-6
     diff = adv.images.astype(int) - originals.images.astype(int)
     assert np.abs(diff).max() <= 10
     crop, side = tiny.preset.crop, tiny.preset.resize
-    o = G.crop_offset(side, crop)
+    o = IG.crop_offset(side, crop)
     outside = np.ones((side, side), bool)
     outside[o : o + crop, o : o + crop] = False
     assert not diff[:, outside].any()  # only what the classifier sees is perturbed
-    top1 = G.predict_logits(tiny, adv.images).argmax(1)
+    top1 = IG.predict_logits(tiny, adv.images).argmax(1)
     assert adv.meta["fooling_rate"] == pytest.approx(np.mean(top1 != originals.labels))
-    again = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    again = AA.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
     assert np.array_equal(again.images, adv.images)
 
 
 def test_fooling_groups(tiny):
-    gd = G.fool_gd_group(tiny, count=3, steps=3)
-    ev = G.fool_ev_group(tiny, count=3, generations=2, batch=4)
+    gd = AF.fool_gd_group(tiny, count=3, steps=3)
+    ev = AF.fool_ev_group(tiny, count=3, generations=2, batch=4)
     side = tiny.preset.resize
     for g in (gd, ev):
         assert g.images.shape == (3, side, side, 3)
-        assert (g.labels == G.NO_LABEL).all() and (g.pairs == -1).all()
-    assert (gd.images[:, 0, 0] == G.mean_canvas(tiny)[0, 0]).all()  # border keeps the mean image
+        assert (g.labels == IG.NO_LABEL).all() and (g.pairs == -1).all()
+    assert (gd.images[:, 0, 0] == AF.mean_canvas(tiny)[0, 0]).all()  # border keeps the mean image
     assert len(set(ev.tags.tolist())) == 3  # one elite per class
     assert ev.meta["evaluations"] == 8
-    assert np.array_equal(gd.images, G.fool_gd_group(tiny, count=3, steps=3).images)
-    assert np.array_equal(ev.images, G.fool_ev_group(tiny, count=3, generations=2, batch=4).images)
+    assert np.array_equal(gd.images, AF.fool_gd_group(tiny, count=3, steps=3).images)
+    assert np.array_equal(ev.images, AF.fool_ev_group(tiny, count=3, generations=2, batch=4).images)
 
 
 def test_features_match_serving_preprocessing(tiny, tiny_head, originals):
@@ -304,7 +310,7 @@ def test_threshold_rule_hits_target_false_alarms():
 
 def test_run_protocol_on_tiny(tiny, tiny_head, originals):
     models = load_models("tiny", tiny_head)
-    adv = G.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
+    adv = AA.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
     fo, fa = compute_features(models, originals, 2), compute_features(models, adv, 2)
     runs = run_protocol(originals, fo, fa, repeats=3, split_by="pair", progress=None)
     assert len(runs) == 3
@@ -317,7 +323,7 @@ def test_run_protocol_on_tiny(tiny, tiny_head, originals):
 def test_train_detector_file_round_trip(tiny_head, tmp_path, monkeypatch):
     monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "detector.joblib"
-    config = G.GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1)
+    config = IG.GroupConfig(views=4, uap_fit_images=4, uap_max_iter=1)
     summary = train_detector("tiny", tiny_head, out, patches=2, repeats=3, target_far=0.1, config=config)
     det = load_detector(out)
     assert det.threshold == pytest.approx(summary["threshold"])

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fitguard.training import evaluate as E  # noqa: E402
 from fitguard.training import metrics as M  # noqa: E402
-from fitguard.training import protocol as P  # noqa: E402
-from fitguard.training import scoring as S  # noqa: E402
-from fitguard.training.groups import GroupConfig  # noqa: E402
+from fitguard.training.image_groups import GroupConfig  # noqa: E402
+from fitguard.training.paper import evaluate as E  # noqa: E402
+from fitguard.training.paper import protocol as P  # noqa: E402
+from fitguard.training.paper import scoring as S  # noqa: E402
 
 
 def test_fpr_at_95_tpr_and_far_threshold():
@@ -39,7 +39,7 @@ def test_risk_coverage_and_aurc():
 
 
 def test_base_scores_follow_pytorch_ood_definitions():
-    from fitguard.training.group_features import GroupFeatures
+    from fitguard.training.paper.features import GroupFeatures
 
     logits = np.random.default_rng(0).normal(size=(4, 1000)).astype(np.float32)
     feats = GroupFeatures(logits, np.array([0.1, 0.5, 0.7, 0.9], np.float32))
@@ -53,7 +53,7 @@ def test_base_scores_follow_pytorch_ood_definitions():
 
 
 def test_detector_all_learns_the_named_unfit_groups_only():
-    from fitguard.training.groups import make_group
+    from fitguard.training.image_groups import make_group
 
     rng = np.random.default_rng(0)
     blank = np.zeros((1, 8, 8, 3), np.uint8)
@@ -80,7 +80,7 @@ def test_detector_all_learns_the_named_unfit_groups_only():
 def test_report_on_tiny(tmp_path, monkeypatch):
     from fitguard.backbones import build_backbone
     from fitguard.quality import QualityHead, save_head
-    from fitguard.training.detector import train_detector
+    from fitguard.training.paper.train import train_detector
 
     torch.set_num_threads(2)
     monkeypatch.setenv("FITGUARD_CACHE", str(tmp_path / "cache"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitguard.training.fit_features import FitFeatures
-from fitguard.training.fit_population import CLEAN, DISTORTED, FOOL_GD, UAP_DEEPFOOL, Population
-from fitguard.training.fit_right import (
+from fitguard.training.fit.features import FitFeatures
+from fitguard.training.fit.population import CLEAN, DISTORTED, FOOL_GD, UAP_DEEPFOOL, Population
+from fitguard.training.fit.protocol import (
     PASS_RATE,
     restrict,
     right_flags,
@@ -16,7 +16,7 @@ from fitguard.training.fit_right import (
     table_v,
     untrained_scores,
 )
-from fitguard.training.selective import bootstrap, prob_scores, selective_metrics, signal_groups
+from fitguard.training.fit.signals import bootstrap, prob_scores, selective_metrics, signal_groups
 
 
 def _features(n: int, rng: np.random.Generator, right: np.ndarray) -> FitFeatures:
@@ -120,8 +120,8 @@ def test_fit_features_match_the_served_models(tmp_path) -> None:
     from fitguard.backbones import UInt8Normalize, build_backbone
     from fitguard.preprocess import classifier_crop, iqa_patches
     from fitguard.quality import QualityHead, QualityModel
-    from fitguard.training.fit_features import compute_fit_features
-    from fitguard.training.group_features import Models
+    from fitguard.training.fit.features import compute_fit_features
+    from fitguard.training.paper.features import Models
 
     torch.manual_seed(0)
     bb = build_backbone("tiny").eval()
@@ -147,9 +147,9 @@ def test_fit_features_match_the_served_models(tmp_path) -> None:
 
 
 def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
-    from fitguard.training.fit_evaluate import summarize_mixes
-    from fitguard.training.fit_report import write_markdown
-    from fitguard.training.fit_shift import domain_shifts, shift_splits
+    from fitguard.training.fit.evaluate import summarize_mixes
+    from fitguard.training.fit.report import write_markdown
+    from fitguard.training.fit.shifts import domain_shifts, shift_splits
 
     feats, right = world["feats"], world["right"]
     common = {
@@ -203,7 +203,7 @@ def test_summaries_domain_shift_and_report(world: dict, tmp_path) -> None:
 def test_shipped_recipe_threshold_and_fooling_weight() -> None:
     """The threshold passes PASS_RATE of the right clean rows out of fold, and the fooling weight is one
     whose out-of-fold scores refuse at least FOOLING_REFUSAL of the fooling rows."""
-    from fitguard.training.fit_detector import FOOLING_REFUSAL, PASS_RATE, fit_right_detector
+    from fitguard.training.fit.recipes import FOOLING_REFUSAL, PASS_RATE, fit_right_detector
 
     rng = np.random.default_rng(3)
     n, n_fool = 400, 16
@@ -230,7 +230,7 @@ def test_guarded_recipe_bounds_the_veto_and_refuses_fooling() -> None:
     high energy, low quality) and at most VETO_BUDGET of the right natural rows, leaving alone natural
     rows that are only confident or only of low quality; the threshold passes PASS_RATE of the right
     clean rows."""
-    from fitguard.training.fit_detector import FOOLING_REFUSAL, PASS_RATE, VETO_BUDGET, fit_guarded_detector
+    from fitguard.training.fit.recipes import FOOLING_REFUSAL, PASS_RATE, VETO_BUDGET, fit_guarded_detector
 
     rng = np.random.default_rng(5)
     n, n_fool = 600, 24
@@ -260,7 +260,7 @@ def test_guarded_recipe_bounds_the_veto_and_refuses_fooling() -> None:
 def test_release_gate_reads_every_shift_and_fails_on_a_loss() -> None:
     """The gate passes a detector within its margins everywhere and fails one that loses to MSP under a
     single shift, naming it."""
-    from fitguard.training.fit_gate import gate_lines, release_gate
+    from fitguard.training.fit.gate import gate_lines, release_gate
 
     def aurc(shipped: float, msp: float, lo: float, hi: float) -> dict:
         return {"msp": {"mean": msp}, "shipped": {"mean": shipped, "minus_msp": {"ci95": [lo, hi]}}}

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fitguard.training.distortions import distort
-from fitguard.training.iqa_data import load_dataset, load_kadid10k, load_tid2013, photo_views, vsi_to_score
-from fitguard.training.iqa_eval import correlations, reference_splits
-from fitguard.training.iqa_head import score_to_bins
+from fitguard.training.data.distortions import distort
+from fitguard.training.data.iqa_folders import load_kadid10k, load_tid2013
+from fitguard.training.quality.data import (
+    load_quality_set,
+    photo_views,
+    vsi_to_score,
+)
+from fitguard.training.quality.evaluate import correlations, reference_splits
+from fitguard.training.quality.head import score_to_bins
 
 
 def _small(photos: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,9 +99,9 @@ def test_kadid10k_loader(kadid_tree: Path) -> None:
     assert it.raw == pytest.approx(3.2) and it.score == pytest.approx((3.2 - 1) / 4)
     assert items[-1].distortion == "white_noise" and items[-1].load().shape == (96, 128, 3)
     with pytest.raises(ValueError, match="--root"):
-        load_dataset("kadid10k")
+        load_quality_set("kadid10k")
     with pytest.raises(ValueError, match="unknown dataset"):
-        load_dataset("live")
+        load_quality_set("live")
 
 
 def test_score_bins_and_correlations() -> None:
@@ -133,7 +138,7 @@ def test_reference_splits_never_leak() -> None:
 
 @pytest.mark.slow
 def test_synthetic_labels(photos: dict[str, np.ndarray]) -> None:
-    from fitguard.training.iqa_data import synthetic
+    from fitguard.training.quality.data import synthetic
 
     views = photo_views({"chelsea": photos["chelsea"]}, 3, 224, seed=0)["chelsea"]
     assert len(views) == 3 and all(v.shape == (224, 224, 3) for v in views)
@@ -157,7 +162,7 @@ def test_synthetic_labels(photos: dict[str, np.ndarray]) -> None:
 
 def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
     from fitguard.backbones import build_backbone
-    from fitguard.training.features import FeatureCache, backbone_key, patch_features, patch_key
+    from fitguard.training.quality.features import FeatureCache, backbone_key, patch_features, patch_key
 
     net = build_backbone("tiny")
     imgs = [photos["coffee"], photos["chelsea"][:224, :224]]
@@ -192,8 +197,8 @@ def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
 
 @pytest.mark.slow
 def test_synthetic_covers_every_type_and_level_per_photo(photos: dict[str, np.ndarray]) -> None:
-    from fitguard.training.distortions import DISTORTIONS, LEVELS
-    from fitguard.training.iqa_data import synthetic
+    from fitguard.training.data.distortions import DISTORTIONS, LEVELS
+    from fitguard.training.quality.data import synthetic
 
     every = {(k, lvl) for k in DISTORTIONS for lvl in LEVELS}
     items = synthetic({"coffee": photos["coffee"]}, views=5, per_view=12, seed=1, ladder=False)
@@ -323,7 +328,7 @@ def test_vsi_labels_in_parallel_equal_one_process_and_are_cached(
 ) -> None:
     """Two worker processes give the labels one process gives; each view's values land in the data cache
     once, and a second run reads them from there instead of computing them."""
-    from fitguard.training.vsi_labels import vsi_labels
+    from fitguard.training.quality.vsi_labels import vsi_labels
 
     views = photo_views({n: photos[n] for n in ("coffee", "chelsea")}, 2, 96, seed=0)
     jobs = [[(crop, [("white_noise", 3, 1), ("jpeg", 2, 1)]) for crop in crops] for crops in views.values()]

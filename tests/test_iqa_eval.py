@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitguard.training.distortions import LEVELS
-from fitguard.training.iqa_eval import (
+from fitguard.training.data.distortions import LEVELS
+from fitguard.training.quality.evaluate import (
     Labels,
     calibration,
     ladders,
@@ -92,7 +92,7 @@ def test_scene_protocol_and_left_out_kinds() -> None:
 def test_brisque_fits_known_distributions() -> None:
     from scipy.stats import gennorm
 
-    from fitguard.training.brisque import aggd_fit, ggd_fit
+    from fitguard.training.quality.brisque import aggd_fit, ggd_fit
 
     for shape in (0.8, 1.0, 2.0, 3.0):
         x = gennorm.rvs(shape, scale=0.5, size=400_000, random_state=1)
@@ -112,7 +112,7 @@ def test_brisque_features_match_piq(photos: dict[str, np.ndarray]) -> None:
     from piq.brisque import _natural_scene_statistics
     from piq.functional import imresize, rgb2yiq
 
-    from fitguard.training.brisque import brisque_features
+    from fitguard.training.quality.brisque import brisque_features
 
     images = [photos["chelsea"][:224, :224], photos["coffee"][100:324, :224]]
     ours = brisque_features(images)

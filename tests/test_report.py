@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 @pytest.fixture(scope="module")
 def report() -> tuple[Path, dict]:
     from fitguard.build import build
-    from fitguard.training.evaluate import evaluate
+    from fitguard.training.paper.evaluate import evaluate
 
     path = Path(os.environ.get("FITGUARD_BUILD", "build"))
     if not (path / "model_repository" / "manifest.json").exists():

@@ -216,9 +216,9 @@ def test_training_reads_the_served_shared_features(tmp_path: Path, photos: dict[
     """Head features in shared mode are the backbone's on the classifier crop; the detector's quality
     reads the crop too, because the head file says which mode it was trained for."""
     from fitguard.preprocess import classifier_crop
-    from fitguard.training.features import patch_features
-    from fitguard.training.group_features import compute_features, load_models
-    from fitguard.training.groups import ImageGroup
+    from fitguard.training.image_groups import ImageGroup
+    from fitguard.training.paper.features import compute_features, load_models
+    from fitguard.training.quality.features import patch_features
 
     net = build_backbone("tiny")
     images = [photos["chelsea"], photos["rocket"]]

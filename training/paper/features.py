@@ -1,0 +1,117 @@
+"""What the served models say about each image of a group: classifier logits and quality.
+
+Features are computed as the server computes them: the canvas's centre crop is cut by the served
+geometry (:func:`fitguard.training.paper.groups.classifier_batch`) and its quality views (P patches, or the
+centre crop in shared quality mode) by :func:`fitguard.preprocess.quality_views`, then the torch
+classifier and DTNIQ-f run, and :func:`fitguard.detector.detector_features` makes the 6-d vector
+[top-5 sorted probabilities, quality].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE
+from fitguard.detector import detector_features
+from fitguard.preprocess import quality_views
+from fitguard.training.image_groups import ImageGroup, predict_logits, stable_key
+
+if TYPE_CHECKING:
+    from fitguard.backbones import Backbone
+    from fitguard.quality import QualityModel
+
+
+@dataclass
+class GroupFeatures:
+    """What the served models say about each image of a group: logits [N, 1000] and quality [N]."""
+
+    logits: np.ndarray
+    quality: np.ndarray
+
+    @property
+    def probs(self) -> np.ndarray:
+        from fitguard.classifier import softmax
+
+        return softmax(self.logits).astype(np.float32)
+
+    @property
+    def energy(self) -> np.ndarray:
+        """Logsumexp of the logits [N], float32 as the classifier graph's ``ENERGY``."""
+        from fitguard.classifier import logsumexp
+
+        return logsumexp(self.logits).astype(np.float32)
+
+    @property
+    def top1(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def features(self) -> np.ndarray:
+        return detector_features(self.probs, self.quality)
+
+    def subset(self, index: np.ndarray) -> GroupFeatures:
+        return GroupFeatures(self.logits[index], self.quality[index])
+
+
+@dataclass
+class Models:
+    """The torch models features come from, and an id of everything that changes their outputs."""
+
+    backbone: Backbone
+    quality: QualityModel
+    head_info: dict[str, Any]
+    key: str
+
+
+def load_models(backbone: str, head: str | Path, weights: str | None = "default") -> Models:
+    """Backbone by name and the DTNIQ-f head file, ready for feature extraction (eval mode)."""
+    from fitguard.backbones import build_backbone
+    from fitguard.quality import QualityModel, load_head
+
+    bb = build_backbone(backbone, weights)
+    head_module, info = load_head(head, bb)
+    key = stable_key(
+        "models/1",
+        bb.name,
+        bb.weights_id,
+        Path(head).read_bytes().__len__(),
+        stable_key(np.frombuffer(Path(head).read_bytes(), np.uint8)),
+    )
+    return Models(bb, QualityModel(bb, head_module).eval(), info, key)
+
+
+def compute_features(
+    models: Models,
+    group: ImageGroup,
+    patches: int = DEFAULT_PATCHES,
+    batch_size: int = 8,
+    cache: Path | None = None,
+) -> GroupFeatures:
+    """Classifier logits and quality for every canvas of ``group``, through serving preprocessing."""
+    import torch
+
+    key = stable_key("features/1", models.key, patches, stable_key(group.images))
+    path = None if cache is None else Path(cache) / "detector_features" / f"{group.name}-{key}.npz"
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            return GroupFeatures(z["logits"], z["quality"])
+    logits = predict_logits(models.backbone, group.images, desc=f"{group.name}: classifier")
+    # The quality head reads what it was trained on and is served: P patches, or the classifier's crop.
+    preset, mode = models.backbone.preset, models.head_info.get("mode", PATCHES_MODE)
+    quality = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(group), batch_size), desc=f"{group.name}: quality", leave=False):
+            batch = np.stack(
+                [quality_views(img, preset, mode, patches) for img in group.images[i : i + batch_size]]
+            )
+            quality.append(models.quality(torch.from_numpy(batch)).reshape(-1).float().numpy())
+    feats = GroupFeatures(logits.astype(np.float32), np.concatenate(quality).astype(np.float32))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, logits=feats.logits, quality=feats.quality)
+    return feats

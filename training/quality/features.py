@@ -1,0 +1,204 @@
+"""Backbone quality features of IQA patches, computed once and cached on disk.
+
+The frozen backbone is by far the most expensive part of training the quality head, and the same
+patches come back for every split, seed and rerun. Each patch's feature vector
+(:meth:`fitguard.backbones.Backbone.quality_features`) is stored under
+
+    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch)[:2]>/<sha256>.npy
+
+The patch hash fixes the image content and the patch position in it, so a changed image, patch count or
+weights file never reads stale features, and identical patches (a view exactly one patch large) are
+computed once. Patches are normalised exactly as the exported graph does (``UInt8Normalize``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fitguard.cache import cache_root
+from fitguard.preprocess import iqa_patches, quality_views
+
+if TYPE_CHECKING:
+    import torch
+
+    from fitguard.backbones import Backbone
+
+
+def feature_cache_dir() -> Path:
+    """``features/`` under :func:`fitguard.cache.cache_root`."""
+    return cache_root() / "features"
+
+
+def _identity(backbone: Backbone) -> dict[str, object]:
+    """Everything that changes a patch's features."""
+    from fitguard.backbones import QUALITY_FEATURES
+
+    return {
+        "backbone": backbone.name,
+        "weights_id": backbone.weights_id,
+        "preset": backbone.preset.to_dict(),
+        "features": QUALITY_FEATURES,
+    }
+
+
+def backbone_key(backbone: Backbone) -> str:
+    """Names the cache namespace: anything that changes features changes this key."""
+    ident = json.dumps(_identity(backbone), sort_keys=True)
+    return f"{backbone.name}-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+
+
+def patch_key(patch: np.ndarray) -> str:
+    """SHA-256 of a (3, S, S) uint8 patch's pixels and shape."""
+    h = hashlib.sha256(str(patch.shape).encode())
+    h.update(np.ascontiguousarray(patch).tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Feature vectors on disk, one ``.npy`` per patch, in a namespace per backbone/weights/preset."""
+
+    def __init__(self, root: str | Path, backbone: Backbone) -> None:
+        self.dir = Path(root) / backbone_key(backbone)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.feature_dim = backbone.quality_dim
+        meta = self.dir / "backbone.json"
+        if not meta.exists():
+            meta.write_text(json.dumps(_identity(backbone), indent=2))
+
+    def _path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        try:
+            vec = np.load(path)
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        return vec if vec.shape == (self.feature_dim,) else None
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        # Write then rename: an interrupted run never leaves a truncated file under a valid name.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.asarray(vec, dtype=np.float32))
+        os.replace(tmp, path)
+
+
+def _device(device: str | None) -> torch.device:
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _extractor(backbone: Backbone, device: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 patches [B, 3, S, S] -> quality features [B, D] float32, normalised as the graph does."""
+    import torch
+
+    from fitguard.backbones import UInt8Normalize
+
+    dev = _device(device)
+    normalize = UInt8Normalize(backbone.preset).to(dev)
+    net = backbone.to(dev).eval()
+    if dev.type == "cpu":  # depthwise/pointwise convolutions run faster channels-last on CPU
+        net = net.to(memory_format=torch.channels_last)
+
+    def extract(patches: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(patches).to(dev))
+            if dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return net.quality_features(x).float().cpu().numpy()
+
+    return extract
+
+
+def patch_features(
+    images: Iterable[np.ndarray] | Iterable[Callable[[], np.ndarray]],
+    backbone: Backbone,
+    patches: int,
+    cache_dir: str | Path | None = None,
+    total: int | None = None,
+    batch_size: int = 32,
+    device: str | None = None,
+    progress: bool = True,
+    mode: str = "patches",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the ``patches`` IQA patches of every image, from the cache where present.
+
+    In ``shared`` quality ``mode`` the one view of an image is the classifier's centre crop (``patches``
+    must then be 1): the features the classifier's pass gives the served quality step.
+
+    Args:
+        images: RGB uint8 (H, W, 3) arrays, or callables returning one (loaded one at a time).
+        backbone: frozen backbone; its ``features`` gives [N, D].
+        patches: P, as :func:`fitguard.preprocess.iqa_patches` cuts them.
+        cache_dir: cache root (default :func:`feature_cache_dir`).
+        total: number of images, for the progress bar when ``images`` has no ``len``.
+
+    Returns:
+        ``(features, unique)``: float32 [N, P, D], and a bool [N, P] mask that is False for a patch
+        identical to an earlier patch of the same image (so training can skip duplicates).
+    """
+    from tqdm.auto import tqdm
+
+    if mode != "patches" and patches != 1:
+        raise ValueError(f"{mode} quality mode has one view per image, not {patches}")
+    cache = FeatureCache(cache_dir if cache_dir is not None else feature_cache_dir(), backbone)
+    extract = _extractor(backbone, device)
+    rows: list[np.ndarray] = []
+    uniq: list[np.ndarray] = []
+    pending: dict[str, list[tuple[int, int]]] = {}  # patch key -> (image, patch) slots waiting for it
+    batch: list[tuple[str, np.ndarray]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        feats = extract(np.stack([p for _, p in batch]))
+        for (key, _), vec in zip(batch, feats, strict=True):
+            cache.put(key, vec)
+            for i, j in pending.pop(key):
+                rows[i][j] = vec
+        batch.clear()
+
+    if total is None and hasattr(images, "__len__"):
+        total = len(images)  # type: ignore[arg-type]
+    bar = tqdm(images, total=total, desc=f"features ({backbone.name})", unit="img", disable=not progress)
+    for i, image in enumerate(bar):
+        rgb = image() if callable(image) else image
+        cut = iqa_patches(rgb, patches) if mode == "patches" else quality_views(rgb, backbone.preset, mode)
+        rows.append(np.empty((patches, backbone.quality_dim), dtype=np.float32))
+        seen: set[str] = set()
+        mask = np.ones(patches, dtype=bool)
+        for j, patch in enumerate(cut):
+            key = patch_key(patch)
+            mask[j] = key not in seen
+            seen.add(key)
+            if key in pending:
+                pending[key].append((i, j))
+                continue
+            vec = cache.get(key)
+            if vec is not None:
+                rows[i][j] = vec
+                continue
+            pending[key] = [(i, j)]
+            batch.append((key, patch))
+            if len(batch) >= batch_size:
+                flush()
+        uniq.append(mask)
+    flush()
+    bar.close()
+    if not rows:
+        return np.zeros((0, patches, backbone.quality_dim), np.float32), np.zeros((0, patches), bool)
+    return np.stack(rows), np.stack(uniq)
