@@ -13,11 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fitguard import contract
-
-# Ensemble config parameters written by fitguard.export.calibrated.
-CALIBRATION_ID = "calibration_id"
-CALIBRATION_THRESHOLD = "calibration_threshold"
-CALIBRATION_GUARANTEE = "calibration_guarantee"
+from fitguard.contract import CALIBRATION_GUARANTEE, CALIBRATION_ID, CALIBRATION_THRESHOLD
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,19 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fitguard.client.calibration import CALIBRATION_GUARANTEE, CALIBRATION_ID, CALIBRATION_THRESHOLD
-from fitguard.contract import DETECTOR, ENERGY, ENSEMBLE, FIT, FIT_SCORE, NUM_CLASSES, PROBS, QUALITY_SCORE
+from fitguard.contract import (
+    CALIBRATION_GUARANTEE,
+    CALIBRATION_ID,
+    CALIBRATION_THRESHOLD,
+    DETECTOR,
+    ENERGY,
+    ENSEMBLE,
+    FIT,
+    FIT_SCORE,
+    NUM_CLASSES,
+    PROBS,
+    QUALITY_SCORE,
+)
 from fitguard.export.onnx_export import ExportError
 from fitguard.manifest import verify_repository, write_manifest
 from fitguard.repository import MANIFEST_NAME, MODEL_NAME, config_path, model_versions, read_config

@@ -30,20 +30,18 @@ def load_models(
     backbone: str, weights: str | None, *, head: Path, detector: Path, quality_features: str
 ) -> Models:
     """The backbone, the classifier and quality modules around it, and the detector, all in eval mode."""
-    from fitguard.backbones import build_backbone
-    from fitguard.classifier import ServedClassifier
     from fitguard.detector import load_detector
-    from fitguard.quality import QualityModel, check_head_mode, load_head
+    from fitguard.quality import check_head_mode
+    from fitguard.reference import load_torch_models
 
-    net = build_backbone(backbone, weights)
-    head_module, head_info = load_head(head, net)
-    check_head_mode(head_info, quality_features, head)
+    torch_models = load_torch_models(backbone, weights, head)
+    check_head_mode(torch_models.head_info, quality_features, head)
     return Models(
-        net=net,
-        classifier=ServedClassifier(net).eval(),
-        quality=QualityModel(net, head_module).eval(),
+        net=torch_models.net,
+        classifier=torch_models.classifier,
+        quality=torch_models.quality,
         detector=load_detector(detector),
-        head_info=head_info,
+        head_info=torch_models.head_info,
     )
 
 

@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prepare and describe the offline data sets (Debian packages)",
     ),
     "calibrate": (
-        "fitguard.calibrate",
+        "fitguard.calibration.command",
         "set the detector's threshold from your own photos, with a guarantee",
     ),
 }

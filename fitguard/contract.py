@@ -132,3 +132,9 @@ def signatures(mode: str = PATCHES_MODE) -> dict[str, tuple[tuple[Tensor, ...], 
 # Quality metadata that clients report (pyiqa style): normalised MOS, higher is better.
 QUALITY_RANGE = (0.0, 1.0)
 QUALITY_LOWER_IS_BETTER = False
+
+# Ensemble config parameters that record a calibration (written by fitguard.export.calibrated, read by
+# the client): its id, the threshold it set and the guarantee it states.
+CALIBRATION_ID = "calibration_id"
+CALIBRATION_THRESHOLD = "calibration_threshold"
+CALIBRATION_GUARANTEE = "calibration_guarantee"

@@ -29,9 +29,9 @@ Sample = tuple[str, bytes, "frozenset[int] | None"]  # name, encoded image, acce
 
 def sample_images(names: tuple[str, ...] = SAMPLES) -> list[Sample]:
     """Sample photos and degraded versions, encoded as PNG (lossless, so only the degradation counts)."""
+    from fitguard.photos import PHOTO_LABELS, package_photos
     from fitguard.preprocess import encode_image
     from fitguard.training.data.distortions import distort
-    from fitguard.training.data.photos import PHOTO_LABELS, package_photos
 
     images: list[Sample] = []
     for name, rgb in package_photos(names).items():

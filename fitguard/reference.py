@@ -45,6 +45,33 @@ from fitguard.repository import DETECTOR_NAME, HEAD_NAME, MANIFEST_NAME, model_p
 Outputs = dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class TorchModels:
+    """The served classifier and quality model around one backbone, in eval mode: the torch originals
+    that reference pipelines run, exports turn into graphs and training computes features with."""
+
+    net: Any  # fitguard.backbones.Backbone
+    classifier: Any  # fitguard.classifier.ServedClassifier
+    quality: Any  # fitguard.quality.QualityModel
+    head_info: dict[str, Any]
+
+
+def load_torch_models(backbone: str, weights: str | None, head: str | Path) -> TorchModels:
+    """The backbone by name and the DTNIQ-f head file, assembled as the served steps use them."""
+    from fitguard.backbones import build_backbone
+    from fitguard.classifier import ServedClassifier
+    from fitguard.quality import QualityModel, load_head
+
+    net = build_backbone(backbone, weights)
+    head_module, head_info = load_head(head, net)
+    return TorchModels(
+        net=net,
+        classifier=ServedClassifier(net).eval(),
+        quality=QualityModel(net, head_module).eval(),
+        head_info=head_info,
+    )
+
+
 @dataclass
 class _Pipeline:
     settings: PreprocessSettings
@@ -86,22 +113,18 @@ class ReferencePipeline(_Pipeline):
     ) -> ReferencePipeline:
         """In ``shared`` quality mode the quality model reads the centre crop as its one patch: the
         features the classifier's pass gives the served quality step."""
-        from fitguard.backbones import build_backbone
-        from fitguard.classifier import ServedClassifier
         from fitguard.detector import load_detector
-        from fitguard.quality import QualityModel, load_head
 
-        net = build_backbone(backbone, weights)
-        head_module, _ = load_head(head, net)
+        models = load_torch_models(backbone, weights, head)
         if quality_features == SHARED_MODE:
             patches = 0
         elif not patches:
             patches = DEFAULT_PATCHES
-        settings = PreprocessSettings(net.preset, patches, limits, backbone, quality_features)
+        settings = PreprocessSettings(models.net.preset, patches, limits, backbone, quality_features)
         return cls(
             settings,
-            classifier=ServedClassifier(net).eval(),
-            quality_model=QualityModel(net, head_module).eval(),
+            classifier=models.classifier,
+            quality_model=models.quality,
             detector=load_detector(detector),
         )
 

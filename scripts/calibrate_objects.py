@@ -26,7 +26,7 @@ CALIBRATION_STAMPS = 120
 def served_check(repository: Path, held: Path, old: float, new: float, delta: float) -> dict[str, Any]:
     """The held-out stamps through the real server with the calibrated repository; the old threshold's
     verdicts on the same images follow from FIT_SCORE (confidence - new) + new - old."""
-    from fitguard.calibration_sample import read_sample
+    from fitguard.calibration.sample import read_sample
     from fitguard.client import FitClient
     from fitguard.client.calibration import read_calibration
     from fitguard.guarantee import rate_interval
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
     args = parser.parse_args()
 
-    from fitguard.calibration_sample import read_sample, score_in_process
+    from fitguard.calibration.sample import read_sample, score_in_process
     from fitguard.cli import main as fitguard
     from fitguard.manifest import read_manifest
     from fitguard.training.data import load_dataset

@@ -24,8 +24,8 @@ def calibration_crops(seed: int = 1, per_photo: int = 4) -> np.ndarray:
     """224x224 uint8 crops at random scales, clean and distorted (seed distinct from the evaluation's)."""
     from PIL import Image
 
+    from fitguard.photos import package_photos
     from fitguard.training.data.distortions import DISTORTIONS, distort
-    from fitguard.training.data.photos import package_photos
 
     rng = np.random.default_rng(seed)
     crops = []
@@ -43,9 +43,9 @@ def calibration_crops(seed: int = 1, per_photo: int = 4) -> np.ndarray:
 
 
 def evaluation_images() -> list[bytes]:
+    from fitguard.photos import package_photos
     from fitguard.preprocess import encode_image
     from fitguard.training.data.distortions import DISTORTIONS, distort
-    from fitguard.training.data.photos import package_photos
 
     out = []
     for rgb in package_photos().values():

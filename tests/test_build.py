@@ -20,9 +20,8 @@ from fitguard.preprocess import encode_image
 pytestmark = [pytest.mark.slow, pytest.mark.server, pytest.mark.build]
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-# Floors under the shared-mode quality head's held-out figures on the scenes set (docs/iqa.md: SRCC
-# 0.835, PLCC 0.901 over ten splits, split spread about 0.03); a two-split mean wanders by about one
-# spread, so each floor sits two spreads below.
+# Floors under the shared-mode quality head's held-out figures on the scenes set (docs/iqa.md, ten
+# splits); a two-split mean wanders by about one split spread, so each floor sits two spreads below.
 SRCC_FLOOR, PLCC_FLOOR = 0.77, 0.84
 
 
@@ -114,7 +113,7 @@ def test_passed_answers_are_right_more_often_than_refused_ones(served, build_dir
     guard passes is right more often than what it refuses. These are real photos, however degraded: the
     veto (confident beyond natural photos and of low quality) leaves every one of them to MSP's ranking."""
     from fitguard.detector import load_detector
-    from fitguard.training.data.photos import PHOTO_LABELS
+    from fitguard.photos import PHOTO_LABELS
 
     names = [n for n in degraded if n.split("/")[0] in PHOTO_LABELS]
     got = served.classify_many([degraded[n] for n in names])

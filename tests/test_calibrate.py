@@ -12,8 +12,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from fitguard.calibrate import Options, Target, calibrate_repository
-from fitguard.calibration_sample import read_sample, score_in_process
+from fitguard.calibration.command import Options, Target, calibrate_repository
+from fitguard.calibration.sample import read_sample, score_in_process
 from fitguard.cli import main
 from fitguard.guarantee import (
     CalibrationError,

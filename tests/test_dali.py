@@ -16,8 +16,8 @@ from fitguard.dali_preprocess import MODEL_FILE, CpuRunner, Geometry
 from fitguard.export.dali import PIXEL_TOLERANCE
 from fitguard.preprocess import BadImageError, PreprocessSettings, encode_image
 from fitguard.presets import preset_for
+from fitguard.photos import package_photos
 from fitguard.repository import read_config, repository_settings
-from fitguard.training.data.photos import package_photos
 
 # Corpus entries a valid answer comes back for, but not the Python step's pixels (docs/performance.md):
 # alpha is dropped instead of flattened onto white, float TIFF is scaled differently, and the bicubic

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fitguard.photos import PACKAGE_PHOTOS, folder_photos, load_photos
 from fitguard.training.data.distortions import DISTORTIONS, LEVELS, PAPER_DISTORTIONS, PARAMS, distort
-from fitguard.training.data.photos import PACKAGE_PHOTOS, folder_photos, load_photos
 
 REQUIRED = (
     "gaussian_blur",

@@ -1,7 +1,7 @@
 """The offline evaluation report on the build's models: generated from the build, figures from real runs.
 
 Writes ``<build>/report`` (what ``make report`` writes), so a fresh ``make test`` leaves the report behind.
-About five minutes on two cores: the 480 distorted images go through the classifier and DTNIQ-f.
+Slow: the 480 distorted images go through the classifier and DTNIQ-f.
 """
 
 from __future__ import annotations

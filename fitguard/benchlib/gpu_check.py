@@ -78,7 +78,7 @@ def load_photos(folder: str | None, limit: int) -> tuple[list[np.ndarray], str]:
             np.asarray(Image.open(p).convert("RGB")) for p in paths[:limit]
         ], f"{len(paths[:limit])} files from {folder}"
     try:
-        from fitguard.training.data.photos import package_photos
+        from fitguard.photos import package_photos
 
         return list(package_photos().values())[:limit], "package photos (scikit-image, scikit-learn)"
     except ImportError:
@@ -97,7 +97,7 @@ def save_photos(folder: str) -> list[str]:
     """Write the package photos as JPEG q95 into ``folder`` (for a machine without scikit-image)."""
     from PIL import Image
 
-    from fitguard.training.data.photos import package_photos
+    from fitguard.photos import package_photos
 
     Path(folder).mkdir(parents=True, exist_ok=True)
     written = []

@@ -28,7 +28,7 @@ def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
     from fitguard.preprocess import encode_image
 
     try:
-        from fitguard.training.data.photos import package_photos
+        from fitguard.photos import package_photos
 
         photos = package_photos()
         source = "package-shipped photos (scikit-image, scikit-learn) as JPEG q90"

@@ -15,7 +15,7 @@ color_noise            Gaussian noise in YCbCr, chroma sigma .06, .09, .13, .19,
 impulse_noise          salt-and-pepper per channel, amount .03, .06, .09, .17, .27 (ImageNet-C)
 jpeg                   Pillow JPEG quality 25, 18, 15, 10, 7 (ImageNet-C)
 jpeg2000               Pillow/OpenJPEG JPEG 2000 (9/7 wavelet, YCbCr), compression ratio 24, 48, 96,
-                       160, 320 (about 33, 30, 28, 26, 23 dB PSNR on photos, like TID2013's levels)
+                       160, 320 (chosen so that PSNR on photos steps like TID2013's levels)
 contrast_change        (x - mean) * c + mean, c = .7, .5, .35, .2, .1 (contrast reduction)
 saturation_change      Pillow ImageEnhance.Color factor .6, .4, .25, .1, 0 (towards grey)
 mean_shift             brightness shift of .06, .12, .18, .25, .35; the sign (brighter or darker)

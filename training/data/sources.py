@@ -15,11 +15,11 @@ def _const(rgb: np.ndarray):
 
 
 def load_package_photos() -> Dataset:
-    """The 10 package photos (``training.data.photos``): one group each, class unknown."""
-    from fitguard.training.data.photos import package_photos
+    """The 10 package photos (``fitguard.photos``): one group each, class unknown."""
+    from fitguard.photos import package_photos
 
     items = [Item(name, "photos", name, None, _const(rgb)) for name, rgb in package_photos().items()]
-    return Dataset("photos", items, {"loader": "fitguard.training.data.photos.package_photos"})
+    return Dataset("photos", items, {"loader": "fitguard.photos.package_photos"})
 
 
 def load_imagenet_folder(

@@ -137,7 +137,7 @@ def _pick(stamps: list[str], count: int | None, rng: np.random.Generator) -> lis
 
 
 def _photo_rows(out: UnseenSet, side: int, rng: np.random.Generator) -> None:
-    from fitguard.training.data.photos import PHOTO_LABELS, package_photos
+    from fitguard.photos import PHOTO_LABELS, package_photos
     from fitguard.training.image_groups import canvas
 
     for name, rgb in package_photos(tuple(PHOTO_LABELS)).items():

@@ -70,19 +70,18 @@ class Models:
 
 def load_models(backbone: str, head: str | Path, weights: str | None = "default") -> Models:
     """Backbone by name and the DTNIQ-f head file, ready for feature extraction (eval mode)."""
-    from fitguard.backbones import build_backbone
-    from fitguard.quality import QualityModel, load_head
+    from fitguard.reference import load_torch_models
 
-    bb = build_backbone(backbone, weights)
-    head_module, info = load_head(head, bb)
+    torch_models = load_torch_models(backbone, weights, head)
+    head_bytes = Path(head).read_bytes()
     key = stable_key(
         "models/1",
-        bb.name,
-        bb.weights_id,
-        Path(head).read_bytes().__len__(),
-        stable_key(np.frombuffer(Path(head).read_bytes(), np.uint8)),
+        torch_models.net.name,
+        torch_models.net.weights_id,
+        len(head_bytes),
+        stable_key(np.frombuffer(head_bytes, np.uint8)),
     )
-    return Models(bb, QualityModel(bb, head_module).eval(), info, key)
+    return Models(torch_models.net, torch_models.quality, torch_models.head_info, key)
 
 
 def compute_features(

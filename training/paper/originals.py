@@ -141,7 +141,7 @@ def load_originals(
     backbone: Backbone, images: str | Path | None, config: GroupConfig, cache: Path | None
 ) -> ImageGroup:
     """Originals from ``images`` (labelled ImageNet-style folder, or any folder) or the package photos."""
-    from fitguard.training.data.photos import load_photos
+    from fitguard.photos import load_photos
 
     labelled = None
     if images is not None:

@@ -5,7 +5,7 @@ generalised-Gaussian fit (shape, variance) of the mean-subtracted, contrast-norm
 and asymmetric generalised-Gaussian fits (shape, mean, left and right variance) of the products of
 neighbouring MSCN coefficients in four directions. They follow piq's implementation (Gaussian window 7 x 7,
 sigma 7/6, zero padding, circular neighbours, moment matching on a 0.001 grid of shapes), which the
-tests check against, in numpy/scipy: piq's runs about 20 times slower on a CPU, and its ``brisque()``
+tests check against, in numpy/scipy: piq's is far slower on a CPU (docs/iqa.md), and its ``brisque()``
 scores with an SVR whose weights it downloads. Here the SVR (RBF kernel, as in the paper) is fitted on
 the training scenes of each split instead, so the baseline learns from exactly the labels and scenes
 the learned head learns from, offline.

@@ -35,8 +35,9 @@ SYNTHETIC_PER_VIEW = 12
 # Labelled images per synthetic set, whatever the number of scenes: the compute goes to distinct scenes
 # rather than to more views of few scenes (default_views).
 SYNTHETIC_IMAGES = 6240
-# VSI of distorted views spans about [0.6, 1] (docs/iqa.md); the fixed map below spreads it over [0, 1] the
-# same way for every photo set, putting the median near TID2013's median MOS / 7.
+# VSI of distorted views lies above VSI_FLOOR but for a few (docs/iqa.md shows its spread); the fixed map
+# below spreads [VSI_FLOOR, 1] over [0, 1] the same way for every photo set, putting the median near
+# TID2013's median MOS / 7.
 VSI_FLOOR, VSI_GAMMA = 0.6, 2.0
 
 
@@ -202,7 +203,7 @@ def load_quality_set(
     if dataset in SYNTHETIC_SETS:
         scenes = scene_photos() if dataset == "scenes" else None
         if scenes is None:
-            from fitguard.training.data.photos import load_photos
+            from fitguard.photos import load_photos
 
             scenes = load_photos(photos)
         return synthetic(scenes, views=views, per_view=per_view, seed=seed, progress=progress)

@@ -6,7 +6,7 @@ the calibration part (:mod:`fitguard.guarantee`): with labels, the largest cover
 is at most ``--target-risk`` with probability at least ``1 - --delta``; without, the quantile that
 passes ``--target-pass-rate``, with its interval. The result is a copy of the repository with a new
 detector version (:mod:`fitguard.export.calibrated`) and a report beside it
-(:mod:`fitguard.calibration_report`). No model is retrained.
+(:mod:`fitguard.calibration.report`). No model is retrained.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.calibration_sample import ScoredSample, read_sample, score_in_process
+from fitguard.calibration.sample import ScoredSample, read_sample, score_in_process
 from fitguard.guarantee import (
     PROJECTION_SHARE,
     CalibrationError,
@@ -147,7 +147,7 @@ def _score(repository: Path, sample: list, url: str | None, protocol: str, log: 
         return score_in_process(repository, sample, log=log)
     import onnx
 
-    from fitguard.calibration_sample import score_with_server, served_threshold
+    from fitguard.calibration.sample import score_with_server, served_threshold
     from fitguard.export.calibrated import detector_file, graph_threshold, served_version
 
     expected = graph_threshold(onnx.load(str(detector_file(repository, served_version(repository)))))
@@ -293,7 +293,7 @@ def calibrate_repository(
 
 
 def write_report_files(folder: Path, report: dict[str, Any], cal: ScoredSample) -> None:
-    from fitguard.calibration_report import write_report
+    from fitguard.calibration.report import write_report
 
     write_report(folder, report, cal.confidence, cal.wrong if cal.labelled else None)
 
