@@ -62,6 +62,11 @@ def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url:
             extra = sorted(set(by_name) - {t.name for t in expected})
             if extra:  # the client would not send them, so the server would refuse every request
                 problems.append(f"unexpected input(s) {', '.join(extra)}")
+    if any(
+        t.get("name") == contract.IMAGE and t.get("datatype") == "UINT8" for t in metadata.get("inputs", [])
+    ):
+        # what `fitguard export --preprocess dali` wrote before its validating step kept the BYTES contract
+        problems.append("this is a DALI repository of an earlier export: re-export it with this fitguard")
     if problems:
         served = "; ".join(
             f"{k}: "

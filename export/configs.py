@@ -91,7 +91,7 @@ def check_signature(
     else:
         from fitguard.export.dali import signature
 
-        inputs, outputs = signature(config.name, preprocess)
+        inputs, outputs = signature(config.name, preprocess, mode)
     pinned = {IQA_PATCHES: patches, IQA_FEATURES: feature_dim}
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}

@@ -1,39 +1,63 @@
-"""``fitguard export --preprocess dali``: the preprocess step as a serialized DALI pipeline.
+"""``fitguard export --preprocess dali``: the preprocess step as a serialized DALI pipeline, behind a
+validating Python step.
 
-The repository is the same as the Python one except for ``preprocess/``: ``backend: "dali"`` with
-``1/model.dali`` instead of ``1/model.py``, and the encoded image travelling as ``UINT8 [-1]`` (what DALI's
-Triton backend accepts) in the preprocess step and the ensemble. With ``--accelerator none`` the pipeline
-runs on the CPU; with a GPU accelerator it decodes with nvJPEG and resizes and cuts on the GPU. Before
-anything is written, the CPU build of the same pipeline is run beside the Python step on real photos.
+The ensemble's contract is the Python repository's (``IMAGE`` BYTES [1]), so every client serves both.
+What changes is inside: ``preprocess`` is the validating step (:mod:`fitguard.dali_gate`, written as
+``preprocess/1/model.py``), which refuses a bad image from its header alone and hands each good one to
+``preprocess_dali`` (``backend: "dali"``, ``1/model.dali``, the encoded file as ``UINT8 [-1]`` with ragged
+batching), retrying an image whose DALI batch failed alone on ``preprocess_dali_single``, the same
+pipeline without dynamic batching. With ``--accelerator none`` the pipeline runs on the CPU; with a GPU
+accelerator it decodes with nvJPEG and resizes and cuts on the GPU. In shared quality mode the pipeline
+emits the classifier crop only. Before anything is written, the CPU build of the same pipeline is run
+beside the Python step on real photos.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fitguard.contract import ENSEMBLE, IMAGE, PREPROCESS, SIGNATURES, Tensor
+from fitguard.contract import (
+    DALI_PREPROCESS,
+    DALI_PREPROCESS_SINGLE,
+    IMAGE,
+    PATCHES_MODE,
+    PREPROCESS,
+    signatures,
+)
+from fitguard.contract import Tensor as ContractTensor
 from fitguard.dali_preprocess import DALI_IMAGE, MODEL_FILE, CpuRunner, Geometry, serialize
 from fitguard.export.verify import VERIFY_PHOTOS, ParityReport
 
 PREPROCESS_STEPS: tuple[str, ...] = ("python", "dali")
+DALI_MODELS: tuple[str, ...] = (DALI_PREPROCESS, DALI_PREPROCESS_SINGLE)
+# The validating step's adapter, written as preprocess/1/model.py of a DALI repository.
+GATE_MODEL_PY = Path(__file__).with_name("dali_gate_model.py")
 # Max |delta| of a uint8 pixel against the Python step on the verification photos: the classifier crop is
 # resampled by a different (antialiased linear) filter, the quality patches of photos at least a patch
 # wide are plain cuts and must be identical (docs/performance.md has the measured figures).
 PIXEL_TOLERANCE = {"crop": 1.0, "patches": 0.0}
-_PYTHON_ONLY_PARAMETERS = ("verify_manifest",)  # read by model.py, which a DALI step does not have
+_STEP_PARAMETER = "step"  # the preprocess config says which step serves it
 
 
-def signature(name: str, preprocess: str = "python") -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
-    """The contract of model ``name`` in a repository with the given preprocess step."""
+Signature = tuple[tuple[ContractTensor, ...], tuple[ContractTensor, ...]]
+
+
+def signature(name: str, preprocess: str = "python", mode: str = PATCHES_MODE) -> Signature:
+    """The contract of model ``name`` in a repository with the given preprocess step and quality mode.
+
+    The ensemble and ``preprocess`` keep the Python repository's contract; the DALI models take the
+    encoded file as a uint8 vector and give the preprocess step's outputs.
+    """
     if preprocess not in PREPROCESS_STEPS:
         raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
-    inputs, outputs = SIGNATURES[name]
-    if preprocess == "dali" and name in (PREPROCESS, ENSEMBLE):
-        inputs = tuple(DALI_IMAGE if t.name == IMAGE else t for t in inputs)
-    return inputs, outputs
+    contract = signatures(mode)
+    if name in DALI_MODELS and preprocess == "dali":
+        return (DALI_IMAGE,), contract[PREPROCESS][1]
+    return contract[name]
 
 
 def device_for(accelerator: str) -> str:
@@ -42,37 +66,56 @@ def device_for(accelerator: str) -> str:
 
 
 def to_dali(config: Any, accelerator: str) -> None:
-    """Turn a rendered preprocess or ensemble ``ModelConfig`` into its DALI-repository form, in place."""
+    """Mark a rendered preprocess config as the validating step of a DALI repository, in place (every other
+    config, the ensemble's included, is the Python repository's)."""
+    if config.name == PREPROCESS:
+        config.parameters[_STEP_PARAMETER].string_value = f"dali on the {device_for(accelerator).upper()}"
+
+
+def dali_config(gate: Any, name: str, accelerator: str) -> Any:
+    """The config of DALI model ``name`` from the rendered validating step's: same batch and outputs."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    for tensor in config.input:
-        if tensor.name == IMAGE:
-            tensor.data_type = mc.TYPE_UINT8
-            del tensor.dims[:]
-            tensor.dims.append(-1)
-    if config.name != PREPROCESS:
-        return
-    config.backend = "dali"
-    for key in _PYTHON_ONLY_PARAMETERS:
-        if key in config.parameters:
-            del config.parameters[key]
+    config = mc.ModelConfig()
+    config.CopyFrom(gate)
+    config.name, config.backend = name, "dali"
+    for key in ("parameters", "model_warmup", "input"):
+        config.ClearField(key)
+    image = config.input.add(name=IMAGE, data_type=mc.TYPE_UINT8, dims=[-1])
+    image.allow_ragged_batch = True  # images of different lengths share a batch, as in DALI's examples
+    if name == DALI_PREPROCESS_SINGLE:
+        config.ClearField("dynamic_batching")  # the default scheduler: each request runs alone
+    else:
+        config.dynamic_batching.ClearField("default_queue_policy")  # the validating step admits
+    gpu = device_for(accelerator) == "gpu"
     for group in config.instance_group:
-        gpu = device_for(accelerator) == "gpu"
         group.kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+        group.count = group.count if name == DALI_PREPROCESS else 1
+    return config
 
 
-def write_step(staging: Path, settings: Any, *, max_batch_size: int, accelerator: str) -> Path:
-    """Replace ``staging/preprocess/1`` (the Python adapter) with the serialized pipeline."""
-    version = staging / PREPROCESS / "1"
-    for path in version.iterdir():
-        if path.is_file():
-            path.unlink()
-    return serialize(
-        Geometry.from_settings(settings),
-        version / MODEL_FILE,
-        max_batch_size=max_batch_size,
-        device=device_for(accelerator),
-    )
+def write_step(staging: Path, settings: Any, *, max_batch_size: int, accelerator: str) -> list[Path]:
+    """The validating step's adapter as ``preprocess/1/model.py``, and the two DALI models beside it."""
+    from google.protobuf import text_format
+
+    from fitguard.repository import config_path, read_config
+
+    shutil.copyfile(GATE_MODEL_PY, staging / PREPROCESS / "1" / "model.py")
+    gate = read_config(config_path(staging, PREPROCESS))
+    written = []
+    for name in DALI_MODELS:
+        config = dali_config(gate, name, accelerator)  # the gate's outputs, checked when it was rendered
+        config_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
+        header = f"# Written by `fitguard export --preprocess dali` from the {PREPROCESS} step's config.\n"
+        config_path(staging, name).write_text(header + text_format.MessageToString(config), encoding="utf-8")
+        path = serialize(
+            Geometry.from_settings(settings),
+            staging / name / "1" / MODEL_FILE,
+            max_batch_size=max_batch_size,
+            device=device_for(accelerator),
+        )
+        written.append(path)
+    return written
 
 
 def _photos(names: tuple[str, ...]) -> list[bytes]:
@@ -86,15 +129,17 @@ def _photos(names: tuple[str, ...]) -> list[bytes]:
 def check_parity(settings: Any, names: tuple[str, ...] = VERIFY_PHOTOS) -> ParityReport:
     """The CPU build of the DALI pipeline against the Python step on real photos (max |delta| per pixel)."""
     images = _photos(names)
-    want_crops, want_patches = settings.prepare_batch(images)
-    got_crops, got_patches = CpuRunner(
-        Geometry.from_settings(settings), batch_size=len(images)
-    ).prepare_batch(images)
+    want = settings.prepare_batch(images)
+    got = CpuRunner(Geometry.from_settings(settings), batch_size=len(images)).prepare_batch(images)
     deltas: dict[str, float] = {}
-    for key, got, want in (("crop", got_crops, want_crops), ("patches", got_patches, want_patches)):
-        if got.shape != want.shape:
-            raise ValueError(f"DALI {key} shape {got.shape} differs from the Python step's {want.shape}")
-        diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    for key, got_pixels, want_pixels in zip(("crop", "patches"), got, want, strict=True):
+        if got_pixels is None and want_pixels is None:
+            continue  # shared quality mode: no patches are cut
+        if got_pixels is None or want_pixels is None or got_pixels.shape != want_pixels.shape:
+            shapes = [None if a is None else a.shape for a in (got_pixels, want_pixels)]
+            raise ValueError(f"DALI {key} shape {shapes[0]} differs from the Python step's {shapes[1]}")
+        diff = np.abs(got_pixels.astype(np.int16) - want_pixels.astype(np.int16))
         deltas[key] = float(diff.max())
         deltas[f"{key}_share_differing"] = float(np.mean(diff > 0))
-    return ParityReport(PREPROCESS, len(images), deltas, dict(PIXEL_TOLERANCE))
+    tolerance = {k: v for k, v in PIXEL_TOLERANCE.items() if k in deltas}
+    return ParityReport(PREPROCESS, len(images), deltas, tolerance)

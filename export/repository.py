@@ -118,8 +118,6 @@ def _check_arguments(
         raise ValueError(
             f"unknown quality features {quality_features!r}; choose from {', '.join(QUALITY_MODES)}"
         )
-    if quality_features == SHARED_MODE and preprocess != "python":
-        raise ValueError("--quality-features shared is served with the python preprocess step only")
     if patches < 1:
         raise ValueError(f"patches must be >= 1, got {patches}")
     if precision not in TOLERANCES:

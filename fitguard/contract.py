@@ -17,6 +17,10 @@ DETECTOR = "detector"
 MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY, DETECTOR)
 # Optional step after the detector that counts verdicts for Prometheus (`fitguard export --monitoring`).
 MONITOR = "monitor"
+# A DALI repository (`fitguard export --preprocess dali`): `preprocess` is the validating Python step, which
+# hands each image to the batching DALI model and retries a failed one alone on its non-batching twin.
+DALI_PREPROCESS = "preprocess_dali"
+DALI_PREPROCESS_SINGLE = "preprocess_dali_single"
 
 # Tensor names.
 IMAGE = "IMAGE"

@@ -8,11 +8,14 @@ The geometry is exactly the Python step's, in integer arithmetic on the image he
 side is resized to the preset's ``resize`` with the longer side floored (torchvision ``Resize(int)``), the
 centre crop offset rounds half to even (Python's ``round``), the patch grid follows the aspect ratio and
 patch offsets round like :func:`fitguard.preprocess.iqa_patches`. Only the resampling filter differs
-(DALI's antialiased linear/cubic against Pillow's), which the parity check measures. What DALI does not do:
-the input limits (size, pixels, aspect) and the alpha flattening onto white (docs/deployment.md).
+(DALI's antialiased linear/cubic against Pillow's), which the parity check measures. The input limits are
+checked from the header before decoding (a failed batch, DALI having no per-sample error); what DALI does
+not do is the alpha flattening onto white (docs/deployment.md).
 
-DALI's Triton backend takes encoded images as ``UINT8 [-1]``, not ``BYTES``: a DALI repository's ensemble
-input ``IMAGE`` is the file's bytes as a uint8 vector (see :data:`DALI_IMAGE`).
+DALI's Triton backend takes encoded images as ``UINT8 [-1]``, not ``BYTES`` (:data:`DALI_IMAGE`): in a DALI
+repository the ensemble keeps the ``BYTES`` contract and the validating step ahead of DALI
+(:mod:`fitguard.dali_gate`) hands the file's bytes on as a uint8 vector. In shared quality mode
+(``patches`` 0) the pipeline emits the classifier crop only.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ from fitguard.contract import IMAGE, INPUT_SIZE, Tensor
 from fitguard.preprocess import DEFAULT_LIMITS, BadImageError, Limits
 
 MODEL_FILE = "model.dali"
-DALI_IMAGE = Tensor(IMAGE, "UINT8", (-1,))  # the encoded file, one uint8 vector per batch row
+DALI_IMAGE = Tensor(IMAGE, "UINT8", (-1,))  # the DALI model's input: the encoded file as a uint8 vector
 DEVICES = ("cpu", "gpu")
 _INSTALL = "nvidia-dali-cuda120 (pip install 'fitguard[dali]')"
 
 
 @dataclass(frozen=True)
 class Geometry:
-    """What the pipeline needs from a preset: resize target, crop side, filter, patch count and side."""
+    """What the pipeline needs from a preset: resize target, crop side, filter, patch count (0: shared
+    quality mode, the crop only) and side."""
 
     resize: int
     crop: int
@@ -166,7 +170,8 @@ def preprocess_pipeline(
     num_threads: int = 4,
     device_id: int | None = 0,
 ) -> Any:
-    """The preprocess step as a DALI pipeline: IMAGE (encoded uint8) -> classifier crop, IQA patches.
+    """The preprocess step as a DALI pipeline: IMAGE (encoded uint8) -> classifier crop, IQA patches (the
+    crop only when ``geometry.patches`` is 0).
 
     Args:
         geometry: see :class:`Geometry`.
@@ -177,8 +182,8 @@ def preprocess_pipeline(
     dali, fn, types = _dali()
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if geometry.resize < geometry.crop or geometry.patches < 1:
-        raise ValueError(f"unusable geometry {geometry}: resize >= crop and patches >= 1 are required")
+    if geometry.resize < geometry.crop or geometry.patches < 0:
+        raise ValueError(f"unusable geometry {geometry}: resize >= crop and patches >= 0 are required")
     pipe = dali.Pipeline(
         batch_size=batch_size,
         num_threads=num_threads,
@@ -193,9 +198,11 @@ def preprocess_pipeline(
         image = fn.decoders.image(
             checked, device="mixed" if device == "gpu" else "cpu", output_type=types.RGB
         )
-        pipe.set_outputs(
-            _classifier_crop(image, height, width, geometry), _iqa_patches(image, height, width, geometry)
-        )
+        crop = _classifier_crop(image, height, width, geometry)
+        if geometry.patches == 0:  # shared quality mode: the classifier's pass gives the quality features
+            pipe.set_outputs(crop)
+        else:
+            pipe.set_outputs(crop, _iqa_patches(image, height, width, geometry))
     return pipe
 
 
@@ -234,8 +241,9 @@ class CpuRunner:
             self._pipe.build()
         return self._pipe
 
-    def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """Encoded images -> (crops [B, 3, crop, crop], patches [B, P, 3, side, side]), uint8.
+    def prepare_batch(self, images: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Encoded images -> (crops [B, 3, crop, crop], patches [B, P, 3, side, side] or None in shared
+        quality mode), uint8.
 
         Raises:
             BadImageError: DALI refused the batch (its message names the reason).
@@ -245,12 +253,13 @@ class CpuRunner:
         pipe = self._pipeline()
         pipe.feed_input(IMAGE, [np.frombuffer(bytes(b), dtype=np.uint8) for b in images])
         try:
-            crops, patches = pipe.run()
+            outputs = pipe.run()
         except RuntimeError as exc:
             self._pipe = None  # a pipeline that raised is not reused
             raise BadImageError(f"DALI refused the batch: {str(exc).splitlines()[0]}") from None
-        return np.stack([np.array(t) for t in crops]), np.stack([np.array(t) for t in patches])
+        stacked = [np.stack([np.array(t) for t in out]) for out in outputs]
+        return stacked[0], stacked[1] if len(stacked) > 1 else None
 
-    def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
         crops, patches = self.prepare_batch([data])
-        return crops[0], patches[0]
+        return crops[0], None if patches is None else patches[0]

@@ -52,9 +52,10 @@ def synthetic_detector(seed: int = 0, threshold: float = 0.0, feature_set: str =
     return Detector(pipeline, threshold, feature_set=feature_set)
 
 
-def export_tiny(root, *, quality_features: str = "patches"):
+def export_tiny(root, *, quality_features: str = "patches", preprocess: str = "python"):
     """A complete repository on the ``tiny`` backbone (a seeded random quality head saved for
-    ``quality_features``, the synthetic detector), exported and verified like any; returns its Path."""
+    ``quality_features``, the synthetic detector), exported and verified like any, with the ``preprocess``
+    step; returns its Path."""
     import torch
 
     from fitguard.backbones import build_backbone
@@ -75,6 +76,7 @@ def export_tiny(root, *, quality_features: str = "patches"):
         head=root / "head.pt",
         detector=root / "detector.joblib",
         quality_features=quality_features,
+        preprocess=preprocess,
         log=lambda _: None,
     )
 
@@ -97,4 +99,20 @@ def tiny_server(tiny_repository):
     from fitguard.serve import EmbeddedServer
 
     with EmbeddedServer(tiny_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def tiny_dali_repository(tmp_path_factory: pytest.TempPathFactory):
+    """The ``tiny`` repository with the DALI preprocess step on the CPU (what the embedded server's DALI
+    stand-in serves), otherwise :func:`tiny_repository`'s models."""
+    return export_tiny(tmp_path_factory.mktemp("tiny_dali_repository"), preprocess="dali")
+
+
+@pytest.fixture(scope="session")
+def tiny_dali_server(tiny_dali_repository):
+    """The embedded Triton server on free ports, serving ``tiny_dali_repository``."""
+    from fitguard.serve import EmbeddedServer
+
+    with EmbeddedServer(tiny_dali_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield server

@@ -14,9 +14,9 @@ from reliability.corpus import bad_inputs
 from fitguard import contract as c
 from fitguard.dali_preprocess import MODEL_FILE, CpuRunner, Geometry
 from fitguard.export.dali import PIXEL_TOLERANCE
+from fitguard.photos import package_photos
 from fitguard.preprocess import BadImageError, PreprocessSettings, encode_image
 from fitguard.presets import preset_for
-from fitguard.photos import package_photos
 from fitguard.repository import read_config, repository_settings
 
 # Corpus entries a valid answer comes back for, but not the Python step's pixels (docs/performance.md):
@@ -145,6 +145,7 @@ def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[st
     from tritonclient.grpc import model_config_pb2 as mc
 
     from fitguard.export.configs import check_signature
+    from fitguard.export.dali import DALI_MODELS, GATE_MODEL_PY
     from fitguard.manifest import verify_repository
 
     for accelerator, repo in dali_repositories.items():
@@ -152,21 +153,21 @@ def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[st
         assert manifest["arguments"]["preprocess"] == "dali"
         report = manifest["parity"][c.PREPROCESS]
         assert report["passed"] and report["deltas"]["patches"] == 0
-        assert sorted(p.name for p in (repo / c.PREPROCESS / "1").iterdir()) == [MODEL_FILE]
-        assert f"preprocess/1/{MODEL_FILE}" in manifest["files"]
-        for name in (c.ENSEMBLE, *c.MODELS):
+        # preprocess is the validating Python step; the pipeline is served twice, batching and alone.
+        assert (repo / c.PREPROCESS / "1" / "model.py").read_bytes() == GATE_MODEL_PY.read_bytes()
+        for name in (c.ENSEMBLE, *c.MODELS):  # the Python repository's contract, the ensemble's included
+            check_signature(read_config(repo / name / "config.pbtxt"), c.DEFAULT_PATCHES)
+        kind = mc.ModelInstanceGroup.KIND_GPU if accelerator == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+        for name in DALI_MODELS:
             config = read_config(repo / name / "config.pbtxt")
             check_signature(config, c.DEFAULT_PATCHES, "dali")
-            if name in (c.ENSEMBLE, c.PREPROCESS):
-                with pytest.raises(ValueError, match="tensor contract"):
-                    check_signature(config, c.DEFAULT_PATCHES)  # the BYTES contract of the Python step
-        pre = read_config(repo / c.PREPROCESS / "config.pbtxt")
-        assert pre.backend == "dali" and "verify_manifest" not in pre.parameters
-        kind = mc.ModelInstanceGroup.KIND_GPU if accelerator == "cuda" else mc.ModelInstanceGroup.KIND_CPU
-        assert [g.kind for g in pre.instance_group] == [kind]
+            assert config.backend == "dali" and [g.kind for g in config.instance_group] == [kind]
+            assert config.input[0].data_type == mc.TYPE_UINT8 and config.input[0].allow_ragged_batch
+            assert config.HasField("dynamic_batching") == (name == c.DALI_PREPROCESS)
+            assert f"{name}/1/{MODEL_FILE}" in manifest["files"]
+            pipeline = (repo / name / "1" / MODEL_FILE).read_bytes()
+            assert (b"mixed" in pipeline) == (accelerator == "cuda")
         assert repository_settings(repo) == PreprocessSettings(preset_for("tiny"), 4, backbone="tiny")
-        pipeline = (repo / c.PREPROCESS / "1" / MODEL_FILE).read_bytes()
-        assert (b"mixed" in pipeline) == (accelerator == "cuda")
         json.dumps(manifest)
 
 
@@ -177,7 +178,7 @@ def test_serialized_cpu_pipeline_answers_like_the_python_step(dali_repositories:
 
     repo = dali_repositories["none"]
     settings = repository_settings(repo)
-    pipe = Pipeline.deserialize(filename=str(repo / c.PREPROCESS / "1" / MODEL_FILE), device_id=None)
+    pipe = Pipeline.deserialize(filename=str(repo / c.DALI_PREPROCESS / "1" / MODEL_FILE), device_id=None)
     pipe.build()
     photos = [
         encode_image(rgb, "JPEG", 90) for rgb in package_photos(["chelsea", "rocket", "retina"]).values()
@@ -191,13 +192,14 @@ def test_serialized_cpu_pipeline_answers_like_the_python_step(dali_repositories:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_embedded_server_refuses_a_dali_repository_by_name(dali_repositories: dict[str, Path]) -> None:
-    """The embedded server has no DALI backend: the load fails and says so (serve DALI in the NGC image)."""
+def test_embedded_server_refuses_a_gpu_dali_repository_by_name(dali_repositories: dict[str, Path]) -> None:
+    """The DALI stand-in serves CPU pipelines (tests/reliability/test_dali_isolation.py); a GPU repository
+    fails its load on a machine without a GPU and says which model."""
     from fitguard.serve import EmbeddedServer
     from fitguard.serve.embedded import ServerError
 
     with (
-        pytest.raises(ServerError, match="backend 'dali'"),
-        EmbeddedServer(dali_repositories["none"], http_port=0, grpc_port=0, metrics_port=0),
+        pytest.raises(ServerError, match=c.DALI_PREPROCESS),
+        EmbeddedServer(dali_repositories["cuda"], http_port=0, grpc_port=0, metrics_port=0),
     ):
         pass

@@ -62,7 +62,12 @@ def test_dry_run_writes_the_whole_schema(tmp_path: Path) -> None:
             assert limit["with_gpu_decode"] == pytest.approx(
                 min(gpu, p["models_images_per_s"]), rel=1e-2, abs=0.01
             )
-    assert set(result["phases_s"]) == {"setup", "classifier", "quality", "decode"}
+    for side in result["config"]["decode_sizes"]:  # the DALI repository's preprocessing, both modes
+        entry = result["dali"][str(side)]
+        assert 0 < entry["gate"]["us_per_image_median"] <= entry["gate"]["us_per_image_max"]
+        for mode in ("dali_patches", "dali_shared"):
+            assert entry[mode]["device"] == "cpu" and entry[mode]["images_per_s"] > 0
+    assert set(result["phases_s"]) == {"setup", "classifier", "quality", "decode", "dali"}
     assert result["runtime_s"] < 8 * 60
 
 

@@ -112,15 +112,6 @@ def test_a_head_is_served_only_in_the_mode_it_was_trained_for(
                 log=lambda _: None,
             )
     assert not (tmp_path / "out").exists()
-    with pytest.raises(ValueError, match="python preprocess step only"):
-        export_repository(
-            tmp_path / "out",
-            backbone="tiny",
-            head=tiny_shared_repository / "iqa_head.pt",
-            detector=detector,
-            quality_features=c.SHARED_MODE,
-            preprocess="dali",
-        )
     argv = ["export", "--backbone", "tiny", "--iqa-head", str(tiny_repository / "iqa_head.pt")]
     argv += ["--detector", str(detector), "--out", str(tmp_path / "cli"), "--quality-features", "shared"]
     assert main(argv) == 1

@@ -1,8 +1,8 @@
 """The ``tritonserver`` binary the ``nvidia-pytriton`` wheel ships, and the backend directory it serves with.
 
 The wheel carries Triton with the Python backend and one Python backend stub per Python version, but no
-ONNX Runtime backend. We assemble a backend directory (cached) holding the wheel's backends, the stub for
-the running interpreter and our Python-based ``onnxruntime`` backend.
+ONNX Runtime or DALI backend. We assemble a backend directory (cached) holding the wheel's backends, the
+stub for the running interpreter and our Python-based ``onnxruntime`` and ``dali`` stand-ins.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from fitguard.cache import cache_root
 from fitguard.serve.errors import ServerError
 
 BACKEND_MODEL_PY = Path(__file__).with_name("backends") / "onnxruntime" / "model.py"
+# The stand-in for Triton's DALI backend (CPU operators, the real backend's batch semantics).
+DALI_MODEL_PY = Path(__file__).with_name("backends") / "dali" / "model.py"
 
 
 def _pytriton_root() -> Path:
@@ -42,9 +44,10 @@ def find_tritonserver() -> tuple[Path, Path]:
 def backend_directory() -> Path:
     """Build (once, then reuse) the backend directory for this wheel, Python version and backend code.
 
-    Layout: ``python/`` (the wheel's Python backend plus the stub for this interpreter) and
-    ``onnxruntime/model.py`` (our Python-based backend). The folder name hashes everything that goes in, so
-    an upgrade of any part gets a fresh folder and concurrent builders never see a half-written one.
+    Layout: ``python/`` (the wheel's Python backend plus the stub for this interpreter),
+    ``onnxruntime/model.py`` and ``dali/model.py`` (our Python-based backends). The folder name hashes
+    everything that goes in, so an upgrade of any part gets a fresh folder and concurrent builders never
+    see a half-written one.
     """
     root = _pytriton_root() / "tritonserver"
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -57,6 +60,7 @@ def backend_directory() -> Path:
     digest.update(metadata.version("nvidia-pytriton").encode())
     digest.update(pyver.encode())
     digest.update(BACKEND_MODEL_PY.read_bytes())
+    digest.update(DALI_MODEL_PY.read_bytes())
     for part in (stub, root / "backends" / "python" / "libtriton_python.so"):
         st = part.stat()
         digest.update(f"{part}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -78,6 +82,9 @@ def backend_directory() -> Path:
             shutil.copy2(stub, staging / "python" / "triton_python_backend_stub")
             (staging / "onnxruntime").mkdir()
             shutil.copy2(BACKEND_MODEL_PY, staging / "onnxruntime" / "model.py")
+            if not (staging / "dali").exists():  # a wheel with the real DALI backend keeps it
+                (staging / "dali").mkdir()
+                shutil.copy2(DALI_MODEL_PY, staging / "dali" / "model.py")
             (staging / ".complete").write_text(key + "\n")
             try:
                 staging.rename(target)
