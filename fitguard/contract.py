@@ -59,15 +59,15 @@ class Tensor:
     shape: tuple[int, ...]
 
 
-def classifier_input() -> Tensor:
+def classifier_input_tensor() -> Tensor:
     return Tensor(CLASSIFIER_INPUT, "UINT8", (3, INPUT_SIZE, INPUT_SIZE))
 
 
-def iqa_patches(patches: int = -1) -> Tensor:
+def iqa_patches_tensor(patches: int = -1) -> Tensor:
     return Tensor(IQA_PATCHES, "UINT8", (patches, 3, INPUT_SIZE, INPUT_SIZE))
 
 
-def iqa_features(dim: int = -1) -> Tensor:
+def iqa_features_tensor(dim: int = -1) -> Tensor:
     return Tensor(IQA_FEATURES, "FP32", (dim,))
 
 
@@ -82,10 +82,10 @@ ENSEMBLE_OUTPUTS: tuple[Tensor, ...] = (
 )
 
 PREPROCESS_INPUTS = ENSEMBLE_INPUTS
-PREPROCESS_OUTPUTS: tuple[Tensor, ...] = (classifier_input(), iqa_patches())
-CLASSIFIER_INPUTS: tuple[Tensor, ...] = (classifier_input(),)
+PREPROCESS_OUTPUTS: tuple[Tensor, ...] = (classifier_input_tensor(), iqa_patches_tensor())
+CLASSIFIER_INPUTS: tuple[Tensor, ...] = (classifier_input_tensor(),)
 CLASSIFIER_OUTPUTS: tuple[Tensor, ...] = (Tensor(PROBS, "FP32", (NUM_CLASSES,)), Tensor(ENERGY, "FP32", (1,)))
-QUALITY_INPUTS: tuple[Tensor, ...] = (iqa_patches(),)
+QUALITY_INPUTS: tuple[Tensor, ...] = (iqa_patches_tensor(),)
 QUALITY_OUTPUTS: tuple[Tensor, ...] = (Tensor(QUALITY_SCORE, "FP32", (1,)),)
 DETECTOR_INPUTS: tuple[Tensor, ...] = CLASSIFIER_OUTPUTS + QUALITY_OUTPUTS
 DETECTOR_OUTPUTS: tuple[Tensor, ...] = (
@@ -127,9 +127,9 @@ def signatures(mode: str = PATCHES_MODE) -> dict[str, tuple[tuple[Tensor, ...], 
         raise ValueError(f"unknown quality mode {mode!r}; choose from {', '.join(QUALITY_MODES)}")
     return {
         **SIGNATURES,
-        PREPROCESS: (PREPROCESS_INPUTS, (classifier_input(),)),
-        CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features())),
-        QUALITY: ((iqa_features(),), QUALITY_OUTPUTS),
+        PREPROCESS: (PREPROCESS_INPUTS, (classifier_input_tensor(),)),
+        CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features_tensor())),
+        QUALITY: ((iqa_features_tensor(),), QUALITY_OUTPUTS),
     }
 
 

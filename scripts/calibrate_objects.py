@@ -58,25 +58,11 @@ def served_check(repository: Path, held: Path, old: float, new: float, delta: fl
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--build", type=Path, default=Path("build"))
-    parser.add_argument("--target-risk", type=float, default=0.3)
-    parser.add_argument("--delta", type=float, default=0.1)
-    parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
-    args = parser.parse_args()
-
-    from fitguard.calibration.sample import read_sample, score_in_process
+def _calibrate(args: argparse.Namespace, *, repository: Path, work: Path) -> tuple[list[str], float]:
+    """``fitguard calibrate`` on the sample; returns the command and its seconds. The report it writes
+    names ``$WORK`` rather than the temporary folder, which means nothing to a reader."""
     from fitguard.cli import main as fitguard
-    from fitguard.manifest import read_manifest
-    from fitguard.training.data import load_dataset
-    from fitguard.training.fit.calibration_objects import repeated_splits, write_objects_sample
 
-    repository = args.build / "model_repository"
-    work = Path(tempfile.mkdtemp(prefix="calibrate-objects-"))
-    stamps = np.random.default_rng(0).permutation(load_dataset("objects").groups()).tolist()
-    write_objects_sample(work / "sample", stamps[:CALIBRATION_STAMPS], seed=1)
-    write_objects_sample(work / "held", stamps[CALIBRATION_STAMPS:], seed=2)
     start = time.perf_counter()
     command = [
         *("calibrate", "--model-repository", str(repository), "--images", str(work / "sample")),
@@ -86,18 +72,22 @@ def main() -> None:
     if fitguard(command) != 0:
         raise SystemExit("fitguard calibrate failed")
     seconds = time.perf_counter() - start
-    for name in ("report.json", "report.md"):  # the temporary folder means nothing to a reader
+    for name in ("report.json", "report.md"):
         path = args.out / name
         path.write_text(path.read_text(encoding="utf-8").replace(str(work), "$WORK"), encoding="utf-8")
-    report = json.loads((args.out / "report.json").read_text())
-    old, new = report["threshold"]["previous"], report["threshold"]["new"]
-    check = served_check(work / "calibrated", work / "held", old, new, args.delta)
+    return command, seconds
+
+
+def _repeated_splits(args: argparse.Namespace, *, repository: Path, work: Path) -> dict[str, Any]:
+    """The guarantee over repeated splits of all the stamps, every object scored in process by the build."""
+    from fitguard.calibration.sample import read_sample, score_in_process
+    from fitguard.training.fit.calibration_objects import repeated_splits
 
     everything = [*read_sample(work / "sample", work / "sample/labels.txt")]
     everything += read_sample(work / "held", work / "held/labels.txt")
     scored = score_in_process(repository, everything, log=None)
     groups = np.array([im.group for im in scored.images])
-    splits = repeated_splits(
+    return repeated_splits(
         scored.confidence,
         scored.wrong,
         groups,
@@ -106,6 +96,30 @@ def main() -> None:
         splits=SPLITS,
         calibration_groups=CALIBRATION_STAMPS,
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, default=Path("build"))
+    parser.add_argument("--target-risk", type=float, default=0.3)
+    parser.add_argument("--delta", type=float, default=0.1)
+    parser.add_argument("--out", type=Path, default=Path("docs/calibration"))
+    args = parser.parse_args()
+
+    from fitguard.manifest import read_manifest
+    from fitguard.training.data import load_dataset
+    from fitguard.training.fit.calibration_objects import write_objects_sample
+
+    repository = args.build / "model_repository"
+    work = Path(tempfile.mkdtemp(prefix="calibrate-objects-"))
+    stamps = np.random.default_rng(0).permutation(load_dataset("objects").groups()).tolist()
+    write_objects_sample(work / "sample", stamps[:CALIBRATION_STAMPS], seed=1)
+    write_objects_sample(work / "held", stamps[CALIBRATION_STAMPS:], seed=2)
+    command, seconds = _calibrate(args, repository=repository, work=work)
+    report = json.loads((args.out / "report.json").read_text())
+    old, new = report["threshold"]["previous"], report["threshold"]["new"]
+    check = served_check(work / "calibrated", work / "held", old, new, args.delta)
+    splits = _repeated_splits(args, repository=repository, work=work)
     manifest = read_manifest(repository)
     result = {
         "build": {

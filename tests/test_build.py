@@ -197,12 +197,12 @@ def test_served_verdicts_on_labelled_objects_equal_the_evaluation(served, build_
     from fitguard.training.fit.features import compute_fit_features
     from fitguard.training.fit.signals import SHIPPED, signal_groups
     from fitguard.training.metrics import aurc
-    from fitguard.training.paper.features import load_models
+    from fitguard.training.paper.features import load_feature_models
 
     images, labels = labelled["images"], labelled["labels"]
     got = served.classify_many([encode_image(im) for im in images], batch_size=8, concurrency=2)
     assert all(v.ok for v in got)
-    models = load_models("efficientnet_lite0", build_dir / "iqa_head.pt")
+    models = load_feature_models("efficientnet_lite0", build_dir / "iqa_head.pt")
     feats = compute_fit_features(models, images, DEFAULT_PATCHES)
     detector = load_detector(build_dir / "detector.joblib")
     in_process = detector.score(signal_groups(feats)[SHIPPED])

@@ -196,10 +196,10 @@ def test_embedded_server_refuses_a_gpu_dali_repository_by_name(dali_repositories
     """The DALI stand-in serves CPU pipelines (tests/reliability/test_dali_isolation.py); a GPU repository
     fails its load on a machine without a GPU and says which model."""
     from fitguard.serve import EmbeddedServer
-    from fitguard.serve.embedded import ServerError
+    from fitguard.serve.embedded import EmbeddedServerError
 
     with (
-        pytest.raises(ServerError, match=c.DALI_PREPROCESS),
+        pytest.raises(EmbeddedServerError, match=c.DALI_PREPROCESS),
         EmbeddedServer(dali_repositories["cuda"], http_port=0, grpc_port=0, metrics_port=0),
     ):
         pass

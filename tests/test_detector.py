@@ -25,7 +25,7 @@ from fitguard.training.attacks import adversarial as AA  # noqa: E402
 from fitguard.training.attacks import fooling as AF  # noqa: E402
 from fitguard.training.paper import distorted as PD  # noqa: E402
 from fitguard.training.paper import originals as PO  # noqa: E402
-from fitguard.training.paper.features import compute_features, load_models  # noqa: E402
+from fitguard.training.paper.features import compute_features, load_feature_models  # noqa: E402
 from fitguard.training.paper.protocol import pair_splits, run_protocol  # noqa: E402
 from fitguard.training.paper.svm import fit_detector  # noqa: E402
 from fitguard.training.paper.train import train_detector  # noqa: E402
@@ -280,7 +280,7 @@ def test_fooling_groups(tiny):
 def test_features_match_serving_preprocessing(tiny, tiny_head, originals):
     from fitguard.classifier import Classifier
 
-    models = load_models("tiny", tiny_head)
+    models = load_feature_models("tiny", tiny_head)
     sub = originals.subset([0, 1])
     feats = compute_features(models, sub, patches=2)
     x = torch.from_numpy(np.stack([classifier_crop(img, tiny.preset) for img in sub.images]))
@@ -309,7 +309,7 @@ def test_threshold_rule_hits_target_false_alarms():
 
 
 def test_run_protocol_on_tiny(tiny, tiny_head, originals):
-    models = load_models("tiny", tiny_head)
+    models = load_feature_models("tiny", tiny_head)
     adv = AA.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
     fo, fa = compute_features(models, originals, 2), compute_features(models, adv, 2)
     runs = run_protocol(originals, fo, fa, repeats=3, split_by="pair", progress=None)

@@ -121,12 +121,12 @@ def test_fit_features_match_the_served_models(tmp_path) -> None:
     from fitguard.preprocess import classifier_crop, iqa_patches
     from fitguard.quality import QualityHead, QualityModel
     from fitguard.training.fit.features import compute_fit_features
-    from fitguard.training.paper.features import Models
+    from fitguard.training.paper.features import FeatureModels
 
     torch.manual_seed(0)
     bb = build_backbone("tiny").eval()
     qm = QualityModel(bb, QualityHead(bb.quality_dim, hidden=32)).eval()
-    models = Models(bb, qm, {}, "test")
+    models = FeatureModels(bb, qm, {}, "test")
     rng = np.random.default_rng(0)
     images = [
         rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((256, 256), (300, 410), (240, 230))

@@ -208,7 +208,7 @@ def test_training_reads_the_served_shared_features(tmp_path: Path, photos: dict[
     reads the crop too, because the head file says which mode it was trained for."""
     from fitguard.preprocess import classifier_crop
     from fitguard.training.image_groups import ImageGroup
-    from fitguard.training.paper.features import compute_features, load_models
+    from fitguard.training.paper.features import compute_features, load_feature_models
     from fitguard.training.quality.features import patch_features
 
     net = build_backbone("tiny")
@@ -224,7 +224,7 @@ def test_training_reads_the_served_shared_features(tmp_path: Path, photos: dict[
 
     torch.manual_seed(0)
     save_head(tmp_path / "head.pt", QualityHead(net.quality_dim, hidden=64), net, mode=c.SHARED_MODE)
-    models = load_models("tiny", tmp_path / "head.pt")
+    models = load_feature_models("tiny", tmp_path / "head.pt")
     canvases = np.stack([rgb[:256, :256] for rgb in images])
     ints = np.arange(2, dtype=np.int64)
     group = ImageGroup("originals", canvases, ints, ints, ints, np.array(["a", "b"]), np.zeros(2, np.int64))

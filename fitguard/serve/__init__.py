@@ -3,10 +3,16 @@ a model repository written for the NGC container (see :mod:`fitguard.serve.embed
 
 from fitguard.serve.embedded import (
     EmbeddedServer,
+    EmbeddedServerError,
     InvalidRepositoryError,
     ModelLoadError,
     PortInUseError,
-    ServerError,
 )
 
-__all__ = ["EmbeddedServer", "InvalidRepositoryError", "ModelLoadError", "PortInUseError", "ServerError"]
+__all__ = [
+    "EmbeddedServer",
+    "InvalidRepositoryError",
+    "ModelLoadError",
+    "PortInUseError",
+    "EmbeddedServerError",
+]

@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fitguard.serve.embedded import EmbeddedServer, ServerError
+    from fitguard.serve.embedded import EmbeddedServer, EmbeddedServerError
 
     stop = threading.Event()
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             server.start()
-        except ServerError as e:
+        except EmbeddedServerError as e:
             print(f"fitguard serve: {e}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:

@@ -25,10 +25,10 @@ from types import TracebackType
 from typing import IO, Literal
 
 from fitguard.serve.errors import (
+    EmbeddedServerError,
     InvalidRepositoryError,
     ModelLoadError,
     PortInUseError,
-    ServerError,
     exit_error,
     log_failures,
     short_reason,
@@ -41,7 +41,7 @@ __all__ = [
     "InvalidRepositoryError",
     "ModelLoadError",
     "PortInUseError",
-    "ServerError",
+    "EmbeddedServerError",
     "backend_directory",
     "find_tritonserver",
 ]
@@ -195,9 +195,9 @@ class EmbeddedServer:
         return server_environment()
 
     def start(self) -> None:
-        """Start the server and block until it is ready; raise a :class:`ServerError` subclass on failure."""
+        """Start the server and block until it is ready; raise an :class:`EmbeddedServerError` on failure."""
         if self.is_running():
-            raise ServerError(f"server already running (pid {self.pid})")
+            raise EmbeddedServerError(f"server already running (pid {self.pid})")
         repo = self.model_repository
         if not repo.is_dir():
             raise InvalidRepositoryError(f"model repository {repo} does not exist or is not a directory")
@@ -225,7 +225,7 @@ class EmbeddedServer:
         self._thread.start()
         spawned.wait()
         if errors:
-            raise ServerError(f"could not run {cmd[0]}: {errors[0]}") from errors[0]
+            raise EmbeddedServerError(f"could not run {cmd[0]}: {errors[0]}") from errors[0]
         _LIVE.add(self)
         try:
             self._wait_ready(started + self.startup_timeout)
@@ -290,7 +290,7 @@ class EmbeddedServer:
                         self._wait_for_port(self.metrics_port)  # metrics come up just after HTTP
                         return
             if time.monotonic() > deadline:
-                raise ServerError(
+                raise EmbeddedServerError(
                     f"server not ready after {self.startup_timeout:.0f}s; last log lines:\n{self.log(40)}",
                     self.log(),
                 )

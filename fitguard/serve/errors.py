@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 
-class ServerError(RuntimeError):
+class EmbeddedServerError(RuntimeError):
     """The embedded server could not start or stopped unexpectedly. ``log`` holds the server's output."""
 
     def __init__(self, message: str, log: str = "") -> None:
@@ -13,15 +13,15 @@ class ServerError(RuntimeError):
         self.log = log
 
 
-class PortInUseError(ServerError):
+class PortInUseError(EmbeddedServerError):
     """A port the server needs is taken."""
 
 
-class InvalidRepositoryError(ServerError):
+class InvalidRepositoryError(EmbeddedServerError):
     """The model repository is missing or Triton rejected it."""
 
 
-class ModelLoadError(ServerError):
+class ModelLoadError(EmbeddedServerError):
     """One or more models failed to load; ``failures`` maps model name to the reason Triton gave."""
 
     def __init__(self, failures: dict[str, str], log: str = "") -> None:
@@ -57,7 +57,7 @@ def log_failures(log: str) -> dict[str, str]:
     return failures
 
 
-def exit_error(code: int | None, log: str, repository: object) -> ServerError:
+def exit_error(code: int | None, log: str, repository: object) -> EmbeddedServerError:
     """The error to raise for a server that exited during startup, from what its log says."""
     in_use = PORT_IN_USE.search(log)
     if in_use:
@@ -72,4 +72,6 @@ def exit_error(code: int | None, log: str, repository: object) -> ServerError:
         return InvalidRepositoryError(
             f"tritonserver rejected model repository {repository}; last log lines:\n{tail}", log
         )
-    return ServerError(f"tritonserver exited with code {code} during startup; last log lines:\n{tail}", log)
+    return EmbeddedServerError(
+        f"tritonserver exited with code {code} during startup; last log lines:\n{tail}", log
+    )

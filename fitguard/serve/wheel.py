@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fitguard.cache import cache_root
-from fitguard.serve.errors import ServerError
+from fitguard.serve.errors import EmbeddedServerError
 
 BACKEND_MODEL_PY = Path(__file__).with_name("backends") / "onnxruntime" / "model.py"
 # The stand-in for Triton's DALI backend (CPU operators, the real backend's batch semantics).
@@ -27,7 +27,9 @@ def _pytriton_root() -> Path:
     try:
         import pytriton
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ServerError("the embedded server needs nvidia-pytriton: pip install 'fitguard[serve]'") from e
+        raise EmbeddedServerError(
+            "the embedded server needs nvidia-pytriton: pip install 'fitguard[serve]'"
+        ) from e
     return Path(pytriton.__file__).resolve().parent
 
 
@@ -37,7 +39,9 @@ def find_tritonserver() -> tuple[Path, Path]:
     binary = root / "tritonserver" / "bin" / "tritonserver"
     libs = root.parent / "nvidia_pytriton.libs"
     if not binary.is_file():
-        raise ServerError(f"tritonserver not found in the nvidia-pytriton wheel (looked for {binary})")
+        raise EmbeddedServerError(
+            f"tritonserver not found in the nvidia-pytriton wheel (looked for {binary})"
+        )
     return binary, libs
 
 
@@ -53,7 +57,7 @@ def backend_directory() -> Path:
     pyver = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / pyver / "triton_python_backend_stub"
     if not stub.is_file():
-        raise ServerError(
+        raise EmbeddedServerError(
             f"nvidia-pytriton ships no Python backend stub for Python {pyver} (looked for {stub})"
         )
     digest = hashlib.sha256()
@@ -94,7 +98,7 @@ def backend_directory() -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
-    raise ServerError("could not create a backend directory in the cache or the temp folder")
+    raise EmbeddedServerError("could not create a backend directory in the cache or the temp folder")
 
 
 def server_environment() -> dict[str, str]:

@@ -35,6 +35,42 @@ def mean_canvas(backbone: Backbone) -> np.ndarray:
     return np.broadcast_to(mean, (side, side, 3)).copy()
 
 
+def _gd_ascent(
+    backbone: Backbone, start_crop: np.ndarray, targets: np.ndarray, *, steps: int, lr: float, l2: float
+) -> np.ndarray:
+    """Adam ascent of every target's log-probability from ``start_crop`` (uint8 [1, 3, S, S]), less
+    ``l2`` times the squared distance to it; returns the crops as uint8 [N, S, S, 3]."""
+    import torch
+
+    model = float_logits_module(backbone)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    start = torch.from_numpy(start_crop.astype(np.float32) / 255.0)
+    x = start.repeat(len(targets), 1, 1, 1).clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    target = torch.from_numpy(targets)
+    for _ in tqdm(range(steps), desc="fool_gd: ascent", leave=False):
+        opt.zero_grad()
+        logp = torch.log_softmax(model(x), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -(logp - l2 * ((x - start) ** 2).flatten(1).sum(1)).sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0.0, 1.0)
+    return np.rint(x.detach().numpy() * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _unlabelled_group(
+    name: str, images: np.ndarray, tags: list[str], *, meta: dict, path: Path | None
+) -> ImageGroup:
+    """A group of images without a class (one source each), saved to ``path`` where given."""
+    count = len(tags)
+    group = make_group(name, images, [NO_LABEL] * count, [-1] * count, [-1] * count, tags, meta=meta)
+    if path is not None:
+        group.save(path)
+    return group
+
+
 def fool_gd_group(
     backbone: Backbone,
     count: int = 16,
@@ -49,8 +85,6 @@ def fool_gd_group(
     Only the classifier crop is optimised (the border keeps the mean colour); the result is rounded to
     uint8 as any served image would be.
     """
-    import torch
-
     from fitguard.classifier import softmax
 
     key = stable_key("fool_gd/1", backbone.name, backbone.weights_id, count, steps, lr, l2, seed)
@@ -62,22 +96,7 @@ def fool_gd_group(
     base = mean_canvas(backbone)
     crop = backbone.preset.crop
     o = crop_offset(base.shape[0], crop)
-    model = float_logits_module(backbone)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    start = torch.from_numpy(classifier_batch(base[None], crop).astype(np.float32) / 255.0)
-    x = start.repeat(count, 1, 1, 1).clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    target = torch.from_numpy(targets)
-    for _ in tqdm(range(steps), desc="fool_gd: ascent", leave=False):
-        opt.zero_grad()
-        logp = torch.log_softmax(model(x), dim=1).gather(1, target[:, None]).squeeze(1)
-        loss = -(logp - l2 * ((x - start) ** 2).flatten(1).sum(1)).sum()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            x.clamp_(0.0, 1.0)
-    crops = np.rint(x.detach().numpy() * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+    crops = _gd_ascent(backbone, classifier_batch(base[None], crop), targets, steps=steps, lr=lr, l2=l2)
     images = np.repeat(base[None], count, axis=0)
     images[:, o : o + crop, o : o + crop] = crops
     probs = softmax(predict_logits(backbone, images))
@@ -91,18 +110,7 @@ def fool_gd_group(
         "median_target_confidence": float(np.median(conf)),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    group = make_group(
-        FOOL_GD,
-        images,
-        [NO_LABEL] * count,
-        [-1] * count,
-        [-1] * count,
-        [f"target={t}" for t in targets],
-        meta=meta,
-    )
-    if path is not None:
-        group.save(path)
-    return group
+    return _unlabelled_group(FOOL_GD, images, [f"target={t}" for t in targets], meta=meta, path=path)
 
 
 def polynomial_mutation(
@@ -119,6 +127,31 @@ def polynomial_mutation(
     delta = np.where(u < 0.5, (2 * u) ** (1 / (eta + 1)) - 1, 1 - (2 * (1 - u)) ** (1 / (eta + 1)))
     mask = rng.random(x.shape) < rate
     return np.clip(np.where(mask, x + delta * (high - low), x), low, high)
+
+
+class _Elites:
+    """MAP-Elites' archive: per class, the genome whose rendering the classifier gives the highest
+    probability so far."""
+
+    def __init__(self, backbone: Backbone, *, side: int, grid: int) -> None:
+        self.backbone, self.side, self.grid = backbone, side, grid
+        self.best_fit = np.zeros(1000, np.float32)
+        self.best = np.zeros((1000, grid, grid, 3), np.uint8)
+        self.filled = np.zeros(1000, bool)
+
+    def render(self, genomes: np.ndarray) -> np.ndarray:
+        k = self.side // self.grid
+        return np.repeat(np.repeat(genomes, k, axis=1), k, axis=2)
+
+    def evaluate(self, genomes: np.ndarray) -> None:
+        """Each class's elite gives way to the genome with that class's highest probability, if higher."""
+        from fitguard.classifier import softmax
+
+        probs = softmax(predict_logits(self.backbone, self.render(genomes)))
+        for c in range(1000):
+            j = int(probs[:, c].argmax())
+            if probs[j, c] > self.best_fit[c]:
+                self.best_fit[c], self.best[c], self.filled[c] = probs[j, c], genomes[j], True
 
 
 def fool_ev_group(
@@ -140,8 +173,6 @@ def fool_ev_group(
     replaces the elite of every class whose probability it beats; the group is the ``count`` fittest
     elites, one per class.
     """
-    from fitguard.classifier import softmax
-
     key = stable_key(
         "fool_ev/1", backbone.name, backbone.weights_id, count, generations, batch, grid, rate, eta, seed
     )
@@ -153,27 +184,13 @@ def fool_ev_group(
     if side % grid:
         raise ValueError(f"grid {grid} must divide the canvas side {side}")
     rng = np.random.default_rng(seed)
-    best_fit = np.zeros(1000, np.float32)
-    best = np.zeros((1000, grid, grid, 3), np.uint8)
-    filled = np.zeros(1000, bool)
-
-    def render(genomes: np.ndarray) -> np.ndarray:
-        k = side // grid
-        return np.repeat(np.repeat(genomes, k, axis=1), k, axis=2)
-
-    def evaluate(genomes: np.ndarray) -> None:
-        probs = softmax(predict_logits(backbone, render(genomes)))
-        for c in range(1000):
-            j = int(probs[:, c].argmax())
-            if probs[j, c] > best_fit[c]:
-                best_fit[c], best[c], filled[c] = probs[j, c], genomes[j], True
-
-    evaluate(rng.integers(0, 256, size=(batch, grid, grid, 3), dtype=np.uint8))
+    elites = _Elites(backbone, side=side, grid=grid)
+    elites.evaluate(rng.integers(0, 256, size=(batch, grid, grid, 3), dtype=np.uint8))
     for _ in tqdm(range(generations - 1), desc="fool_ev: MAP-Elites", leave=False):
-        parents = best[rng.choice(np.flatnonzero(filled), size=batch)]
-        evaluate(np.rint(polynomial_mutation(parents, rate, eta, rng)).astype(np.uint8))
-    chosen = np.argsort(-best_fit, kind="stable")[:count]
-    images = render(best[chosen])
+        parents = elites.best[rng.choice(np.flatnonzero(elites.filled), size=batch)]
+        elites.evaluate(np.rint(polynomial_mutation(parents, rate, eta, rng)).astype(np.uint8))
+    chosen = np.argsort(-elites.best_fit, kind="stable")[:count]
+    images = elites.render(elites.best[chosen])
     meta = {
         "generations": generations,
         "batch": batch,
@@ -182,19 +199,8 @@ def fool_ev_group(
         "rate": rate,
         "eta": eta,
         "seed": seed,
-        "classes_filled": int(filled.sum()),
-        "median_confidence": float(np.median(best_fit[chosen])),
+        "classes_filled": int(elites.filled.sum()),
+        "median_confidence": float(np.median(elites.best_fit[chosen])),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    group = make_group(
-        FOOL_EV,
-        images,
-        [NO_LABEL] * count,
-        [-1] * count,
-        [-1] * count,
-        [f"class={c}" for c in chosen],
-        meta=meta,
-    )
-    if path is not None:
-        group.save(path)
-    return group
+    return _unlabelled_group(FOOL_EV, images, [f"class={c}" for c in chosen], meta=meta, path=path)

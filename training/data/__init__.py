@@ -35,7 +35,7 @@ __all__ = [
     "Item",
     "PackageFetchError",
     "default_data_dir",
-    "describe",
+    "describe_dataset",
     "fetch_package",
     "group_folds",
     "group_split",
@@ -79,7 +79,7 @@ def prepare_all(data_dir: str | Path | None = None) -> dict[str, Path]:
     return {"scenes": prepare_scenes(data_dir), "objects": prepare_objects(data_dir)}
 
 
-def describe(dataset: Dataset) -> dict[str, Any]:
+def describe_dataset(dataset: Dataset) -> dict[str, Any]:
     """Counts and provenance of one set: images, distinct groups, classes, packages."""
     labelled = [it for it in dataset if it.labels]
     return {

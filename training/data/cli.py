@@ -34,7 +34,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fitguard.training.data import PREPARED, PackageFetchError, describe, load_dataset, prepare_all
+    from fitguard.training.data import (
+        PREPARED,
+        PackageFetchError,
+        describe_dataset,
+        load_dataset,
+        prepare_all,
+    )
 
     try:
         if args.data_command == "prepare":
@@ -46,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if args.data_command == "sheets":
             return _sheets(args)
         names = args.dataset or list(PREPARED)
-        rows = [describe(load_dataset(n, root=args.root, data_dir=args.data_dir)) for n in names]
+        rows = [describe_dataset(load_dataset(n, root=args.root, data_dir=args.data_dir)) for n in names]
     except PackageFetchError as exc:
         print(f"fitguard data: {exc}", file=sys.stderr)
         return 2

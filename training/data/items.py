@@ -72,13 +72,13 @@ def recipe_key(*parts: Any) -> str:
     return h.hexdigest()[:12]
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def write_folder_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """``manifest.json``, written last (through a temporary name) so its presence means complete."""
     tmp = folder / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(folder / "manifest.json")
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
+def read_folder_manifest(folder: Path) -> dict[str, Any] | None:
     path = folder / "manifest.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -22,7 +22,13 @@ from fitguard.training.data import composite as comp
 from fitguard.training.data import stamps as st
 from fitguard.training.data import wordnet_labels as wl
 from fitguard.training.data.debian import default_data_dir, fetch_package
-from fitguard.training.data.items import Dataset, Item, read_manifest, recipe_key, write_manifest
+from fitguard.training.data.items import (
+    Dataset,
+    Item,
+    read_folder_manifest,
+    recipe_key,
+    write_folder_manifest,
+)
 from fitguard.training.data.scenes import SCENE_PACKAGES, prepare_scenes
 
 RECIPE = "objects/1"
@@ -62,11 +68,11 @@ def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Pat
     scenes_folder = prepare_scenes(base)
     key = recipe_key(*_recipe(pkg.version, scenes_folder))
     folder = base / "sets" / f"objects-{key}"
-    if read_manifest(folder) is not None:
+    if read_folder_manifest(folder) is not None:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "stamps").mkdir(parents=True)
-    scene_manifest = read_manifest(scenes_folder) or {}
+    scene_manifest = read_folder_manifest(scenes_folder) or {}
     backgrounds = {
         r["name"]: tuple(r["size"]) for r in scene_manifest["entries"] if r["package"] in SCENE_PACKAGES
     }
@@ -96,7 +102,7 @@ def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Pat
                 s.to_dict() for s in comp.draw_specs(stamp.id, backgrounds, PER_STAMP, SEED)
             ]
         records.append(record)
-    write_manifest(
+    write_folder_manifest(
         folder,
         {
             "set": "objects",
@@ -142,7 +148,7 @@ def load_objects(data_dir: str | Path | None = None, group_by: str = "stamp") ->
     if group_by not in ("stamp", "scene"):
         raise ValueError(f"group_by must be 'stamp' or 'scene', got {group_by!r}")
     folder = prepare_objects(data_dir)
-    manifest = read_manifest(folder)
+    manifest = read_folder_manifest(folder)
     assert manifest is not None
     scenes_dir = folder.parent / manifest["scenes"] / "images"
     name = "objects" if group_by == "stamp" else "composites"

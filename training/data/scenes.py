@@ -20,7 +20,13 @@ import numpy as np
 from PIL import Image
 
 from fitguard.training.data.debian import Package, default_data_dir, fetch_package
-from fitguard.training.data.items import Dataset, Item, read_manifest, recipe_key, write_manifest
+from fitguard.training.data.items import (
+    Dataset,
+    Item,
+    read_folder_manifest,
+    recipe_key,
+    write_folder_manifest,
+)
 
 SCENE_LIST = Path(__file__).with_name("scenes.tsv")
 SCENE_PACKAGES: tuple[str, ...] = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers")
@@ -79,6 +85,34 @@ def _photo_provenance(name: str) -> dict[str, str]:
     }
 
 
+def _write_scene(entry: SceneEntry, pkg: Package, images: Path) -> dict[str, object]:
+    """One wallpaper, downscaled into ``images``; returns its manifest record."""
+    with Image.open(pkg.root / entry.file) as img:
+        small = downscale(img)
+    small.save(images / f"{entry.name}.png", optimize=False, compress_level=1)
+    return {
+        "name": entry.name,
+        "package": pkg.name,
+        "version": pkg.version,
+        "file": entry.file,
+        "licence": pkg.licence(entry.file),
+        "reason": entry.reason,
+        "size": list(small.size),
+    }
+
+
+def _write_photo(name: str, rgb: np.ndarray, images: Path) -> dict[str, object]:
+    """One package photo, downscaled into ``images``; returns its manifest record."""
+    small = downscale(Image.fromarray(rgb))
+    small.save(images / f"photo-{name}.png", compress_level=1)
+    return {
+        "name": f"photo-{name}",
+        **_photo_provenance(name),
+        "size": list(small.size),
+        "reason": "package photo (fitguard.photos.PACKAGE_PHOTOS)",
+    }
+
+
 def prepare_scenes(data_dir: str | Path | None = None) -> Path:
     """The prepared scenes folder (``images/*.png`` + ``manifest.json``), made if absent."""
     from fitguard.photos import PACKAGE_PHOTOS, package_photos
@@ -96,39 +130,13 @@ def prepare_scenes(data_dir: str | Path | None = None) -> Path:
         PACKAGE_PHOTOS,
     )
     folder = base / "sets" / f"scenes-{key}"
-    if read_manifest(folder) is not None:
+    if read_folder_manifest(folder) is not None:
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "images").mkdir(parents=True)
-    records = []
-    for entry in entries:
-        pkg: Package = packages[entry.package]
-        with Image.open(pkg.root / entry.file) as img:
-            small = downscale(img)
-        small.save(folder / "images" / f"{entry.name}.png", optimize=False, compress_level=1)
-        records.append(
-            {
-                "name": entry.name,
-                "package": pkg.name,
-                "version": pkg.version,
-                "file": entry.file,
-                "licence": pkg.licence(entry.file),
-                "reason": entry.reason,
-                "size": list(small.size),
-            }
-        )
-    for name, rgb in package_photos().items():
-        small = downscale(Image.fromarray(rgb))
-        small.save(folder / "images" / f"photo-{name}.png", compress_level=1)
-        records.append(
-            {
-                "name": f"photo-{name}",
-                **_photo_provenance(name),
-                "size": list(small.size),
-                "reason": "package photo (fitguard.photos.PACKAGE_PHOTOS)",
-            }
-        )
-    write_manifest(
+    records = [_write_scene(entry, packages[entry.package], folder / "images") for entry in entries]
+    records += [_write_photo(name, rgb, folder / "images") for name, rgb in package_photos().items()]
+    write_folder_manifest(
         folder,
         {
             "set": "scenes",
@@ -156,7 +164,7 @@ def load_scenes(data_dir: str | Path | None = None, debian_only: bool = False) -
     ``debian_only`` leaves out the package photos (the backgrounds of the object composites).
     """
     folder = prepare_scenes(data_dir)
-    manifest = read_manifest(folder)
+    manifest = read_folder_manifest(folder)
     assert manifest is not None
     items = [
         Item(

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from fitguard.preprocess import IMAGE_EXTENSIONS
 from fitguard.training.data.debian import fetch_package
-from fitguard.training.data.items import read_manifest
+from fitguard.training.data.items import read_folder_manifest
 from fitguard.training.data.scenes import SCENE_PACKAGES, read_scene_list
 from fitguard.training.data.stamps import STAMP_PACKAGE, load_rgba
 
@@ -68,7 +68,7 @@ def scene_sheets(out: Path, data_dir: str | Path | None = None) -> list[Path]:
 
 
 def stamp_sheets(objects_folder: Path, out: Path, data_dir: str | Path | None = None) -> list[Path]:
-    manifest = read_manifest(objects_folder)
+    manifest = read_folder_manifest(objects_folder)
     assert manifest is not None
     root = fetch_package(STAMP_PACKAGE, data_dir).root
     kept, drawings, unlabelled = [], [], []

@@ -92,6 +92,109 @@ def _group_summary(
     }
 
 
+def _unseen_rows(data: Any, *, config: UnseenConfig, patches: int, cache: Path) -> dict[str, Any]:
+    """The population's rows with the sets never trained on appended (their features cached too)."""
+    from fitguard.training.fit.features import compute_fit_features
+
+    unseen = build_unseen(data.dataset, side=data.models.backbone.preset.resize, config=config)
+    ufeats = compute_fit_features(data.models, unseen.images, patches, cache=cache, desc="unseen")
+    return with_unseen(data, unseen, ufeats)
+
+
+def _repeat_results(
+    rows: dict[str, Any], common: dict[str, Any], *, repeats: int, draws: int, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stamp-split repeats summarised per mix and per set never trained on."""
+    right, trainable = rows["right"], rows["trainable"]
+    reps = run_repeats(**common, right=right, repeats=repeats, seed=seed, trainable=trainable)
+    methods = list(reps[0]["conf"])
+    return summarize_mixes(reps, methods, draws), summarize_unseen(reps, methods, MATCHED, draws)
+
+
+def _wordnet_aurc(
+    rows: dict[str, Any], common: dict[str, Any], *, acceptable: list, repeats: int, draws: int, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Whether each answer is right by Wu-Palmer, and every mix's AURC by that rule (no SVM baselines)."""
+    wright = wup_right(rows["feats"].logits.argmax(axis=1), rows["pop"].item, acceptable)
+    wreps = run_repeats(
+        **common, right=wright, repeats=repeats, seed=seed, svms=False, trainable=rows["trainable"]
+    )
+    wmethods = list(wreps[0]["conf"])
+    wu = {mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, metric("aurc"), draws=draws) for mix in MIXES}
+    return wright, wu
+
+
+def _domain_shift(data: Any, common: dict[str, Any], *, draws: int, seed: int) -> dict[str, Any]:
+    """The domain-shift splits, on the population's rows only (the unseen rows follow them)."""
+    n = len(data.pop)
+    return domain_shifts(
+        pop=data.pop,
+        signals={k: v[:n] for k, v in common["signals"].items()},
+        untrained={k: v[:n] for k, v in common["untrained"].items()},
+        stamps=data.stamps,
+        scenes=data.scenes,
+        right=data.right,
+        draws=draws,
+        seed=seed,
+    )
+
+
+def _measure(
+    data: Any, rows: dict[str, Any], *, repeats: int, draws: int, seed: int, seconds: dict[str, float]
+) -> dict[str, Any]:
+    """Every figure of the report but its setup, in the report's order; the steps' seconds go to
+    ``seconds``."""
+    t = time.perf_counter()
+    feats = rows["feats"]
+    signals = signal_groups(feats)
+    untrained = untrained_scores(feats.logits, feats.quality)
+    common = {"pop": rows["pop"], "signals": signals, "untrained": untrained, "stamps": rows["stamps"]}
+    results, unseen_results = _repeat_results(rows, common, repeats=repeats, draws=draws, seed=seed)
+    seconds["repeats"] = time.perf_counter() - t
+    t = time.perf_counter()
+    wright, wu = _wordnet_aurc(
+        rows, common, acceptable=data.acceptable, repeats=repeats, draws=draws, seed=seed
+    )
+    shift = _domain_shift(data, common, draws=draws, seed=seed)
+    seconds["wordnet_and_shift"] = time.perf_counter() - t
+    n = len(data.pop)
+    groups = _group_summary(data.pop.group, right=data.right, wright=wright[:n], quality=data.feats.quality)
+    return {
+        "groups": groups,
+        "results": results,
+        "wordnet_aurc": wu,
+        "domain_shift": shift,
+        "unseen": unseen_results,
+    }
+
+
+def _setup(
+    data: Any,
+    *,
+    backbone: str,
+    head: str | Path,
+    patches: int,
+    repeats: int,
+    draws: int,
+    config: PopulationConfig,
+    attacks: dict[str, Any],
+) -> dict[str, Any]:
+    """The report's ``setup``: what was measured, and how."""
+    return {
+        "backbone": backbone,
+        "weights_id": data.models.backbone.weights_id,
+        "iqa_head": str(head),
+        "quality_features": data.models.head_info.get("mode"),
+        "patches": patches,
+        "repeats": repeats,
+        "bootstrap_draws": draws,
+        "pass_rate_right_clean": PASS_RATE,
+        "wup_right": WUP_RIGHT,
+        "population": config.__dict__,
+        "attacks": attacks,
+    }
+
+
 def evaluate_fit(
     *,
     backbone: str,
@@ -109,7 +212,6 @@ def evaluate_fit(
     (:mod:`fitguard.training.fit.gate`). It writes no detector file: ``fitguard train detector`` fits
     the shipped recipe on every image."""
     from fitguard.cache import cache_root
-    from fitguard.training.fit.features import compute_fit_features
     from fitguard.training.fit.report import write_fit_report
     from fitguard.training.fit.train import load_fit_data
 
@@ -122,63 +224,21 @@ def evaluate_fit(
     )
     seconds = dict(data.seconds)
     t = time.perf_counter()
-    unseen = build_unseen(data.dataset, side=data.models.backbone.preset.resize, config=unseen_config)
-    ufeats = compute_fit_features(data.models, unseen.images, patches, cache=cache, desc="unseen")
-    rows = with_unseen(data, unseen, ufeats)
+    rows = _unseen_rows(data, config=unseen_config, patches=patches, cache=cache)
     seconds["unseen_sets"] = time.perf_counter() - t
-    t = time.perf_counter()
-    pop, feats, right, stamps = rows["pop"], rows["feats"], rows["right"], rows["stamps"]
-    signals = signal_groups(feats)
-    untrained = untrained_scores(feats.logits, feats.quality)
-    common = {"pop": pop, "signals": signals, "untrained": untrained, "stamps": stamps}
-    trainable = rows["trainable"]
-    reps = run_repeats(**common, right=right, repeats=repeats, seed=config.seed, trainable=trainable)
-    methods = list(reps[0]["conf"])
-    results = summarize_mixes(reps, methods, draws)
-    unseen_results = summarize_unseen(reps, methods, MATCHED, draws)
-    seconds["repeats"] = time.perf_counter() - t
-    t = time.perf_counter()
-    wright = wup_right(feats.logits.argmax(axis=1), pop.item, data.acceptable)
-    wreps = run_repeats(
-        **common, right=wright, repeats=repeats, seed=config.seed, svms=False, trainable=trainable
-    )
-    wmethods = list(wreps[0]["conf"])
-    wu = {mix: bootstrap(restrict(wreps, MIXES[mix]), wmethods, metric("aurc"), draws=draws) for mix in MIXES}
-    n = len(data.pop)
-    shift = domain_shifts(
-        pop=data.pop,
-        signals={k: v[:n] for k, v in signals.items()},
-        untrained={k: v[:n] for k, v in untrained.items()},
-        stamps=data.stamps,
-        scenes=data.scenes,
-        right=data.right,
-        draws=draws,
-        seed=config.seed,
-    )
-    seconds["wordnet_and_shift"] = time.perf_counter() - t
-    groups = _group_summary(data.pop.group, right=data.right, wright=wright[:n], quality=data.feats.quality)
+    measured = _measure(data, rows, repeats=repeats, draws=draws, seed=config.seed, seconds=seconds)
     seconds["total"] = time.perf_counter() - t0
-    rep = {
-        "setup": {
-            "backbone": backbone,
-            "weights_id": data.models.backbone.weights_id,
-            "iqa_head": str(head),
-            "quality_features": data.models.head_info.get("mode"),
-            "patches": patches,
-            "repeats": repeats,
-            "bootstrap_draws": draws,
-            "pass_rate_right_clean": PASS_RATE,
-            "wup_right": WUP_RIGHT,
-            "population": config.__dict__,
-            "attacks": pop.meta,
-        },
-        "groups": groups,
-        "results": results,
-        "wordnet_aurc": wu,
-        "domain_shift": shift,
-        "unseen": unseen_results,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-    }
+    setup = _setup(
+        data,
+        backbone=backbone,
+        head=head,
+        patches=patches,
+        repeats=repeats,
+        draws=draws,
+        config=config,
+        attacks=rows["pop"].meta,
+    )
+    rep = {"setup": setup, **measured, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     rep["gate"] = release_gate(rep)
     write_fit_report(Path(report), rep)
     return rep

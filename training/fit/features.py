@@ -27,7 +27,7 @@ from fitguard.preprocess import classifier_crop, iqa_patches
 from fitguard.training.image_groups import stable_key
 
 if TYPE_CHECKING:
-    from fitguard.training.paper.features import Models
+    from fitguard.training.paper.features import FeatureModels
 
 FEATURES_VERSION = "fit-features/1"
 
@@ -59,7 +59,7 @@ class FitFeatures:
         )
 
 
-def _forward(models: Models, crops: np.ndarray, patches: int) -> tuple[np.ndarray, ...]:
+def _forward(models: FeatureModels, crops: np.ndarray, patches: int) -> tuple[np.ndarray, ...]:
     """uint8 [B, 1 + P, 3, 224, 224] -> centre logits, quality, patch logits, level stats."""
     import torch
 
@@ -87,7 +87,7 @@ def _forward(models: Models, crops: np.ndarray, patches: int) -> tuple[np.ndarra
 
 
 def compute_fit_features(
-    models: Models,
+    models: FeatureModels,
     images: list[np.ndarray],
     patches: int = DEFAULT_PATCHES,
     batch_size: int = 8,

@@ -29,7 +29,7 @@ PAPER_RECIPE = "paper"
 class FitData:
     """The population, what the served graphs say about it, and whether each answer is right."""
 
-    models: Any  # fitguard.training.paper.features.Models
+    models: Any  # fitguard.training.paper.features.FeatureModels
     dataset: Any  # the labelled objects
     pop: Population
     feats: Any  # fitguard.training.fit.features.FitFeatures
@@ -71,12 +71,12 @@ def load_fit_data(
     from fitguard.training.data import load_dataset
     from fitguard.training.fit.population import build_population
     from fitguard.training.fit.protocol import right_flags
-    from fitguard.training.paper.features import load_models
+    from fitguard.training.paper.features import load_feature_models
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cache = cache or cache_root()
     t0 = time.perf_counter()
-    models = load_models(backbone, head, weights)
+    models = load_feature_models(backbone, head, weights)
     dataset = load_dataset("objects")
     pop = build_population(models.backbone, dataset, config, cache)
     t1 = time.perf_counter()

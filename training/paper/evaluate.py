@@ -43,7 +43,7 @@ from fitguard.training.image_groups import (
     GroupConfig,
     ImageGroup,
 )
-from fitguard.training.paper.features import GroupFeatures, compute_features, load_models
+from fitguard.training.paper.features import GroupFeatures, compute_features, load_feature_models
 from fitguard.training.paper.groups import build_groups
 from fitguard.training.paper.protocol import (
     FARS,
@@ -135,6 +135,13 @@ def evaluate_scores(
                 [correct[ORIGINALS][rows[ORIGINALS]], correct[DISTORTED][rows[DISTORTED]]]
             )
             add_selective(acc, curves, clean, scores[DISTORTED], ok_mix, grid)
+    return _collapsed(acc, full=full, top5=top5, grid=grid, curves=curves, roc_example=roc_example)
+
+
+def _collapsed(
+    acc: Accumulator, *, full: list, top5: list, grid: np.ndarray, curves: dict, roc_example: dict
+) -> dict[str, Any]:
+    """The repeats' figures, the SVMs' hyperparameters per repeat and the mean risk-coverage curves."""
     out = collapse(acc.tree)
     out["hyperparameters"] = {
         "detector": [{k: run["detector"].meta[k] for k in HYPERPARAMETERS} for run in full],
@@ -212,6 +219,46 @@ def _setup(
     }
 
 
+def _load_detector_for(detector: str | Path, backbone: str) -> Any:
+    """The detector file, refused when it was trained for another backbone."""
+    from fitguard.detector import load_detector
+
+    det = load_detector(detector)
+    if det.meta.get("backbone") not in (None, backbone):
+        raise ValueError(f"{detector} was trained for backbone {det.meta['backbone']!r}, not {backbone!r}")
+    return det
+
+
+def _detector_all_recipe(meta: dict[str, Any]) -> tuple[str, ...]:
+    """The unfit groups detector_all learns: the detector file's; for a detector trained the paper's way
+    (adversarial alone) every group, so detector_all still adds something beside detector; beside a fit =
+    right detector (trained on other images) the quality-refusal recipe of docs/evaluation.md."""
+    recipe = tuple(meta.get("unfit_groups") or ())
+    if "fit_means" in meta:
+        recipe = QUALITY_REFUSAL_GROUPS
+    elif recipe in ((), (ADVERSARIAL,)):
+        recipe = UNFIT_GROUPS
+    return recipe
+
+
+def _figures(
+    det: Any, groups: dict, feats: dict, *, res: dict, kde: dict | None, plots: list, seconds: dict
+) -> dict[str, Any]:
+    """The report after its setup, in the report's order."""
+    return {
+        "n_images": {g: len(grp) for g, grp in groups.items()},
+        "results": res,
+        "comparisons": comparisons(res, 0.05),
+        "comparisons_8.57": comparisons(res, 0.0857),
+        "comparisons_all": comparisons(res, 0.05, "detector_all"),
+        "shipped_detector": shipped_detector_rates(det, groups, feats),
+        "kde": kde,
+        "kde_n_images": 0 if not kde else sum(len(v["wup"]) for v in kde.values()),
+        "plots": plots,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
 def evaluate(
     backbone: str,
     head: str | Path,
@@ -228,21 +275,17 @@ def evaluate(
     """Write ``report/report.md``, its PNG plots and ``report/report.json``; return the JSON content."""
     import torch
 
-    from fitguard.detector import load_detector
-
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    det = load_detector(detector)
-    if det.meta.get("backbone") not in (None, backbone):
-        raise ValueError(f"{detector} was trained for backbone {det.meta['backbone']!r}, not {backbone!r}")
+    det = _load_detector_for(detector, backbone)
     repeats = int(repeats or det.meta.get("repeats", REPEATS))
     seed = int(det.meta.get("seed", 0))
     split_by = str(det.meta.get("split_by", "photo"))
     target_far = det.meta.get("target_far", 0.05)
     config = config or GroupConfig(seed=seed)
     cache_dir = Path(cache) if cache is not None else cache_root()
-    models = load_models(backbone, head, weights)
+    models = load_feature_models(backbone, head, weights)
     if det.meta.get("head_key") not in (None, models.key):
         log.warning("%s was trained with another quality head or backbone weights than %s", detector, head)
     groups = build_groups(models.backbone, images, GROUPS, config, cache_dir)
@@ -251,14 +294,7 @@ def evaluate(
     feats = {g: compute_features(models, grp, patches, cache=cache_dir) for g, grp in groups.items()}
     seconds["features"] = time.perf_counter() - t
     t = time.perf_counter()
-    # detector_all: the detector file's unfit groups; for a detector trained the paper's way (adversarial
-    # alone) every group, so detector_all still adds something beside detector; beside a fit = right
-    # detector (trained on other images) the quality-refusal recipe of docs/evaluation.md.
-    recipe = tuple(det.meta.get("unfit_groups") or ())
-    if "fit_means" in det.meta:
-        recipe = QUALITY_REFUSAL_GROUPS
-    elif recipe in ((), (ADVERSARIAL,)):
-        recipe = UNFIT_GROUPS
+    recipe = _detector_all_recipe(det.meta)
     res = evaluate_scores(groups, feats, repeats, seed, split_by, target_far, recipe)
     seconds["protocol"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -280,19 +316,7 @@ def evaluate(
         **{"patches": patches, "repeats": repeats, "seed": seed, "split_by": split_by},
         **_setup(det.meta, target_far, recipe, groups),
     }
-    rep = {
-        "setup": setup,
-        "n_images": {g: len(grp) for g, grp in groups.items()},
-        "results": res,
-        "comparisons": comparisons(res, 0.05),
-        "comparisons_8.57": comparisons(res, 0.0857),
-        "comparisons_all": comparisons(res, 0.05, "detector_all"),
-        "shipped_detector": shipped_detector_rates(det, groups, feats),
-        "kde": kde,
-        "kde_n_images": 0 if not kde else sum(len(v["wup"]) for v in kde.values()),
-        "plots": plots,
-        "seconds": {k: round(v, 1) for k, v in seconds.items()},
-    }
+    rep = {"setup": setup, **_figures(det, groups, feats, res=res, kde=kde, plots=plots, seconds=seconds)}
     write_report(out_dir, rep, plots)
     return rep
 

@@ -59,7 +59,7 @@ class GroupFeatures:
 
 
 @dataclass
-class Models:
+class FeatureModels:
     """The torch models features come from, and an id of everything that changes their outputs."""
 
     backbone: Backbone
@@ -68,7 +68,7 @@ class Models:
     key: str
 
 
-def load_models(backbone: str, head: str | Path, weights: str | None = "default") -> Models:
+def load_feature_models(backbone: str, head: str | Path, weights: str | None = "default") -> FeatureModels:
     """Backbone by name and the DTNIQ-f head file, ready for feature extraction (eval mode)."""
     from fitguard.reference import load_torch_models
 
@@ -81,11 +81,11 @@ def load_models(backbone: str, head: str | Path, weights: str | None = "default"
         len(head_bytes),
         stable_key(np.frombuffer(head_bytes, np.uint8)),
     )
-    return Models(torch_models.net, torch_models.quality, torch_models.head_info, key)
+    return FeatureModels(torch_models.net, torch_models.quality, torch_models.head_info, key)
 
 
 def compute_features(
-    models: Models,
+    models: FeatureModels,
     group: ImageGroup,
     patches: int = DEFAULT_PATCHES,
     batch_size: int = 8,

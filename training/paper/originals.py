@@ -52,7 +52,7 @@ VIEW_BOXES: tuple[tuple[float, float, float, bool], ...] = (
 )
 
 
-def photo_views(rgb: np.ndarray, side: int, count: int) -> list[tuple[str, np.ndarray]]:
+def candidate_views(rgb: np.ndarray, side: int, count: int) -> list[tuple[str, np.ndarray]]:
     """The first ``count`` views of :data:`VIEW_BOXES`: square crops resized to side x side."""
     h, w = rgb.shape[:2]
     out = []
@@ -64,6 +64,31 @@ def photo_views(rgb: np.ndarray, side: int, count: int) -> list[tuple[str, np.nd
         arr = np.asarray(img, dtype=np.uint8)
         out.append((f"v{i}", np.ascontiguousarray(arr[:, ::-1] if mirror else arr)))
     return out
+
+
+def _candidates(
+    photos: dict[str, np.ndarray], names: list[str], *, labels: dict[str, int] | None, side: int, views: int
+) -> tuple[list[np.ndarray], list[str], list[int]]:
+    """Every candidate canvas with its tag (``photo/view``) and its photo's index in ``names``."""
+    imgs, tags, sources = [], [], []
+    for s, name in enumerate(names):
+        for view, img in (
+            [("v0", canvas(photos[name], side))] if labels else candidate_views(photos[name], side, views)
+        ):
+            imgs.append(img)
+            tags.append(f"{name}/{view}")
+            sources.append(s)
+    return imgs, tags, sources
+
+
+def _reference(
+    top1: np.ndarray, sources: list[int], names: list[str], labels: dict[str, int] | None
+) -> tuple[np.ndarray, str]:
+    """Each candidate's reference label, and how it was chosen."""
+    if labels:
+        return np.asarray([labels[n] for n in names])[np.asarray(sources)], "labels"
+    first = {s: i for i, s in reversed(list(enumerate(sources)))}  # the whole-photo view v0
+    return np.asarray([top1[first[s]] for s in sources]), "reference = clean top-1 of the whole photo"
 
 
 def originals_group(
@@ -94,24 +119,11 @@ def originals_group(
     if path is not None and path.exists():
         return ImageGroup.load(path)
     t0 = time.perf_counter()
-    imgs, tags, sources = [], [], []
-    for s, name in enumerate(names):
-        for view, img in (
-            [("v0", canvas(photos[name], side))] if labels else photo_views(photos[name], side, views)
-        ):
-            imgs.append(img)
-            tags.append(f"{name}/{view}")
-            sources.append(s)
+    imgs, tags, sources = _candidates(photos, names, labels=labels, side=side, views=views)
     stack = np.stack(imgs)
     top1 = predict_logits(backbone, stack, desc="originals: predict").argmax(1)
     sources_arr = np.asarray(sources)
-    if labels:
-        reference = np.asarray([labels[n] for n in names])[sources_arr]
-        mode = "labels"
-    else:
-        first = {s: i for i, s in reversed(list(enumerate(sources)))}  # the whole-photo view v0
-        reference = np.asarray([top1[first[s]] for s in sources])
-        mode = "reference = clean top-1 of the whole photo"
+    reference, mode = _reference(top1, sources, names, labels)
     keep = np.flatnonzero(top1 == reference)
     meta = {
         "mode": mode,

@@ -21,7 +21,12 @@ from fitguard.cache import cache_root
 from fitguard.contract import DEFAULT_PATCHES, TOP_K
 from fitguard.detector import FIT_LABEL, Detector, save_detector
 from fitguard.training.image_groups import ADVERSARIAL, ORIGINALS, GroupConfig, ImageGroup
-from fitguard.training.paper.features import GroupFeatures, Models, compute_features, load_models
+from fitguard.training.paper.features import (
+    FeatureModels,
+    GroupFeatures,
+    compute_features,
+    load_feature_models,
+)
 from fitguard.training.paper.groups import build_groups
 from fitguard.training.paper.protocol import (
     REPEATS,
@@ -39,7 +44,7 @@ HELD_OUT_KEYS = ("adv_detection_rate", "clean_pass_rate", "adv_accuracy_fit", "a
 
 
 def prepare_training_data(
-    models: Models,
+    models: FeatureModels,
     images: str | Path | None,
     config: GroupConfig,
     patches: int,
@@ -84,10 +89,26 @@ def fit_shipped(
     return fit_detector(x, y, g, target_far), held_out
 
 
+def _held_out(
+    groups: dict[str, ImageGroup],
+    feats: dict[str, GroupFeatures],
+    *,
+    repeats: int,
+    seed: int,
+    split_by: str,
+    target_far: float | None,
+) -> dict[str, Any]:
+    """The paper's protocol on the adversarial pairs, summarised over its repeats."""
+    runs = run_protocol(
+        groups[ORIGINALS], feats[ORIGINALS], feats[ADVERSARIAL], repeats, seed, split_by, target_far
+    )
+    return {k: summarize([r[k] for r in runs]) for k in HELD_OUT_KEYS}
+
+
 def _summary(
     args: dict[str, Any],
     *,
-    models: Models,
+    models: FeatureModels,
     groups: dict[str, ImageGroup],
     det: Detector,
     held_out: dict[str, Any],
@@ -108,6 +129,30 @@ def _summary(
         "unfit_groups": list(unfit_groups),
         "mixed_held_out": mixed,
     }
+
+
+def _record_in_meta(
+    det: Detector,
+    args: dict[str, Any],
+    *,
+    models: FeatureModels,
+    groups: dict[str, ImageGroup],
+    summary: dict[str, Any],
+) -> None:
+    """What the served detector file carries of its training: the backbone and head it expects, the
+    protocol's arguments and held-out results, and the unfit groups it learnt."""
+    det.meta.update(
+        {
+            "backbone": args["backbone"],
+            "weights_id": models.backbone.weights_id,
+            **{k: args[k] for k in ("patches", "split_by", "repeats", "seed")},
+            "head_key": models.key,
+            "held_out": summary["held_out"],
+            "fooling_rate": groups[ADVERSARIAL].meta.get("fooling_rate"),
+            "unfit_groups": list(summary["unfit_groups"]),
+            "mixed_held_out": summary["mixed_held_out"],
+        }
+    )
 
 
 def _write(out: Path, det: Detector, summary: dict[str, Any]) -> None:
@@ -154,16 +199,12 @@ def train_detector(
         **{"split_by": split_by, "seed": seed, "groups": asdict(config)},
     }
     cache_dir = Path(cache) if cache is not None else cache_root()
-    models = load_models(backbone, head, weights)
-    extra = tuple(n for n in unfit_groups if n != ADVERSARIAL)
+    models = load_feature_models(backbone, head, weights)
     # One pass: the extra groups derive from the same originals.
-    groups, feats = prepare_training_data(
-        models, images, config, patches, cache_dir, (ORIGINALS, ADVERSARIAL, *extra)
-    )
+    names = (ORIGINALS, ADVERSARIAL, *(n for n in unfit_groups if n != ADVERSARIAL))
+    groups, feats = prepare_training_data(models, images, config, patches, cache_dir, names)
     t_data = time.perf_counter() - t0
-    runs = run_protocol(
-        groups[ORIGINALS], feats[ORIGINALS], feats[ADVERSARIAL], repeats, seed, split_by, target_far
-    )
+    held_out = _held_out(groups, feats, repeats=repeats, seed=seed, split_by=split_by, target_far=target_far)
     det, mixed = fit_shipped(
         groups=groups,
         feats=feats,
@@ -172,23 +213,11 @@ def train_detector(
         seed=seed,
         target_far=target_far,
     )
-    held_out = {k: summarize([r[k] for r in runs]) for k in HELD_OUT_KEYS}
     summary = _summary(
         args, models=models, groups=groups, det=det, held_out=held_out, mixed=mixed, unfit_groups=unfit_groups
     )
     summary["seconds"] = {"data": round(t_data, 1), "total": round(time.perf_counter() - t0, 1)}
-    det.meta.update(
-        {
-            "backbone": backbone,
-            "weights_id": models.backbone.weights_id,
-            **{k: args[k] for k in ("patches", "split_by", "repeats", "seed")},
-            "head_key": models.key,
-            "held_out": held_out,
-            "fooling_rate": groups[ADVERSARIAL].meta.get("fooling_rate"),
-            "unfit_groups": list(unfit_groups),
-            "mixed_held_out": mixed,
-        }
-    )
+    _record_in_meta(det, args, models=models, groups=groups, summary=summary)
     _write(Path(out), det, summary)
     return summary
 

@@ -126,22 +126,10 @@ def synthetic(
     pairs = [(k, lvl) for k in kinds for lvl in levels]
     per_view = len(pairs) if per_view is None else max(1, min(per_view, len(pairs)))
     all_views = photo_views(photos, views, size, seed)
-    jobs: list[list[tuple[np.ndarray, list[tuple[str, int, int]]]]] = []
-    for p, (name, crops) in enumerate(all_views.items()):
-        order = (
-            np.random.default_rng([seed, p]).permutation(len(pairs))
-            if per_view < len(pairs)
-            else np.arange(len(pairs))
-        )
-        views_specs = []
-        for v, crop in enumerate(crops):
-            if ladder and v == 0:
-                chosen = pairs
-            else:
-                start = (v - 1 if ladder else v) * per_view
-                chosen = [pairs[order[(start + i) % len(pairs)]] for i in range(per_view)]
-            views_specs.append((crop, [(k, lvl, _seed(seed, name, v)) for k, lvl in chosen]))
-        jobs.append(views_specs)
+    jobs = [
+        _photo_jobs(name, crops, p, pairs=pairs, per_view=per_view, seed=seed, ladder=ladder)
+        for p, (name, crops) in enumerate(all_views.items())
+    ]
     raws = vsi_labels(jobs, progress=progress)
     items: list[IQAItem] = []
     for name, views_specs, photo_raw in zip(all_views, jobs, raws, strict=True):
@@ -159,6 +147,33 @@ def synthetic(
                 )
                 items.append(clean)
     return items
+
+
+def _photo_jobs(
+    name: str,
+    crops: list[np.ndarray],
+    p: int,
+    *,
+    pairs: list[tuple[str, int]],
+    per_view: int,
+    seed: int,
+    ladder: bool,
+) -> list[tuple[np.ndarray, list[tuple[str, int, int]]]]:
+    """Photo ``p``'s views, each with the (type, level, distortion seed) triples it gets."""
+    order = (
+        np.random.default_rng([seed, p]).permutation(len(pairs))
+        if per_view < len(pairs)
+        else np.arange(len(pairs))
+    )
+    views_specs = []
+    for v, crop in enumerate(crops):
+        if ladder and v == 0:
+            chosen = pairs
+        else:
+            start = (v - 1 if ladder else v) * per_view
+            chosen = [pairs[order[(start + i) % len(pairs)]] for i in range(per_view)]
+        views_specs.append((crop, [(k, lvl, _seed(seed, name, v)) for k, lvl in chosen]))
+    return views_specs
 
 
 def _seed(seed: int, name: str, view: int) -> int:

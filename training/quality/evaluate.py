@@ -228,10 +228,10 @@ def scene_protocol(
                 f"split {k}: SRCC {rec['srcc']:.4f}  PLCC {rec['plcc']:.4f}  ordering "
                 f"{rec['ordering_mean'] or float('nan'):.3f}  test {rec['test_references']}"
             )
-    return summarise(records, labels), held_out
+    return summarise_splits(records, labels), held_out
 
 
-def summarise(records: list[dict[str, Any]], labels: Labels) -> dict[str, Any]:
+def summarise_splits(records: list[dict[str, Any]], labels: Labels) -> dict[str, Any]:
     """Means and spreads over the splits of every figure :func:`split_record` gives."""
     srcc, plcc = _spread([r["srcc"] for r in records]), _spread([r["plcc"] for r in records])
     ladders_all = [o for r in records for o in r["ordering"]]

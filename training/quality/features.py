@@ -124,6 +124,53 @@ def _extractor(backbone: Backbone, device: str | None) -> Callable[[np.ndarray],
     return extract
 
 
+class _RowFiller:
+    """Fills one [P, D] row per image from the cache, and computes what the cache lacks in batches; a
+    patch already waiting for its features (the same pixels seen again) is computed once."""
+
+    def __init__(
+        self, cache: FeatureCache, extract: Callable[[np.ndarray], np.ndarray], batch_size: int
+    ) -> None:
+        self.cache, self.extract, self.batch_size = cache, extract, batch_size
+        self.rows: list[np.ndarray] = []
+        # patch key -> (image, patch) slots waiting for it
+        self.pending: dict[str, list[tuple[int, int]]] = {}
+        self.batch: list[tuple[str, np.ndarray]] = []
+
+    def add_image(self, cut: Iterable[np.ndarray], patches: int) -> np.ndarray:
+        """Queues one image's patches; returns its mask, False for a patch identical to an earlier one."""
+        i = len(self.rows)
+        self.rows.append(np.empty((patches, self.cache.feature_dim), dtype=np.float32))
+        seen: set[str] = set()
+        mask = np.ones(patches, dtype=bool)
+        for j, patch in enumerate(cut):
+            key = patch_key(patch)
+            mask[j] = key not in seen
+            seen.add(key)
+            if key in self.pending:
+                self.pending[key].append((i, j))
+                continue
+            vec = self.cache.get(key)
+            if vec is not None:
+                self.rows[i][j] = vec
+                continue
+            self.pending[key] = [(i, j)]
+            self.batch.append((key, patch))
+            if len(self.batch) >= self.batch_size:
+                self.flush()
+        return mask
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        feats = self.extract(np.stack([p for _, p in self.batch]))
+        for (key, _), vec in zip(self.batch, feats, strict=True):
+            self.cache.put(key, vec)
+            for i, j in self.pending.pop(key):
+                self.rows[i][j] = vec
+        self.batch.clear()
+
+
 def patch_features(
     images: Iterable[np.ndarray] | Iterable[Callable[[], np.ndarray]],
     backbone: Backbone,
@@ -156,49 +203,17 @@ def patch_features(
     if mode != "patches" and patches != 1:
         raise ValueError(f"{mode} quality mode has one view per image, not {patches}")
     cache = FeatureCache(cache_dir if cache_dir is not None else feature_cache_dir(), backbone)
-    extract = _extractor(backbone, device)
-    rows: list[np.ndarray] = []
+    filler = _RowFiller(cache, _extractor(backbone, device), batch_size)
     uniq: list[np.ndarray] = []
-    pending: dict[str, list[tuple[int, int]]] = {}  # patch key -> (image, patch) slots waiting for it
-    batch: list[tuple[str, np.ndarray]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        feats = extract(np.stack([p for _, p in batch]))
-        for (key, _), vec in zip(batch, feats, strict=True):
-            cache.put(key, vec)
-            for i, j in pending.pop(key):
-                rows[i][j] = vec
-        batch.clear()
-
     if total is None and hasattr(images, "__len__"):
         total = len(images)  # type: ignore[arg-type]
     bar = tqdm(images, total=total, desc=f"features ({backbone.name})", unit="img", disable=not progress)
-    for i, image in enumerate(bar):
+    for image in bar:
         rgb = image() if callable(image) else image
         cut = iqa_patches(rgb, patches) if mode == "patches" else quality_views(rgb, backbone.preset, mode)
-        rows.append(np.empty((patches, backbone.quality_dim), dtype=np.float32))
-        seen: set[str] = set()
-        mask = np.ones(patches, dtype=bool)
-        for j, patch in enumerate(cut):
-            key = patch_key(patch)
-            mask[j] = key not in seen
-            seen.add(key)
-            if key in pending:
-                pending[key].append((i, j))
-                continue
-            vec = cache.get(key)
-            if vec is not None:
-                rows[i][j] = vec
-                continue
-            pending[key] = [(i, j)]
-            batch.append((key, patch))
-            if len(batch) >= batch_size:
-                flush()
-        uniq.append(mask)
-    flush()
+        uniq.append(filler.add_image(cut, patches))
+    filler.flush()
     bar.close()
-    if not rows:
+    if not filler.rows:
         return np.zeros((0, patches, backbone.quality_dim), np.float32), np.zeros((0, patches), bool)
-    return np.stack(rows), np.stack(uniq)
+    return np.stack(filler.rows), np.stack(uniq)

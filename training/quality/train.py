@@ -12,9 +12,10 @@ imported inside functions only.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,7 @@ def train_iqa(
     from fitguard.training.quality.report import write_outputs
 
     patches = _patches_for(quality_features, patches)
-    args = {k: v if v is None or isinstance(v, int | float | str) else str(v) for k, v in locals().items()}
-    args.pop("config"), args.pop("progress")
+    args = _recorded(locals())
     lap = _stopwatch()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -119,31 +119,113 @@ def train_iqa(
     )
     lap("features")
     # Synthetic sets validate on views rather than scenes (see train_head).
-    if splits:
-        val_groups = labels.views if dataset in SYNTHETIC_SETS else None
+    val_groups = labels.views if dataset in SYNTHETIC_SETS else None
+    protocol = _Protocol(splits=splits, seed=seed, baseline=baseline, left_out=left_out, progress=progress)
+    heads = _train_heads(feats, unique, items, labels, config, val_groups, protocol=protocol, lap=lap)
+    run = _Run(dataset=dataset, backbone=backbone, patches=patches, quality_features=quality_features)
+    metrics = _metrics(
+        run, heads, net=net, labels=labels, config=config, label=label_name(dataset), args=args, lap=lap
+    )
+    write_outputs(out, heads.head, net, metrics, labels, heads.held_out)
+    return metrics
+
+
+def _recorded(params: dict[str, Any]) -> dict[str, Any]:
+    """``train_iqa``'s arguments as the metrics file records them: None, numbers and text as they are, the
+    rest as text, without the head config (recorded on its own) and the progress flag."""
+    names = set(inspect.signature(train_iqa).parameters) - {"config", "progress"}
+    return {
+        k: v if v is None or isinstance(v, int | float | str) else str(v)
+        for k, v in params.items()
+        if k in names
+    }
+
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What ``train_iqa`` measures before it trains the head it writes (its arguments of these names)."""
+
+    splits: int
+    seed: int
+    baseline: bool
+    left_out: bool
+    progress: bool
+
+
+@dataclass(frozen=True)
+class _Heads:
+    """The head ``train_iqa`` writes, the config it trained with, and what the protocol measured first."""
+
+    head: Any
+    config: HeadConfig
+    evaluation: dict[str, Any]
+    held_out: list
+
+
+def _train_heads(
+    feats: np.ndarray,
+    unique: np.ndarray,
+    items: list,
+    labels: Labels,
+    config: HeadConfig,
+    val_groups: np.ndarray | None,
+    *,
+    protocol: _Protocol,
+    lap,
+) -> _Heads:
+    """The protocol where ``protocol.splits`` asks for it, then the head trained on every scene."""
+    seed = protocol.seed
+    if protocol.splits:
         fit = head_fit(feats, unique, labels, config, seed, val_groups)
-        split_list = reference_splits(labels.references, splits, seed=seed)
-        evaluation, held_out = _evaluate(fit, items, labels, split_list, baseline, left_out, progress, lap)
+        split_list = reference_splits(labels.references, protocol.splits, seed=seed)
+        evaluation, held_out = _evaluate(
+            fit, items, labels, split_list, protocol.baseline, protocol.left_out, protocol.progress, lap
+        )
         final_config = _final_config(config, evaluation)
     else:  # fitted once, early-stopped on a held-out share of the scenes: what a build ships
         evaluation, held_out, final_config = {"splits": []}, [], config
     all_idx = np.arange(len(items))
     head, _ = train_head(feats, unique, labels.scores, labels.references, all_idx, final_config, seed=seed)
     lap("final")
+    return _Heads(head=head, config=final_config, evaluation=evaluation, held_out=held_out)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the metrics file names first: the data set and the features the head reads."""
+
+    dataset: str
+    backbone: str
+    patches: int
+    quality_features: str
+
+
+def _metrics(
+    run: _Run,
+    heads: _Heads,
+    *,
+    net: Any,
+    labels: Labels,
+    config: HeadConfig,
+    label: str,
+    args: dict[str, Any],
+    lap,
+) -> dict[str, Any]:
+    """The metrics file's content (``lap(None)`` gives its seconds)."""
     references = int(len(np.unique(labels.references)))
-    metrics: dict[str, Any] = {
-        "dataset": dataset,
-        "backbone": backbone,
+    return {
+        "dataset": run.dataset,
+        "backbone": run.backbone,
         "weights_id": net.weights_id,
-        "images": len(items),
+        "images": len(labels.scores),
         "references": references,
-        "patches": patches,
-        "quality_features": quality_features,
+        "patches": run.patches,
+        "quality_features": run.quality_features,
         "split_scheme": SPLIT_SCHEME,
         "evaluation": EVALUATION,
-        **evaluation,
-        "final_head": f"trained on all {references} references for {final_config.epochs} epochs",
-        "label": label_name(dataset),
+        **heads.evaluation,
+        "final_head": f"trained on all {references} references for {heads.config.epochs} epochs",
+        "label": label,
         "score_range": [0.0, 1.0],
         "higher_is_better": True,
         "head_config": asdict(config),
@@ -151,8 +233,6 @@ def train_iqa(
         "seconds": lap(None),
         "torch_threads": _threads(),
     }
-    write_outputs(out, head, net, metrics, labels, held_out)
-    return metrics
 
 
 def _stopwatch():
