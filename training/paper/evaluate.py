@@ -44,7 +44,7 @@ from fitguard.training.image_groups import (
     ImageGroup,
 )
 from fitguard.training.paper.features import GroupFeatures, compute_features, load_feature_models
-from fitguard.training.paper.groups import build_groups
+from fitguard.training.paper.groups import add_group_arguments, build_groups
 from fitguard.training.paper.protocol import (
     FARS,
     METHODS,
@@ -326,20 +326,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iqa-head", required=True, help="quality head file (fitguard train iqa)")
     parser.add_argument("--detector", required=True, help="detector file (fitguard train detector)")
     parser.add_argument("--report", required=True, help="folder for report.md, report.json and PNG plots")
-    parser.add_argument(
-        "--images",
-        default=None,
-        help="ImageNet-style labelled folder or any photo folder; default: package photos",
-    )
-    parser.add_argument("--labels", default=None, help="labels file: '<file> <index or wnid>' per line")
-    parser.add_argument(
-        "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
-    )
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
-    parser.add_argument(
-        "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
-    )
-    parser.add_argument("--views", type=int, default=GroupConfig.views, help="views per unlabelled photo")
+    add_group_arguments(parser)
     parser.add_argument(
         "--distort-sources",
         type=int,
@@ -350,9 +337,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--repeats", type=int, default=None, help="protocol repeats (default: the detector's)"
     )
     parser.add_argument("--no-wordnet", action="store_true", help="skip the Wu-Palmer plots")
-    parser.add_argument(
-        "--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache/fitguard)"
-    )
 
 
 def run(args: argparse.Namespace) -> int:

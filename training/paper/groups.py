@@ -24,10 +24,12 @@ everything that determines them.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fitguard.contract import DEFAULT_PATCHES
 from fitguard.training.attacks.adversarial import adversarial_group
 from fitguard.training.attacks.fooling import fool_ev_group, fool_gd_group
 from fitguard.training.image_groups import (
@@ -78,3 +80,25 @@ def build_groups(
             backbone, config.fool_ev_count, config.fool_ev_generations, seed=config.seed, cache=cache
         )
     return {n: out[n] for n in GROUPS if n in out}
+
+
+def add_group_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the groups' images and how they are seen, shared by the paper's commands."""
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="ImageNet-style labelled folder (val.txt/labels.txt or <wnid>/ folders) or any "
+        "photo folder; default: the package-shipped photos",
+    )
+    parser.add_argument("--labels", default=None, help="labels file: '<file> <index or wnid>' per line")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
+    )
+    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
+    parser.add_argument(
+        "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
+    )
+    parser.add_argument("--views", type=int, default=GroupConfig.views, help="views per unlabelled photo")
+    parser.add_argument(
+        "--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache/fitguard)"
+    )

@@ -27,7 +27,7 @@ from fitguard.training.paper.features import (
     compute_features,
     load_feature_models,
 )
-from fitguard.training.paper.groups import build_groups
+from fitguard.training.paper.groups import add_group_arguments, build_groups
 from fitguard.training.paper.protocol import (
     REPEATS,
     mixed_held_out,
@@ -228,27 +228,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="detector file to write (a .json summary goes beside it)"
     )
-    parser.add_argument(
-        "--images",
-        default=None,
-        help="ImageNet-style labelled folder (val.txt/labels.txt or <wnid>/ folders) or any "
-        "photo folder; default: the package-shipped photos",
-    )
-    parser.add_argument("--labels", default=None, help="labels file: '<file> <index or wnid>' per line")
-    parser.add_argument(
-        "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
-    )
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
-    parser.add_argument(
-        "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
-    )
+    add_group_arguments(parser)
     parser.add_argument(
         "--target-far",
         type=float,
         default=DEFAULT_TARGET_FAR,
         help="share of clean training images the threshold may flag; negative: SVM boundary",
     )
-    parser.add_argument("--views", type=int, default=GroupConfig.views, help="views per unlabelled photo")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="protocol repeats")
     parser.add_argument(
         "--split-by",
@@ -261,9 +247,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--unfit-groups",
         default="adversarial",
         help="comma-separated groups learnt as unfit: adversarial (the paper), distorted, fool_gd, fool_ev",
-    )
-    parser.add_argument(
-        "--cache", default=None, help="cache folder (default $FITGUARD_CACHE or ~/.cache/fitguard)"
     )
 
 
