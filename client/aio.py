@@ -11,15 +11,14 @@ import numpy as np
 from fitguard import contract
 
 from . import retry
+from .base import ClientBase
 from .errors import BadImage, ModelNotReady
 from .images import ImageInput, source_name, to_bytes
-from .retry import RetryPolicy
 from .sdk import Result, _progress
 from .signature import ModelInfo, check_signature
 from .transport import (
     OUTPUT_NAMES,
     Connection,
-    Protocol_,
     _model_version,
     config_from_grpc,
     grpc_client_options,
@@ -140,7 +139,7 @@ async def _to_bytes(image: ImageInput) -> bytes:
     return await asyncio.to_thread(to_bytes, image)
 
 
-class AsyncFitClient:
+class AsyncFitClient(ClientBase[AsyncTransport]):
     """asyncio twin of :class:`~fitguard.client.FitClient` (same arguments, same results).
 
     >>> async with AsyncFitClient("localhost:8001") as client:   # doctest: +SKIP
@@ -149,40 +148,8 @@ class AsyncFitClient:
     One connection multiplexes every concurrent request (gRPC channel or aiohttp pool).
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        protocol: Protocol_ = "grpc",
-        model: str = contract.ENSEMBLE,
-        *,
-        timeout: float = 30.0,
-        retries: int = 3,
-        retry_deadline: float = 10.0,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        ssl_context: Any = None,
-        insecure: bool = False,
-        headers: dict[str, str] | None = None,
-        retry_policy: RetryPolicy | None = None,
-        transport_factory: Callable[[Connection], AsyncTransport] | None = None,
-    ) -> None:
-        self.connection = Connection(
-            url=url,
-            protocol=protocol,
-            timeout=timeout,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            ssl_context=ssl_context,
-            insecure=insecure,
-            headers=dict(headers or {}),
-        )
-        self.model = model
-        self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
-        self._factory = transport_factory or open_async_transport
+    def _open_transports(self, factory: Callable[[Connection], AsyncTransport] | None) -> None:
+        self._factory = factory or open_async_transport
         self._transport: AsyncTransport | None = None
         self._info: ModelInfo | None = None
         self._lock: asyncio.Lock | None = None

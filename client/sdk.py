@@ -8,16 +8,13 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-from fitguard import contract
 
 from . import retry
+from .base import ClientBase
 from .errors import BadImage, FitguardError, ModelNotReady
 from .images import ImageInput, source_name, to_bytes
-from .retry import RetryPolicy
 from .signature import ModelInfo, check_signature
-from .transport import Connection, Protocol_, Transport, open_transport
+from .transport import Connection, Transport, open_transport
 from .verdict import Failure, Verdict, verdicts_from_outputs
 
 Result = Verdict | Failure
@@ -61,65 +58,21 @@ class _Pool:
                 t.close()
 
 
-class FitClient:
+class FitClient(ClientBase[Transport]):
     """Classify images with a running fitguard server.
 
     >>> with FitClient("localhost:8001") as client:          # doctest: +SKIP
     ...     verdicts = client.classify_many(Path("photos").glob("*.jpg"))
 
-    Args:
-        url: ``host:port`` of the server (gRPC port 8001 or HTTP port 8000 by default).
-        protocol: ``"grpc"`` (default) or ``"http"`` (binary tensor extension).
-        model: the ensemble's name in the model repository.
-        timeout: seconds one request may take (connection and answer).
-        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only.
-        retry_deadline: total seconds spent retrying one request before giving up.
-        ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them
-            (certificate file paths); ``ssl_context`` (HTTP only) and ``insecure`` (HTTP: skip
-            hostname verification).
-        headers: extra headers (HTTP) or metadata (gRPC) on every request, e.g. authorisation.
-        retry_policy: full control over back-off (overrides ``retries`` / ``retry_deadline``).
-        transport_factory: replaces the tritonclient transport (tests, custom transports).
+    Takes the arguments of :class:`~fitguard.client.base.ClientBase` (server, TLS, retries).
 
     The client connects on ``__enter__`` or the first call: it checks that the model is ready and
     that its metadata and config match the fitguard tensor contract (:class:`ContractMismatch`
     otherwise), once. It is safe to use from several threads.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        protocol: Protocol_ = "grpc",
-        model: str = contract.ENSEMBLE,
-        *,
-        timeout: float = 30.0,
-        retries: int = 3,
-        retry_deadline: float = 10.0,
-        ssl: bool = False,
-        root_certificates: str | None = None,
-        private_key: str | None = None,
-        certificate_chain: str | None = None,
-        ssl_context: Any = None,
-        insecure: bool = False,
-        headers: dict[str, str] | None = None,
-        retry_policy: RetryPolicy | None = None,
-        transport_factory: Callable[[Connection], Transport] | None = None,
-    ) -> None:
-        self.connection = Connection(
-            url=url,
-            protocol=protocol,
-            timeout=timeout,
-            ssl=ssl,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            ssl_context=ssl_context,
-            insecure=insecure,
-            headers=dict(headers or {}),
-        )
-        self.model = model
-        self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
-        factory = transport_factory or open_transport
+    def _open_transports(self, factory: Callable[[Connection], Transport] | None) -> None:
+        factory = factory or open_transport
         self._transports = _Pool(lambda: factory(self.connection))
         self._workers: ThreadPoolExecutor | None = None
         self._workers_size = 0
