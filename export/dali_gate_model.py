@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import DALI_PREPROCESS, DALI_PREPROCESS_SINGLE, IMAGE
 from fitguard.dali_gate import check_header, refusal
+from fitguard.manifest import verify_on_load
 from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
 
 
@@ -32,11 +33,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = Parameters.from_config(config)
-        if params.bool("verify_manifest", True):
-            # A model file changed after export must fail the load, not serve silently different answers.
-            from fitguard.manifest import find_root, verify_repository
-
-            verify_repository(find_root(args["model_repository"]))
+        verify_on_load(args["model_repository"], enabled=params.bool("verify_manifest", True))
         self.limits = PreprocessSettings.from_parameters(params).limits
         self.outputs = [t["name"] for t in config.get("output") or []]
         self.refusals = None

@@ -108,3 +108,10 @@ def verify_repository(root: str | Path) -> dict[str, Any]:
             f"repository {root} does not match its manifest:\n  " + "\n  ".join(problems)
         )
     return manifest
+
+
+def verify_on_load(model_folder: str | Path, *, enabled: bool = True) -> None:
+    """What a served step checks as it loads (its ``verify_manifest`` parameter): a model file changed after
+    export must fail the load, not serve silently different answers."""
+    if enabled:
+        verify_repository(find_root(model_folder))

@@ -13,6 +13,7 @@ import json
 import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
+from fitguard.manifest import verify_on_load
 from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
 
 
@@ -20,11 +21,7 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = Parameters.from_config(config)
-        if params.bool("verify_manifest", True):
-            # A model file changed after export must fail the load, not serve silently different answers.
-            from fitguard.manifest import find_root, verify_repository
-
-            verify_repository(find_root(args["model_repository"]))
+        verify_on_load(args["model_repository"], enabled=params.bool("verify_manifest", True))
         self.settings = PreprocessSettings.from_parameters(params)
         self.refusals = None
         if params.bool("monitoring", False):
