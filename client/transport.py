@@ -32,8 +32,6 @@ from .errors import (
 Protocol_ = Literal["grpc", "http"]
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS)
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's wrapping; the reason follows
-# What Triton's queue policy answers (gRPC UNAVAILABLE, HTTP 503): a full queue, or a wait past the timeout.
-_OVERLOAD = ("exceeds maximum queue size", "request timeout expired")
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,7 @@ def map_error(exc: BaseException, conn: Connection, what: str) -> FitguardError:
         message = str(exc.message() or exc)
         code = status.removeprefix("StatusCode.")
         lowered = message.lower()
-        if any(marker in lowered for marker in _OVERLOAD):
+        if contract.is_overload(message):
             return Overloaded(
                 f"{what}: server at {where} is overloaded ({_ENSEMBLE_PREFIX.sub('', message)})"
             )

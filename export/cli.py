@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from fitguard.contract import DEFAULT_PATCHES, QUALITY_MODES
 from fitguard.export.accelerators import ACCELERATORS
 from fitguard.export.configs import PREPROCESS_STEPS
 from fitguard.export.monitoring import MONITORING
-from fitguard.export.overload import DEFAULT_MAX_QUEUE_SIZE, DEFAULT_QUEUE_TIMEOUT_MS
+from fitguard.export.overload import (
+    DEFAULT_IN_FLIGHT_PER_INSTANCE,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_QUEUE_TIMEOUT_MS,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +63,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"longest wait in a model's queue before refusal (0: none; default {DEFAULT_QUEUE_TIMEOUT_MS})",
     )
     parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="images admitted into the ensemble at once; more are refused at once (default 0: no "
+        f"admission control; the CPU builds were measured with {DEFAULT_IN_FLIGHT_PER_INSTANCE} per "
+        "instance, docs/operations.md)",
+    )
+    parser.add_argument(
+        "--latency-budget-ms",
+        type=int,
+        default=None,
+        help="answered p99 to keep under any overload: sets --max-in-flight from --bench (the bench level "
+        "with the highest throughput whose p99 met the budget)",
+    )
+    parser.add_argument("--bench", default=None, help="a `fitguard bench --json` file of this repository")
+    parser.add_argument(
         "--quality-features",
         default=None,
         choices=QUALITY_MODES,
@@ -66,13 +89,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for export and checks")
 
 
+def queue_policy(args: argparse.Namespace) -> Any:
+    """The :class:`QueuePolicy` the arguments ask for (with ``--bench``, the limit comes from that run)."""
+    from fitguard.export.overload import QueuePolicy, policy_from_bench
+
+    base = QueuePolicy(args.max_queue_size, args.queue_timeout_ms, max_in_flight=args.max_in_flight)
+    if args.latency_budget_ms is None and args.bench is None:
+        return base
+    if args.latency_budget_ms is None or args.bench is None or args.max_in_flight is not None:
+        raise ValueError("--latency-budget-ms and --bench go together (and set --max-in-flight themselves)")
+    bench = json.loads(Path(args.bench).read_text(encoding="utf-8"))
+    return policy_from_bench(bench, budget_ms=args.latency_budget_ms, base=base)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from fitguard.backbones import WeightsUnavailableError
     from fitguard.detector import BadDetectorError
     from fitguard.export.onnx_export import ExportError
-    from fitguard.export.overload import QueuePolicy
     from fitguard.export.repository import export_repository
     from fitguard.export.verify import ParityError
     from fitguard.quality import BadHeadError, load_head
@@ -92,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             instances=args.instances,
             preprocess=args.preprocess,
             monitoring=args.monitoring,
-            queue=QueuePolicy(args.max_queue_size, args.queue_timeout_ms),
+            queue=queue_policy(args),
             quality_features=mode,
         )
     except (BadHeadError, BadDetectorError, ParityError, ExportError, WeightsUnavailableError) as exc:

@@ -22,7 +22,7 @@ from fitguard.contract import (
 )
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
 from fitguard.export.monitoring import drop_monitor_step
-from fitguard.export.overload import QueuePolicy, apply_queue_policy
+from fitguard.export.overload import QueuePolicy, apply_admission, apply_queue_policy
 from fitguard.preprocess import PreprocessSettings
 from fitguard.repository import config_path, read_config
 
@@ -58,6 +58,14 @@ class Serving:
             raise ValueError(
                 f"unknown accelerator {self.accelerator!r}; choose from {', '.join(ACCELERATORS)}"
             )
+        self.in_flight  # noqa: B018 - raises for an admission limit this repository cannot serve
+
+    @property
+    def in_flight(self) -> int:
+        """Images admitted into the ensemble at once (0: no admission control; see export/overload.py):
+        the Python preprocess step admits, the monitor step releases."""
+        gated = self.monitoring and self.preprocess == "python"
+        return self.queue.in_flight_limit(instances=self.instances, gated=gated)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -70,7 +78,7 @@ class Serving:
             "instances": self.instances,
             "preprocess": self.preprocess,
             "monitoring": "on" if self.monitoring else "off",
-            **self.queue.to_dict(),
+            **self.queue.to_dict(in_flight=self.in_flight),
         }
 
 
@@ -154,6 +162,8 @@ def render_config(
 
         to_shared(config, feature_dim)
     apply_queue_policy(config, serving.queue, entry=name == PREPROCESS)
+    if name in (PREPROCESS, MONITOR) and serving.in_flight:
+        apply_admission(config, serving.queue, limit=serving.in_flight)
     apply_accelerator(config, serving.accelerator, serving.instances)
     if serving.preprocess == "dali":
         from fitguard.export.dali import to_dali

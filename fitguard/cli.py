@@ -22,7 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "fitguard.training.fit.evaluate",
         "held-out fit = right evaluation on the labelled objects (selective classification)",
     ),
-    "bench": ("fitguard.bench", "benchmark the served ensemble against in-process and naive pipelines"),
+    "bench": (
+        "fitguard.bench.command",
+        "benchmark the served ensemble against in-process and naive pipelines",
+    ),
     "demo": ("fitguard.demo", "build once, serve, and classify sample photos and degraded versions"),
     "data": (
         "fitguard.training.data.cli",

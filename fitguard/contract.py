@@ -142,3 +142,19 @@ QUALITY_LOWER_IS_BETTER = False
 CALIBRATION_ID = "calibration_id"
 CALIBRATION_THRESHOLD = "calibration_threshold"
 CALIBRATION_GUARANTEE = "calibration_guarantee"
+
+# The words of an overload refusal (gRPC UNAVAILABLE, HTTP 503), which clients and load generators retry or
+# count as shed load: Triton's queue policy (a full queue, a wait past the timeout) and the admission gate
+# of fitguard.admission.
+ADMISSION_REFUSED = "admission limit reached"
+OVERLOAD_MARKERS: tuple[str, ...] = (
+    "exceeds maximum queue size",
+    "request timeout expired",
+    ADMISSION_REFUSED,
+)
+
+
+def is_overload(message: str) -> bool:
+    """Whether a server's error message is an overload refusal (case-insensitive)."""
+    lowered = message.lower()
+    return any(marker in lowered for marker in OVERLOAD_MARKERS)

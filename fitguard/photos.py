@@ -94,3 +94,25 @@ def folder_photos(folder: str | Path) -> dict[str, np.ndarray]:
 def load_photos(folder: str | Path | None = None) -> dict[str, np.ndarray]:
     """Reference photos: the package-shipped colour photos, or every image under ``folder``."""
     return package_photos() if folder is None else folder_photos(folder)
+
+
+def sample_photos(folder: str | Path | None = None, limit: int | None = None) -> tuple[list[np.ndarray], str]:
+    """Test photos and where they came from: ``folder``'s, else the package photos, else (an install without
+    scikit-image, such as a client's or a bare GPU machine's) smooth synthetic pictures of photo sizes."""
+    if folder is not None:
+        photos = list(folder_photos(folder).values())[:limit]
+        return photos, f"{len(photos)} files from {folder}"
+    try:
+        return list(package_photos().values())[:limit], "package photos (scikit-image, scikit-learn)"
+    except ImportError:
+        return _synthetic_photos()[:limit], "synthetic pictures (no photo folder, no scikit-image)"
+
+
+def _synthetic_photos() -> list[np.ndarray]:
+    """Blocky colour fields at common photo sizes: they decode and crop like photos, deterministically."""
+    rng = np.random.default_rng(0)
+    out = []
+    for h, w in ((480, 640), (600, 400), (512, 512), (375, 500)):
+        base = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+        out.append(np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w])
+    return out

@@ -3,7 +3,7 @@
 
 The step ahead of DALI (fitguard.dali_gate.check_header) reads headers only; beside it, for scale, the
 Python step's whole preprocessing of the same files (decode, crop) on one core. Package photos as JPEG
-at several sizes and as PNG. The work is in :mod:`fitguard.benchlib.gpu_dali`.
+at several sizes and as PNG. The work is in :mod:`fitguard.bench.gpu_dali`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitguard.benchlib.gpu_dali import gate_cost  # noqa: E402
-from fitguard.benchlib.gpu_decode import jpeg_variants  # noqa: E402
+from fitguard.bench.gpu_dali import gate_cost  # noqa: E402
+from fitguard.bench.gpu_decode import jpeg_variants  # noqa: E402
 from fitguard.photos import package_photos  # noqa: E402
 from fitguard.preprocess import PreprocessSettings, encode_image  # noqa: E402
 from fitguard.presets import preset_for  # noqa: E402

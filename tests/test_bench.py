@@ -26,7 +26,7 @@ def test_onnx_flops_match_torch_flop_counter(tiny_repository: Path) -> None:
     import torch
 
     from fitguard.backbones import build_backbone
-    from fitguard.benchlib.flops import onnx_flops, pipeline_flops, torch_flops
+    from fitguard.bench.flops import onnx_flops, pipeline_flops, torch_flops
     from fitguard.classifier import Classifier
     from fitguard.quality import QualityModel, load_head
 
@@ -48,7 +48,7 @@ def test_onnx_flops_match_torch_flop_counter(tiny_repository: Path) -> None:
 
 
 def test_statistics_window_per_image_and_slowest_step() -> None:
-    from fitguard.benchlib import stats
+    from fitguard.bench import stats
 
     def model(name: str, images: int, executions: int, infer_ns: int) -> dict:
         # gRPC's JSON spelling: int64 as strings
@@ -149,11 +149,15 @@ def test_bench_smoke_run_writes_json_and_plot(tiny_repository: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_backbone_alone_runtimes_on_cpu() -> None:
-    """The code path of the GPU command (``--device cuda``), run on the CPU."""
-    from fitguard.benchlib.gpu import gpu_backbone
+def test_backbone_alone_runtimes_on_cpu(tiny_repository: Path) -> None:
+    """The code path of the GPU command (``--device cuda``), run on the CPU, ONNX Runtime on the
+    repository's served classifier graph."""
+    from fitguard.bench.gpu import gpu_backbone
+    from fitguard.contract import CLASSIFIER
+    from fitguard.repository import model_path
 
-    result = gpu_backbone("tiny", None, [1, 2], seconds=0.2, device="cpu")
+    graph = model_path(tiny_repository, CLASSIFIER)
+    result = gpu_backbone("tiny", None, [1, 2], seconds=0.2, device="cpu", classifier_graph=graph)
     assert result["flops_per_image"] > 0
     assert set(result["runtimes"]) == {"torch-fp32", "torch-bf16-channels-last", "onnxruntime-cpu-fp32"}
     for per_batch in result["runtimes"].values():

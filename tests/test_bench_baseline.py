@@ -10,7 +10,7 @@ import pytest
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    from fitguard.bench import configure
+    from fitguard.bench.command import configure
 
     parser = argparse.ArgumentParser()
     configure(parser)
@@ -18,7 +18,7 @@ def _args(*argv: str) -> argparse.Namespace:
 
 
 def test_baseline_needs_a_served_repository() -> None:
-    from fitguard.bench import config_from_args
+    from fitguard.bench.command import config_from_args
 
     with pytest.raises(SystemExit, match="--baseline-repository goes with --model-repository"):
         config_from_args(_args("--url", "localhost:8001", "--baseline-repository", "x"))
@@ -31,9 +31,9 @@ def test_baseline_needs_a_served_repository() -> None:
 @pytest.mark.slow
 @pytest.mark.server
 def test_baseline_rounds_and_ratios(tiny_repository: Path) -> None:
-    from fitguard.bench import load_images
-    from fitguard.benchlib import report
-    from fitguard.benchlib.baseline import compare
+    from fitguard.bench import report
+    from fitguard.bench.baseline import compare
+    from fitguard.bench.inputs import load_images
 
     images, _ = load_images(None, 4)
     # The same repository on both sides: the mechanism, not a timing claim (ratios near 1 on a quiet machine).

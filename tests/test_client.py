@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from fitguard import contract
+from fitguard.admission import OVERLOAD_MARKER
 from fitguard.client import (
     AsyncFitClient,
     BadImage,
@@ -469,6 +470,12 @@ def test_error_mapping() -> None:
         (E("in ensemble 'fitguard', Exceeds maximum queue size", "StatusCode.UNAVAILABLE"), Overloaded),
         (E("in ensemble 'fitguard', Request timeout expired", "StatusCode.UNAVAILABLE"), Overloaded),
         (E("Request timeout expired", "503"), Overloaded),
+        # the admission gate at the entry step (fitguard.admission), at once
+        (
+            E(f"in ensemble 'fitguard', overloaded: {OVERLOAD_MARKER} (4)", "StatusCode.UNAVAILABLE"),
+            Overloaded,
+        ),
+        (E(f"overloaded: {OVERLOAD_MARKER} (4 images in flight)", "503"), Overloaded),
     ]
     for exc, kind in cases:
         assert type(map_error(exc, conn, "infer")) is kind, exc

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fitguard.benchlib.gpu_check import MLPERF_RESNET50_H200, PRECISIONS, SCHEMA, main
-from fitguard.benchlib.gpu_models import VARIANTS
+from fitguard.bench.gpu_check import MLPERF_RESNET50_H200, PRECISIONS, SCHEMA, main
+from fitguard.bench.gpu_models import VARIANTS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 

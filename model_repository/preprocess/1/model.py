@@ -12,6 +12,7 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
+from fitguard.admission import open_gate
 from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
 from fitguard.manifest import verify_on_load
 from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
@@ -29,6 +30,13 @@ class TritonPythonModel:
 
             self.refusals = BadImageCounter(pb_utils, version=str(args["model_version"]))
         self.invalid_arg = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+        self.unavailable = getattr(pb_utils.TritonError, "UNAVAILABLE", None)
+        # Admission control (fitguard.admission): the monitor step releases what this step admits.
+        self.gate = open_gate(
+            args["model_repository"],
+            limit=params.int("max_in_flight", 0),
+            lease_ms=params.int("admission_lease_ms", 2000),
+        )
 
     def _error(self, message: str, invalid_input: bool) -> pb_utils.InferenceResponse:
         if invalid_input and self.invalid_arg is not None:
@@ -43,15 +51,36 @@ class TritonPythonModel:
             outputs.append(pb_utils.Tensor(IQA_PATCHES, patches))
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
+    def _refusal(self) -> pb_utils.InferenceResponse:
+        message = self.gate.refusal()
+        if self.unavailable is not None:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, self.unavailable))
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
     def execute(self, requests: list) -> list:
         responses = []
-        for request in requests:
+        sizes = [0] * len(requests)
+        admitted = [True] * len(requests)
+        if self.gate is not None:  # refuse before decoding, under one lock a batch: refusals stay cheap
+            sizes = [int(pb_utils.get_input_tensor_by_name(r, IMAGE).as_numpy().size) for r in requests]
+            admitted = self.gate.admit_batch(sizes)
+        for request, rows, admit in zip(requests, sizes, admitted, strict=True):
+            if not admit:
+                responses.append(self._refusal())
+                continue
             try:
                 responses.append(self._answer(request))
+                rows = 0  # answered: the monitor step releases its slots
             except BadImageError as exc:
                 if self.refusals is not None:
                     self.refusals.add()
                 responses.append(self._error(f"bad image: {exc}", invalid_input=True))
             except Exception as exc:  # never raise out of execute: it would fail the whole batch
                 responses.append(self._error(f"preprocess failed: {exc.__class__.__name__}: {exc}", False))
+            if rows:  # refused here as a bad image: it never reaches the step that releases
+                self.gate.release(rows)
         return responses
+
+    def finalize(self) -> None:
+        if self.gate is not None:
+            self.gate.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.benchlib.load import latency_summary, time_calls
+from fitguard.bench.load import latency_summary, time_calls
 
 
 def measure(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fitguard.benchlib.load import time_calls
+from fitguard.bench.load import time_calls
 
 
 def _torch_runs(
@@ -75,17 +75,13 @@ def _onnx_candidates(available: set[str], cuda: bool, cache: str, batches: Seque
     return candidates
 
 
-def _onnx_runs(model: Any, ort: Any, cuda: bool, batches: Sequence[int], seconds: float) -> dict[str, Any]:
-    """The served classifier graph in ONNX Runtime, per execution provider that loads."""
-    import onnx
-
+def _onnx_runs(path: Path, ort: Any, cuda: bool, batches: Sequence[int], seconds: float) -> dict[str, Any]:
+    """The served classifier graph (a repository's ``model.onnx``) in ONNX Runtime, per execution provider
+    that loads."""
     from fitguard.contract import CLASSIFIER_INPUT, INPUT_SIZE
-    from fitguard.export.onnx_export import export_classifier
 
     runs: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "classifier.onnx"
-        onnx.save(export_classifier(model), str(path))  # the served graph, as `fitguard export` writes it
+    with tempfile.TemporaryDirectory() as tmp:  # TensorRT's engine cache
         for name, providers in _onnx_candidates(set(ort.get_available_providers()), cuda, tmp, batches):
             try:
                 sess = ort.InferenceSession(str(path), providers=providers)
@@ -117,9 +113,15 @@ def _best(runtimes: dict[str, Any]) -> dict[str, Any]:
 
 
 def gpu_backbone(
-    backbone: str, weights: str | None, batches: Sequence[int], seconds: float = 3.0, device: str = "cuda"
+    backbone: str,
+    weights: str | None,
+    batches: Sequence[int],
+    seconds: float = 3.0,
+    device: str = "cuda",
+    classifier_graph: Path | None = None,
 ) -> dict[str, Any]:
-    """images/s and latency of the classifier graph per runtime and batch size on ``device``.
+    """images/s and latency of the classifier per runtime and batch size on ``device``: torch, and ONNX
+    Runtime on ``classifier_graph`` (the served graph of a repository of this backbone) where given.
 
     ``device="cpu"`` runs the same code path on the CPU (bf16 autocast instead of fp16, ONNX Runtime's
     CPU provider), so the GPU command is exercised where no GPU is available.
@@ -127,7 +129,7 @@ def gpu_backbone(
     import torch
 
     from fitguard.backbones import build_backbone
-    from fitguard.benchlib.flops import torch_flops
+    from fitguard.bench.flops import torch_flops
     from fitguard.classifier import ServedClassifier
     from fitguard.contract import INPUT_SIZE
 
@@ -155,8 +157,10 @@ def gpu_backbone(
     except ImportError:
         ort = None
     available = set(ort.get_available_providers()) if ort else set()
-    if "CUDAExecutionProvider" in available or (not cuda and ort is not None):
-        results["runtimes"].update(_onnx_runs(model, ort, cuda, batches, seconds))
+    if classifier_graph is None:
+        results["onnxruntime_note"] = "no repository of this backbone: ONNX Runtime not measured"
+    elif "CUDAExecutionProvider" in available or (not cuda and ort is not None):
+        results["runtimes"].update(_onnx_runs(classifier_graph, ort, cuda, batches, seconds))
     else:
         results["onnxruntime_note"] = "onnxruntime-gpu not installed: ONNX Runtime CUDA/TensorRT not measured"
     results["best"] = _best(results["runtimes"])

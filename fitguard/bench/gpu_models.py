@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fitguard.benchlib.load import time_calls
+from fitguard.bench.load import time_calls
 from fitguard.contract import INPUT_SIZE
 
 

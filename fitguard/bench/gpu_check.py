@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from fitguard.photos import sample_photos
+
 SCHEMA = "fitguard.gpu_check/1"
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 # MLPerf Inference v4.1 datacenter, ResNet-50 offline, one H200 (INT8, TensorRT, pre-decoded inputs).
@@ -67,33 +69,6 @@ DRY_RUN = CheckConfig(
 )
 
 
-def load_photos(folder: str | None, limit: int) -> tuple[list[np.ndarray], str]:
-    """RGB photos from ``folder``, else the package photos (scikit-image), else smooth synthetic ones."""
-    from PIL import Image
-
-    if folder:
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        if not paths:
-            raise FileNotFoundError(f"no .jpg/.png photos in {folder}")
-        return [
-            np.asarray(Image.open(p).convert("RGB")) for p in paths[:limit]
-        ], f"{len(paths[:limit])} files from {folder}"
-    try:
-        from fitguard.photos import package_photos
-
-        return list(package_photos().values())[:limit], "package photos (scikit-image, scikit-learn)"
-    except ImportError:
-        rng = np.random.default_rng(0)
-        y, x = np.mgrid[0:480, 0:640].astype(np.float32)
-        photos = [
-            np.clip(
-                np.stack([x * a, y * a, (x + y) * a / 2], 2) % 255 + rng.normal(0, 6, (480, 640, 3)), 0, 255
-            ).astype(np.uint8)
-            for a in (0.3, 0.5, 0.7, 0.9)
-        ]
-        return photos[:limit], "synthetic gradients (no photo folder, no scikit-image)"
-
-
 def save_photos(folder: str) -> list[str]:
     """Write the package photos as JPEG q95 into ``folder`` (for a machine without scikit-image)."""
     from PIL import Image
@@ -134,8 +109,8 @@ def _flops(cfg: CheckConfig, classifier: Any, quality: Any) -> dict[str, float]:
     import torch
     from torchvision.models import resnet50
 
-    from fitguard.benchlib.flops import torch_flops
-    from fitguard.benchlib.gpu_models import example
+    from fitguard.bench.flops import torch_flops
+    from fitguard.bench.gpu_models import example
 
     with torch.device("meta"):  # shapes only: counting needs no arithmetic
         anchor = resnet50(weights=None).eval()
@@ -150,7 +125,7 @@ def ceiling(
     models: dict[str, Any], decode: dict[str, Any], flops: dict[str, float], patches: int
 ) -> dict[str, Any]:
     """Per precision: images/s of classifier + P x quality (their times add), and min(decode, models)."""
-    from fitguard.benchlib.gpu_models import best
+    from fitguard.bench.gpu_models import best
 
     pipeline_flops = flops["classifier"] + flops["quality_per_image"]
     anchor = MLPERF_RESNET50_H200["samples_per_s"] * flops["resnet50"] / pipeline_flops
@@ -193,7 +168,7 @@ def ceiling(
 def _environment(cfg: CheckConfig) -> dict[str, Any]:
     import torch
 
-    from fitguard.benchlib.machine import machine_info
+    from fitguard.bench.machine import machine_info
 
     info = machine_info(threads=torch.get_num_threads())
     info["torch"] = torch.__version__
@@ -213,8 +188,8 @@ def _preprocessing(
     cfg: CheckConfig, photos: list[np.ndarray], lap: Callable[[str], None]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both repositories' preprocessing: the Python step (and torchvision on the GPU), then DALI's."""
-    from fitguard.benchlib.gpu_dali import dali_figures
-    from fitguard.benchlib.gpu_decode import decode_rates
+    from fitguard.bench.gpu_dali import dali_figures
+    from fitguard.bench.gpu_decode import decode_rates
     from fitguard.presets import preset_for
 
     sizes = {"sizes": cfg.decode_sizes, "seconds": cfg.decode_seconds, "batch": cfg.decode_batch}
@@ -232,7 +207,7 @@ def run_check(cfg: CheckConfig) -> dict[str, Any]:
     """Everything, in budget order: peak, models, decode, ceiling. Returns the JSON document."""
     import torch
 
-    from fitguard.benchlib.gpu_models import build_models, measure_model
+    from fitguard.bench.gpu_models import build_models, measure_model
 
     start = time.monotonic()
     phases: dict[str, float] = {}
@@ -241,7 +216,7 @@ def run_check(cfg: CheckConfig) -> dict[str, Any]:
         phases[name] = round(time.monotonic() - start - sum(phases.values()), 1)
 
     torch.backends.cudnn.benchmark = True
-    photos, photo_source = load_photos(cfg.images, limit=16 if not cfg.dry_run else 3)
+    photos, photo_source = sample_photos(cfg.images, limit=16 if not cfg.dry_run else 3)
     classifier, quality = build_models(cfg.backbone, cfg.patches)
     flops = _flops(cfg, classifier, quality)
     lap("setup")

@@ -1,6 +1,6 @@
 """The DALI repository's preprocessing figures: the validating step's cost per image and the DALI pipeline.
 
-The Python repository's preprocessing is the Python step (:func:`fitguard.benchlib.gpu_decode.cpu_rate`);
+The Python repository's preprocessing is the Python step (:func:`fitguard.bench.gpu_decode.cpu_rate`);
 the DALI repository's is the validating step (:func:`fitguard.dali_gate.check_header`, on the CPU, one
 image at a time as the step makes it) followed by the DALI pipeline on batches, on the GPU ("mixed"
 decode) where there is one, else on the CPU. Both quality modes: P patches, and the crop only (shared).
@@ -93,7 +93,7 @@ def dali_figures(
     batch: int = 64,
 ) -> dict[str, Any]:
     """Per longer-side size: the validating step's cost and the pipeline's rate in both quality modes."""
-    from fitguard.benchlib.gpu_decode import jpeg_variants
+    from fitguard.bench.gpu_decode import jpeg_variants
     from fitguard.dali_preprocess import Geometry
 
     out: dict[str, Any] = {}

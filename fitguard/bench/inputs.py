@@ -13,11 +13,12 @@ from fitguard.preprocess import IMAGE_EXTENSIONS
 from fitguard.repository import MANIFEST_NAME
 
 if TYPE_CHECKING:
-    from fitguard.bench import BenchConfig
+    from fitguard.bench.config import BenchConfig
 
 
 def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
-    """Encoded test images: the files of ``folder`` as they are, or the package-shipped photos as JPEG."""
+    """Encoded test images: the files of ``folder`` as they are, else :func:`fitguard.photos.sample_photos` as
+    JPEG."""
     if folder:
         paths = sorted(
             p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
@@ -25,24 +26,11 @@ def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
         return [p.read_bytes() for p in paths[:limit]], f"{len(paths[:limit])} files from {folder}"
+    from fitguard.photos import sample_photos
     from fitguard.preprocess import encode_image
 
-    try:
-        from fitguard.photos import package_photos
-
-        photos = package_photos()
-        source = "package-shipped photos (scikit-image, scikit-learn) as JPEG q90"
-    except ImportError:  # client-only install: smooth synthetic pictures keep the bench runnable
-        import numpy as np
-
-        rng = np.random.default_rng(0)
-        photos = {}
-        for i, (h, w) in enumerate([(480, 640), (600, 400), (512, 512), (375, 500)]):
-            base = rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-            photos[f"synthetic{i}"] = np.kron(base, np.ones((16, 16, 1), np.uint8))[:h, :w]
-        source = "synthetic images as JPEG q90 (install fitguard[train] for real photos)"
-    data = [encode_image(rgb, "JPEG", quality=90) for rgb in list(photos.values())[:limit]]
-    return data, source
+    photos, source = sample_photos(limit=limit)
+    return [encode_image(rgb, "JPEG", quality=90) for rgb in photos], f"{source} as JPEG q90"
 
 
 @contextlib.contextmanager
@@ -69,7 +57,7 @@ def repository_patches(repository: str | None, protocol: str, url: str | None) -
 
         return repository_settings(repository).patches
     if url:
-        from fitguard.benchlib.load import make_client
+        from fitguard.bench.load import make_client
 
         client = make_client(protocol, url)
         try:

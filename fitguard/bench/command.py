@@ -18,50 +18,20 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from fitguard import contract
-from fitguard.benchlib.inputs import load_images, repository_backbone, repository_patches, served
+from fitguard.bench.config import BenchConfig
+from fitguard.bench.inputs import load_images, repository_backbone, repository_patches, served
 from fitguard.repository import model_path
 
 SCHEMA = "fitguard.bench/1"
 
 
-@dataclass
-class BenchConfig:
-    """Everything one run depends on (written into the JSON as ``config``)."""
-
-    url: str | None = None
-    model_repository: str | None = None
-    images: str | None = None
-    max_images: int = 16
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    requests: int | None = 64
-    duration: float | None = None
-    batch: int = 1
-    protocol: str = "grpc"
-    threads: int = 0  # 0: all usable cores
-    reference_requests: int = 16
-    naive_requests: int = 8
-    references: bool = True
-    naive: bool = True
-    gemm_size: int = 2048
-    level_deadline: float = 600.0
-    device: str = "cpu"
-    backbone: str | None = None  # for --device cuda (and the label); default: the repository's
-    weights: str | None = None
-    gpu_batches: tuple[int, ...] = (1, 8, 32, 64)
-    backbone_alone: bool = False  # time the backbone per runtime (implied by device="cuda")
-    runtime_seconds: float = 3.0
-    baseline_repository: str | None = None  # served beside model_repository, alternating rounds
-    baseline_rounds: int = 3
-    notes: list[str] = field(default_factory=list)
-
-
 def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str, Any]:
-    from fitguard.benchlib import load, stats
+    from fitguard.bench import load, stats
 
     steps = contract.MODELS
     load.wait_ready(cfg.protocol, url, (contract.ENSEMBLE, *steps))
@@ -113,7 +83,7 @@ def _served_levels(cfg: BenchConfig, url: str, images: list[bytes]) -> dict[str,
 
 def _baseline(cfg: BenchConfig, repo: Path, images: list[bytes]) -> dict[str, Any]:
     """This repository against ``cfg.baseline_repository``, served side by side in alternating rounds."""
-    from fitguard.benchlib import baseline
+    from fitguard.bench import baseline
 
     print(f"[bench] {repo} against baseline {cfg.baseline_repository}", file=sys.stderr, flush=True)
     return baseline.compare(
@@ -134,7 +104,7 @@ def _references(
     cfg: BenchConfig, repo: Path, images: list[bytes], threads: int, result: dict[str, Any]
 ) -> None:
     """The in-process ONNX Runtime pipeline, the backbone alone and the naive eager pipeline."""
-    from fitguard.benchlib import references
+    from fitguard.bench import references
 
     n = cfg.reference_requests
     print("[bench] in-process ONNX pipeline", file=sys.stderr, flush=True)
@@ -154,7 +124,7 @@ def _references(
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every measurement ``cfg`` asks for and return the result (the JSON document)."""
-    from fitguard.benchlib import machine, report
+    from fitguard.bench import machine, report
 
     threads = cfg.threads or machine.usable_cores()
     images, image_source = load_images(cfg.images, cfg.max_images)
@@ -186,7 +156,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             patches = repository_patches(cfg.model_repository, cfg.protocol, url)
             result["served"] = _served_levels(cfg, url, images)
         if repo and patches:
-            from fitguard.benchlib.flops import pipeline_flops
+            from fitguard.bench.flops import pipeline_flops
 
             result["flops"] = pipeline_flops(
                 model_path(repo, contract.CLASSIFIER),
@@ -205,17 +175,19 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         _references(cfg, repo, images, threads, result)
 
     if cfg.device == "cuda" or cfg.backbone_alone:
-        from fitguard.benchlib.gpu import gpu_backbone
+        from fitguard.bench.gpu import gpu_backbone
 
         print(f"[bench] backbone alone per runtime on {cfg.device}", file=sys.stderr, flush=True)
         if cfg.device == "cuda":
             result["gpu_gemm_peak"] = machine.cuda_gemm_peak()
+        name = cfg.backbone or backbone or "resnet152"
         result["backbone_runtimes"] = gpu_backbone(
-            cfg.backbone or backbone or "resnet152",
+            name,
             cfg.weights or "random",
             cfg.gpu_batches,
             seconds=cfg.runtime_seconds,
             device=cfg.device,
+            classifier_graph=model_path(repo, contract.CLASSIFIER) if repo and name == backbone else None,
         )
 
     result["ratios"] = report.ratios(result)
@@ -357,13 +329,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fitguard.benchlib import report
+    from fitguard.bench import report
 
     cfg = config_from_args(args)
     if cfg.url and cfg.model_repository:
         cfg.notes.append(f"served at {cfg.url}; references from {cfg.model_repository}")
     if args.perf_analyzer_data:
-        from fitguard.benchlib import perf_analyzer
+        from fitguard.bench import perf_analyzer
 
         images, _ = load_images(cfg.images, cfg.max_images)
         path = perf_analyzer.write_input_data(images, args.perf_analyzer_data)

@@ -1,6 +1,6 @@
 """Open-loop load: requests arrive at a fixed rate whatever the server does (what overload looks like).
 
-A closed loop (:mod:`fitguard.benchlib.load`) slows down with the server and can never overload it; real
+A closed loop (:mod:`fitguard.bench.load`) slows down with the server and can never overload it; real
 clients keep arriving. Here one thread sends asynchronous gRPC requests on a fixed schedule and every
 answer, refusal or error is recorded with its latency, so a test can check that each request got an answer
 or a fast refusal.
@@ -19,7 +19,6 @@ import numpy as np
 from fitguard import contract
 
 OUTCOMES = ("answered", "overloaded", "error", "lost")
-_OVERLOAD = ("exceeds maximum queue size", "request timeout expired")
 
 
 @dataclass
@@ -76,9 +75,9 @@ def _round(x: float | None) -> float | None:
 
 
 def classify_error(message: str) -> str:
-    """``overloaded`` for Triton's queue-policy refusals, ``error`` for anything else."""
-    lowered = message.lower()
-    return "overloaded" if any(marker in lowered for marker in _OVERLOAD) else "error"
+    """``overloaded`` for Triton's queue-policy refusals and the admission gate's, ``error`` for anything
+    else."""
+    return "overloaded" if contract.is_overload(message) else "error"
 
 
 def run_open_loop(

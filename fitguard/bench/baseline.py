@@ -52,7 +52,7 @@ def compare(
     ``served_vs_baseline`` is the best level's throughput over the baseline's best; ``p50_vs_baseline`` is
     the p50 latency at the lowest concurrency over the baseline's.
     """
-    from fitguard.benchlib import load
+    from fitguard.bench import load
     from fitguard.serve.embedded import EmbeddedServer
 
     names = {"repository": Path(repository), "baseline": Path(baseline)}
