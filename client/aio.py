@@ -172,10 +172,6 @@ class AsyncFitClient(ClientBase[AsyncTransport]):
             transport, self._transport = self._transport, None
             await transport.close()
 
-    def __repr__(self) -> str:
-        c = self.connection
-        return f"AsyncFitClient({c.url!r}, protocol={c.protocol!r}, model={self.model!r})"
-
     def _get_transport(self) -> AsyncTransport:
         if self._closed:
             raise RuntimeError("this AsyncFitClient is closed")

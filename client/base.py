@@ -67,6 +67,10 @@ class ClientBase(Generic[T]):
         self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
         self._open_transports(transport_factory)
 
+    def __repr__(self) -> str:
+        c = self.connection
+        return f"{type(self).__name__}({c.url!r}, protocol={c.protocol!r}, model={self.model!r})"
+
     def _open_transports(self, factory: Callable[[Connection], T] | None) -> None:
         """Set up how this client holds its transports (``factory`` None: tritonclient's)."""
         raise NotImplementedError

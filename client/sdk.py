@@ -100,10 +100,6 @@ class FitClient(ClientBase[Transport]):
             self._workers = None
         self._transports.close()
 
-    def __repr__(self) -> str:
-        c = self.connection
-        return f"FitClient({c.url!r}, protocol={c.protocol!r}, model={self.model!r})"
-
     def connect(self) -> ModelInfo:
         """Check readiness and the tensor contract (once); returns what the server reported."""
         if self._closed:
