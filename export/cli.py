@@ -19,7 +19,8 @@ from fitguard.export.overload import (
 )
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """What is exported: the backbone, the trained files, the target folder and the graph settings."""
     parser.add_argument("--backbone", required=True, help="resnet152, efficientnet_lite0 or tiny")
     parser.add_argument(
         "--weights",
@@ -34,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (P)")
     parser.add_argument("--precision", default="fp32", help="graph precision (fp32)")
+
+
+def _add_serving_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the models are served: target, instances, preprocess step and verdict metrics."""
     parser.add_argument("--accelerator", default="none", choices=ACCELERATORS, help="deployment target")
     parser.add_argument("--instances", type=int, default=1, help="instances per model")
     parser.add_argument(
@@ -49,6 +54,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=MONITORING,
         help="verdict metrics on /metrics (a monitor step after the detector); default on",
     )
+
+
+def _add_overload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The queue policy and admission limit (set directly, or from a bench run and a latency budget)."""
     parser.add_argument(
         "--max-queue-size",
         type=int,
@@ -78,6 +87,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "with the highest throughput whose p99 met the budget)",
     )
     parser.add_argument("--bench", default=None, help="a `fitguard bench --json` file of this repository")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _add_model_arguments(parser)
+    _add_serving_arguments(parser)
+    _add_overload_arguments(parser)
     parser.add_argument(
         "--quality-features",
         default=None,

@@ -215,6 +215,58 @@ def _inputs_record(head: Path, detector: Path, models: Models) -> dict[str, Any]
     }
 
 
+def _serving(
+    accelerator: str, instances: int, preprocess: str, monitoring: str, queue: QueuePolicy | None
+) -> Serving:
+    """How the models are served; ``monitoring`` checked, the default queue policy when none is given."""
+    return Serving(
+        accelerator=accelerator,
+        instances=instances,
+        preprocess=preprocess,
+        monitoring=check_monitoring(monitoring),
+        queue=queue or QueuePolicy(),
+    )
+
+
+def _render_options(models: Models, settings: PreprocessSettings, serving: Serving) -> dict[str, Any]:
+    """What :func:`_write_models` renders the configs with; ``extra`` names the backbone in them."""
+    extra = {
+        "backbone": settings.backbone,
+        "weights_id": models.net.weights_id,
+        "quality_features": settings.quality_features,
+    }
+    return {
+        "settings": settings,
+        "threshold": models.detector.threshold,
+        "serving": serving,
+        "extra": extra,
+        "feature_dim": models.net.quality_dim,
+    }
+
+
+def _manifest_arguments(
+    weights: str | None,
+    head: Path,
+    detector: Path,
+    models: Models,
+    settings: PreprocessSettings,
+    precision: str,
+    serving: Serving,
+) -> dict[str, Any]:
+    """The resolved arguments the manifest records; backbone, patches and mode as ``settings`` has them."""
+    return {
+        "backbone": settings.backbone,
+        "weights": weights,
+        "weights_id": models.net.weights_id,
+        **_inputs_record(head, detector, models),
+        "patches": settings.patches,
+        "quality_features": settings.quality_features,
+        "precision": precision,
+        **serving.to_dict(),
+        "preset": models.net.preset.to_dict(),
+    }
+
+
 def export_repository(
     out: str | Path,
     *,
@@ -246,13 +298,7 @@ def export_repository(
     """
     out, head, detector = Path(out), Path(head), Path(detector)
     src = Path(source) if source is not None else source_repository()
-    serving = Serving(
-        accelerator=accelerator,
-        instances=instances,
-        preprocess=preprocess,
-        monitoring=check_monitoring(monitoring),
-        queue=queue or QueuePolicy(),
-    )
+    serving = _serving(accelerator, instances, preprocess, monitoring, queue)
     _check_arguments(
         out,
         (head, detector),
@@ -269,28 +315,13 @@ def export_repository(
     log(f"exporting {backbone} ({net.weights_id}), quality {quality_features}, P={patches}, {precision}")
     graphs, reports = checked_graphs(models, settings, precision=precision, preprocess=preprocess)
     _require_parity(reports, out, log)
-    extra = {"backbone": backbone, "weights_id": net.weights_id, "quality_features": quality_features}
-    arguments = {
-        "backbone": backbone,
-        "weights": weights,
-        "weights_id": net.weights_id,
-        **_inputs_record(head, detector, models),
-        **{"patches": patches, "quality_features": quality_features, "precision": precision},
-        **serving.to_dict(),
-        "preset": net.preset.to_dict(),
-    }
+    arguments = _manifest_arguments(weights, head, detector, models, settings, precision, serving)
     _publish(
         out,
         src=src,
         graphs=graphs,
         files={HEAD_NAME: head, DETECTOR_NAME: detector},
-        render={
-            "settings": settings,
-            "threshold": models.detector.threshold,
-            "serving": serving,
-            "extra": extra,
-            "feature_dim": net.quality_dim,
-        },
+        render=_render_options(models, settings, serving),
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )
     log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, {MANIFEST_NAME})")

@@ -122,6 +122,26 @@ def _references(
             result["notes"].append(f"naive pipeline skipped: the repository lacks its sources ({exc})")
 
 
+def _served_and_flops(
+    cfg: BenchConfig, repo: Path | None, images: list[bytes], result: dict[str, Any]
+) -> None:
+    """The served levels, then the pipeline's FLOPs from the repository's graphs (when there is one)."""
+    with served(cfg) as url:
+        assert url is not None
+        patches = repository_patches(cfg.model_repository, cfg.protocol, url)
+        result["served"] = _served_levels(cfg, url, images)
+    if repo and patches:
+        from fitguard.bench.flops import pipeline_flops
+
+        result["flops"] = pipeline_flops(
+            model_path(repo, contract.CLASSIFIER),
+            model_path(repo, contract.QUALITY),
+            patches,
+        )
+    elif not repo:
+        result["notes"].append("no --model-repository: FLOPs and in-process references need the model files")
+
+
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     """Run every measurement ``cfg`` asks for and return the result (the JSON document)."""
     from fitguard.bench import machine, report
@@ -151,22 +171,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     result["gemm_peak"] = machine.gemm_peak(threads, size=cfg.gemm_size)
 
     if cfg.url or repo:
-        with served(cfg) as url:
-            assert url is not None
-            patches = repository_patches(cfg.model_repository, cfg.protocol, url)
-            result["served"] = _served_levels(cfg, url, images)
-        if repo and patches:
-            from fitguard.bench.flops import pipeline_flops
-
-            result["flops"] = pipeline_flops(
-                model_path(repo, contract.CLASSIFIER),
-                model_path(repo, contract.QUALITY),
-                patches,
-            )
-        elif not repo:
-            result["notes"].append(
-                "no --model-repository: FLOPs and in-process references need the model files"
-            )
+        _served_and_flops(cfg, repo, images, result)
 
     if repo and cfg.baseline_repository:
         result["baseline"] = _baseline(cfg, repo, images)
@@ -208,7 +213,7 @@ def _ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def _add_target_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--url", help="a running server (host:port of its gRPC or HTTP endpoint)")
     target.add_argument(
@@ -230,6 +235,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--baseline-rounds", type=int, default=3, help="alternating rounds for --baseline-repository"
     )
+
+
+def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", metavar="DIR", help="folder of images (default: package-shipped photos)")
     parser.add_argument(
         "--max-images", type=int, default=16, help="use at most this many images (default 16)"
@@ -240,6 +248,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     bound.add_argument("--duration", type=float, help="seconds measured per concurrency level")
     parser.add_argument("--batch", type=int, default=1, help="images per request (default 1)")
     parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+
+
+def _add_reference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="threads for the references (default: all cores)"
     )
@@ -253,6 +264,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--gemm-size", type=int, default=2048, help="matrix side for the GEMM peak (default 2048)"
     )
     parser.add_argument("--level-deadline", type=float, default=600.0, help="hard stop per level, seconds")
+
+
+def _add_backbone_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
@@ -272,6 +286,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="time the backbone per runtime (torch fp32/low precision, ONNX Runtime) on --device",
     )
     parser.add_argument("--runtime-seconds", type=float, default=3.0, help="seconds per runtime and batch")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--perf-analyzer-data",
         metavar="OUT.json",
@@ -282,6 +299,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--markdown", metavar="OUT.md", help="write the results table (date, machine, ratios)"
     )
     parser.add_argument("--plot", metavar="OUT.png", help="write latency vs throughput as PNG")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    _add_target_arguments(parser)
+    _add_load_arguments(parser)
+    _add_reference_arguments(parser)
+    _add_backbone_runtime_arguments(parser)
+    _add_output_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:

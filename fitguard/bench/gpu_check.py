@@ -203,6 +203,19 @@ def _preprocessing(
     return decode, dali
 
 
+def _notes(cfg: CheckConfig, photo_source: str) -> list[str]:
+    """What the figures are and are not: random weights, inputs on the device, a dry run."""
+    return [
+        f"{cfg.backbone} with random weights: throughput only "
+        "(no weights can be downloaded on the GPU machine)",
+        "inputs are uint8 pixels already on the device; a quality image is P patches",
+        f"photos: {photo_source}",
+        "dry run: CPU, tiny sizes; the figures mean nothing"
+        if cfg.dry_run
+        else "measured on the device named above",
+    ]
+
+
 def run_check(cfg: CheckConfig) -> dict[str, Any]:
     """Everything, in budget order: peak, models, decode, ceiling. Returns the JSON document."""
     import torch
@@ -246,15 +259,7 @@ def run_check(cfg: CheckConfig) -> dict[str, Any]:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": asdict(cfg),
         "environment": _environment(cfg),
-        "notes": [
-            f"{cfg.backbone} with random weights: throughput only "
-            "(no weights can be downloaded on the GPU machine)",
-            "inputs are uint8 pixels already on the device; a quality image is P patches",
-            f"photos: {photo_source}",
-            "dry run: CPU, tiny sizes; the figures mean nothing"
-            if cfg.dry_run
-            else "measured on the device named above",
-        ],
+        "notes": _notes(cfg, photo_source),
         "flops_per_image": flops,
         "bf16_matmul_peak": peak,
         "models": models,

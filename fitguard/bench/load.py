@@ -158,6 +158,25 @@ def run_level(
             latencies.extend(own)
         client.close()
 
+    wall = _run_workers(worker, concurrency, start_barrier, deadline_s, hard_stop, duration_s, stop_at)
+    return LevelResult(
+        concurrency, batch, len(latencies), len(errors), wall, latencies, errors[0] if errors else None
+    )
+
+
+def _run_workers(
+    worker: Callable[[int], None],
+    concurrency: int,
+    start_barrier: threading.Barrier,
+    deadline_s: float,
+    hard_stop: float,
+    duration_s: float | None,
+    stop_at: list[float],
+) -> float:
+    """Start the workers, open the window once all are warm, and join them; returns the window's seconds.
+
+    With ``duration_s`` the window closes by setting ``stop_at[0]``, which the workers read.
+    """
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
@@ -167,10 +186,7 @@ def run_level(
         stop_at[0] = time.monotonic() + duration_s
     for t in threads:
         t.join(timeout=max(hard_stop - time.monotonic(), 0) + 30)
-    wall = time.perf_counter() - t_start
-    return LevelResult(
-        concurrency, batch, len(latencies), len(errors), wall, latencies, errors[0] if errors else None
-    )
+    return time.perf_counter() - t_start
 
 
 def _infer(client: Any, model: str, inputs: list[Any], errors: list[str], lock: threading.Lock) -> bool:

@@ -80,6 +80,35 @@ def classify_error(message: str) -> str:
     return "overloaded" if contract.is_overload(message) else "error"
 
 
+def _single_image_inputs(grpcclient: Any, payloads: Sequence[bytes]) -> list[list[Any]]:
+    """One ready-made input list per payload, each a batch of one image."""
+    inputs = []
+    for payload in payloads:
+        inp = grpcclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[payload]], dtype=object))
+        inputs.append([inp])
+    return inputs
+
+
+def _recorder(
+    pending: threading.Semaphore, on_answer: Callable[[int, Any], Any] | None
+) -> Callable[[Outcome, Any, Any], None]:
+    """The completion callback: records latency and kind on the outcome, then releases ``pending``."""
+
+    def callback(outcome: Outcome, result: Any, error: Any) -> None:
+        outcome.latency_s = time.perf_counter() - outcome.sent
+        if error is None:
+            outcome.kind = "answered"
+            if on_answer is not None:
+                outcome.answer = on_answer(outcome.index, result)
+        else:
+            outcome.message = str(error.message() if hasattr(error, "message") else error)
+            outcome.kind = classify_error(outcome.message)
+        pending.release()
+
+    return callback
+
+
 def run_open_loop(
     grpc_url: str,
     payloads: Sequence[bytes],
@@ -102,25 +131,10 @@ def run_open_loop(
 
     client = grpcclient.InferenceServerClient(grpc_url)
     outputs = [grpcclient.InferRequestedOutput(t.name) for t in contract.ENSEMBLE_OUTPUTS]
-    inputs = []
-    for payload in payloads:
-        inp = grpcclient.InferInput(contract.IMAGE, [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[payload]], dtype=object))
-        inputs.append([inp])
+    inputs = _single_image_inputs(grpcclient, payloads)
     outcomes: list[Outcome] = []
     pending = threading.Semaphore(0)
-
-    def callback(outcome: Outcome, result: Any, error: Any) -> None:
-        outcome.latency_s = time.perf_counter() - outcome.sent
-        if error is None:
-            outcome.kind = "answered"
-            if on_answer is not None:
-                outcome.answer = on_answer(outcome.index, result)
-        else:
-            outcome.message = str(error.message() if hasattr(error, "message") else error)
-            outcome.kind = classify_error(outcome.message)
-        pending.release()
-
+    callback = _recorder(pending, on_answer)
     interval = 1.0 / rate
     start = time.perf_counter()
     lag = 0.0

@@ -154,6 +154,25 @@ def _gpu_lines(gpu: dict[str, Any], peak: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _ratio_lines(result: dict[str, Any]) -> list[str]:
+    """Each target ratio against its target, the baseline's levels, then the ratios without a target."""
+    lines = ["ratios (target):"]
+    for name, t in result.get("targets", {}).items():
+        state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"  {name:<26} {_fmt(t['value'], 3):>8}  ({t['target']}) {state}")
+    base = result.get("baseline")
+    if base:
+        for name in ("repository", "baseline"):
+            cells = ", ".join(f"c={lv['concurrency']} {lv['throughput']:.2f} img/s" for lv in base[name])
+            lines.append(f"  {name} (median of {base['rounds']} rounds): {cells}")
+    names = ("served_vs_inprocess_batch1", "backbone_alone_vs_gemm_peak", "inprocess_preprocess_share")
+    for name in (*names, "p50_vs_baseline"):
+        v = result.get("ratios", {}).get(name)
+        if v is not None:
+            lines.append(f"  {name:<26} {_fmt(v, 3):>8}")
+    return lines
+
+
 def summary_text(result: dict[str, Any]) -> str:
     lines: list[str] = []
     m = result["machine"]
@@ -199,20 +218,7 @@ def summary_text(result: dict[str, Any]) -> str:
     gpu = result.get("backbone_runtimes")
     if gpu:
         lines += _gpu_lines(gpu, result.get("gpu_gemm_peak"))
-    lines.append("ratios (target):")
-    for name, t in result.get("targets", {}).items():
-        state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        lines.append(f"  {name:<26} {_fmt(t['value'], 3):>8}  ({t['target']}) {state}")
-    base = result.get("baseline")
-    if base:
-        for name in ("repository", "baseline"):
-            cells = ", ".join(f"c={lv['concurrency']} {lv['throughput']:.2f} img/s" for lv in base[name])
-            lines.append(f"  {name} (median of {base['rounds']} rounds): {cells}")
-    names = ("served_vs_inprocess_batch1", "backbone_alone_vs_gemm_peak", "inprocess_preprocess_share")
-    for name in (*names, "p50_vs_baseline"):
-        v = result.get("ratios", {}).get(name)
-        if v is not None:
-            lines.append(f"  {name:<26} {_fmt(v, 3):>8}")
+    lines += _ratio_lines(result)
     for note in result.get("notes", []):
         lines.append(f"note: {note}")
     return "\n".join(lines)
