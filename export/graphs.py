@@ -13,17 +13,14 @@ from typing import Any
 
 from fitguard.contract import CLASSIFIER, DETECTOR, QUALITY
 from fitguard.preprocess import PreprocessSettings
+from fitguard.reference import TorchModels, load_torch_models
 
 
 @dataclass(frozen=True)
-class Models:
-    """The modules an export turns into graphs, all in eval mode."""
+class Models(TorchModels):
+    """The modules an export turns into graphs, all in eval mode: the torch originals and the detector."""
 
-    net: Any
-    classifier: Any
-    quality: Any
     detector: Any
-    head_info: dict[str, Any]
 
 
 def load_models(
@@ -32,7 +29,6 @@ def load_models(
     """The backbone, the classifier and quality modules around it, and the detector, all in eval mode."""
     from fitguard.detector import load_detector
     from fitguard.quality import check_head_mode
-    from fitguard.reference import load_torch_models
 
     torch_models = load_torch_models(backbone, weights, head)
     check_head_mode(torch_models.head_info, quality_features, head)

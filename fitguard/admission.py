@@ -31,7 +31,6 @@ from pathlib import Path
 from fitguard.contract import ADMISSION_REFUSED
 
 # The marker every refusal carries; the client SDK and the load generators classify it as overload.
-OVERLOAD_MARKER = ADMISSION_REFUSED
 _STAMP = struct.Struct("d")
 _PREFIX = "fitguard-admission-"
 
@@ -141,8 +140,8 @@ class AdmissionGate:
             return len(self._read(now))
 
     def refusal(self) -> str:
-        """The message a refused request gets (it carries :data:`OVERLOAD_MARKER`)."""
-        return f"overloaded: {OVERLOAD_MARKER} ({self.limit} images in flight); retry with back-off"
+        """The message a refused request gets (it carries :data:`fitguard.contract.ADMISSION_REFUSED`)."""
+        return f"overloaded: {ADMISSION_REFUSED} ({self.limit} images in flight); retry with back-off"
 
 
 def open_gate(model_directory: str | os.PathLike[str], *, limit: int, lease_ms: int) -> AdmissionGate | None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fitguard import contract as c
-from fitguard.admission import OVERLOAD_MARKER, AdmissionGate, gate_path, open_gate, sweep_stale
+from fitguard.admission import AdmissionGate, gate_path, open_gate, sweep_stale
+from fitguard.contract import ADMISSION_REFUSED
 from fitguard.export.configs import Serving, render_config
 from fitguard.export.overload import QueuePolicy, policy_from_bench
 from fitguard.export.repository import SOURCE
@@ -38,7 +39,7 @@ def test_the_gate_admits_up_to_the_limit_and_releases(tmp_path: Path) -> None:
     assert not gate.admit(1)  # a refusal takes nothing
     gate.release(2)
     assert gate.admit(2) and not gate.admit(1)
-    assert OVERLOAD_MARKER in gate.refusal()
+    assert ADMISSION_REFUSED in gate.refusal()
 
 
 def test_a_batch_larger_than_the_limit_is_admitted_alone(tmp_path: Path) -> None:

@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 
 from fitguard import contract
-from fitguard.admission import OVERLOAD_MARKER
 from fitguard.client import (
     AsyncFitClient,
     BadImage,
@@ -37,6 +36,7 @@ from fitguard.client import (
 from fitguard.client import retry as retry_mod
 from fitguard.client.images import to_bytes
 from fitguard.client.transport import Connection, map_error
+from fitguard.contract import ADMISSION_REFUSED
 from fitguard.labels import imagenet_classes
 
 # ---------------------------------------------------------------------------------------------------
@@ -472,10 +472,10 @@ def test_error_mapping() -> None:
         (E("Request timeout expired", "503"), Overloaded),
         # the admission gate at the entry step (fitguard.admission), at once
         (
-            E(f"in ensemble 'fitguard', overloaded: {OVERLOAD_MARKER} (4)", "StatusCode.UNAVAILABLE"),
+            E(f"in ensemble 'fitguard', overloaded: {ADMISSION_REFUSED} (4)", "StatusCode.UNAVAILABLE"),
             Overloaded,
         ),
-        (E(f"overloaded: {OVERLOAD_MARKER} (4 images in flight)", "503"), Overloaded),
+        (E(f"overloaded: {ADMISSION_REFUSED} (4 images in flight)", "503"), Overloaded),
     ]
     for exc, kind in cases:
         assert type(map_error(exc, conn, "infer")) is kind, exc

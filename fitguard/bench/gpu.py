@@ -149,7 +149,7 @@ def gpu_backbone(
             torch.cuda.synchronize()
 
     results["runtimes"].update(_torch_runs(model.to(device), device, batches, seconds, sync))
-    model = model.cpu()
+    model.cpu()  # the GPU copy goes before ONNX Runtime takes the device
     if cuda:
         torch.cuda.empty_cache()
     try:
