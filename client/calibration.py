@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fitguard import contract
-from fitguard.contract import CALIBRATION_GUARANTEE, CALIBRATION_ID, CALIBRATION_THRESHOLD
+from fitguard.parameters import CALIBRATION_GUARANTEE, CALIBRATION_ID, CALIBRATION_THRESHOLD
 
 
 @dataclass(frozen=True)

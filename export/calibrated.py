@@ -23,9 +23,6 @@ import onnx
 from onnx import numpy_helper
 
 from fitguard.contract import (
-    CALIBRATION_GUARANTEE,
-    CALIBRATION_ID,
-    CALIBRATION_THRESHOLD,
     DETECTOR,
     ENERGY,
     ENSEMBLE,
@@ -37,7 +34,16 @@ from fitguard.contract import (
 )
 from fitguard.export.onnx_export import ExportError
 from fitguard.manifest import verify_repository, write_manifest
-from fitguard.repository import MANIFEST_NAME, MODEL_NAME, config_path, model_versions, read_config
+from fitguard.parameters import CALIBRATION_GUARANTEE, CALIBRATION_ID, CALIBRATION_THRESHOLD, THRESHOLD
+from fitguard.repository import (
+    MANIFEST_NAME,
+    MODEL_NAME,
+    config_comments,
+    config_path,
+    model_versions,
+    read_config,
+    write_config,
+)
 
 THRESHOLD_INITIALIZER = "fg_threshold"
 _META_PREFIX = "fitguard."
@@ -154,11 +160,7 @@ def check_recalibrated(old: onnx.ModelProto, new: onnx.ModelProto, rows: int = 2
 
 
 def _write_config(path: Path, config: Any, note: str) -> None:
-    from google.protobuf import text_format
-
-    comments = [line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
-    header = "".join(f"{line}\n" for line in [*comments, f"# {note}"])
-    path.write_text(header + text_format.MessageToString(config), encoding="utf-8")
+    write_config(path, config, [*config_comments(path), note])
 
 
 def _pin_configs(root: Path, version: int, keep: list[int], record: dict[str, Any]) -> None:
@@ -166,7 +168,7 @@ def _pin_configs(root: Path, version: int, keep: list[int], record: dict[str, An
     note = f"Detector threshold calibrated by `fitguard calibrate` ({record['id']}): version {version}."
     detector = read_config(config_path(root, DETECTOR))
     detector.version_policy.specific.versions[:] = sorted({*keep, version})
-    detector.parameters["threshold"].string_value = repr(record["threshold"])
+    detector.parameters[THRESHOLD].string_value = repr(record["threshold"])
     detector.parameters[CALIBRATION_ID].string_value = record["id"]
     _write_config(config_path(root, DETECTOR), detector, note)
     ensemble = read_config(config_path(root, ENSEMBLE))

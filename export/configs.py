@@ -23,8 +23,9 @@ from fitguard.contract import (
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
 from fitguard.export.monitoring import drop_monitor_step
 from fitguard.export.overload import QueuePolicy, apply_admission, apply_queue_policy
+from fitguard.parameters import MONITORING, PATCHES, THRESHOLD, flag
 from fitguard.preprocess import PreprocessSettings
-from fitguard.repository import config_path, read_config
+from fitguard.repository import config_path, config_text, read_config
 
 # The preprocess step's implementations: the Python backend (any server) or a serialized DALI pipeline
 # (the NGC image's DALI backend; see fitguard.export.dali).
@@ -140,20 +141,17 @@ def render_config(
 ) -> str:
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config (``feature_dim``: the
     quality features' size, pinned in shared quality mode)."""
-    from google.protobuf import text_format
-
     config = read_config(config_path(source, name))
     if config.name != name:
         raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
     if name == PREPROCESS:
-        monitoring = str(serving.monitoring).lower()
-        _set_parameters(config, {**settings.to_parameters(), **extra, "monitoring": monitoring})
+        _set_parameters(config, {**settings.to_parameters(), **extra, MONITORING: flag(serving.monitoring)})
     elif name == QUALITY:
-        _set_parameters(config, {"patches": str(settings.patches), **extra})
+        _set_parameters(config, {PATCHES: str(settings.patches), **extra})
     elif name == CLASSIFIER:
         _set_parameters(config, extra)
     elif name == DETECTOR:
-        _set_parameters(config, {"threshold": repr(float(threshold))})
+        _set_parameters(config, {THRESHOLD: repr(float(threshold))})
     elif name == ENSEMBLE and not serving.monitoring:
         drop_monitor_step(config)
     _pin_patches(config, settings.patches)
@@ -170,7 +168,7 @@ def render_config(
 
         to_dali(config, serving.accelerator)
     check_signature(config, settings.patches, serving.preprocess, settings.quality_features, feature_dim)
-    header = (
-        f"# Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there).\n"
+    return config_text(
+        config,
+        [f"Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there)."],
     )
-    return header + text_format.MessageToString(config)

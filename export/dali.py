@@ -31,6 +31,7 @@ from fitguard.contract import (
 from fitguard.contract import Tensor as ContractTensor
 from fitguard.dali_preprocess import DALI_IMAGE, MODEL_FILE, CpuRunner, Geometry, serialize
 from fitguard.export.verify import VERIFY_PHOTOS, ParityReport
+from fitguard.parameters import STEP
 
 PREPROCESS_STEPS: tuple[str, ...] = ("python", "dali")
 DALI_MODELS: tuple[str, ...] = (DALI_PREPROCESS, DALI_PREPROCESS_SINGLE)
@@ -40,7 +41,6 @@ GATE_MODEL_PY = Path(__file__).with_name("dali_gate_model.py")
 # resampled by a different (antialiased linear) filter, the quality patches of photos at least a patch
 # wide are plain cuts and must be identical (docs/performance.md has the measured figures).
 PIXEL_TOLERANCE = {"crop": 1.0, "patches": 0.0}
-_STEP_PARAMETER = "step"  # the preprocess config says which step serves it
 
 
 Signature = tuple[tuple[ContractTensor, ...], tuple[ContractTensor, ...]]
@@ -69,7 +69,7 @@ def to_dali(config: Any, accelerator: str) -> None:
     """Mark a rendered preprocess config as the validating step of a DALI repository, in place (every other
     config, the ensemble's included, is the Python repository's)."""
     if config.name == PREPROCESS:
-        config.parameters[_STEP_PARAMETER].string_value = f"dali on the {device_for(accelerator).upper()}"
+        config.parameters[STEP].string_value = f"dali on the {device_for(accelerator).upper()}"
 
 
 def dali_config(gate: Any, name: str, accelerator: str) -> Any:
@@ -96,9 +96,7 @@ def dali_config(gate: Any, name: str, accelerator: str) -> Any:
 
 def write_step(staging: Path, settings: Any, *, max_batch_size: int, accelerator: str) -> list[Path]:
     """The validating step's adapter as ``preprocess/1/model.py``, and the two DALI models beside it."""
-    from google.protobuf import text_format
-
-    from fitguard.repository import config_path, read_config
+    from fitguard.repository import config_path, read_config, write_config
 
     shutil.copyfile(GATE_MODEL_PY, staging / PREPROCESS / "1" / "model.py")
     gate = read_config(config_path(staging, PREPROCESS))
@@ -106,8 +104,8 @@ def write_step(staging: Path, settings: Any, *, max_batch_size: int, accelerator
     for name in DALI_MODELS:
         config = dali_config(gate, name, accelerator)  # the gate's outputs, checked when it was rendered
         config_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
-        header = f"# Written by `fitguard export --preprocess dali` from the {PREPROCESS} step's config.\n"
-        config_path(staging, name).write_text(header + text_format.MessageToString(config), encoding="utf-8")
+        note = f"Written by `fitguard export --preprocess dali` from the {PREPROCESS} step's config."
+        write_config(config_path(staging, name), config, [note])
         path = serialize(
             Geometry.from_settings(settings),
             staging / name / "1" / MODEL_FILE,

@@ -19,8 +19,9 @@ import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import DALI_PREPROCESS, DALI_PREPROCESS_SINGLE, IMAGE
 from fitguard.dali_gate import check_header, refusal
-from fitguard.manifest import verify_on_load
-from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
+from fitguard.parameters import Parameters
+from fitguard.preprocess import BadImageError, PreprocessSettings
+from fitguard.steps import INVALID_ARG, bad_image_counter, error_response, failure_response, verify_manifest
 
 
 class _Refused(Exception):
@@ -33,20 +34,10 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = Parameters.from_config(config)
-        verify_on_load(args["model_repository"], enabled=params.bool("verify_manifest", True))
+        verify_manifest(args, params)
         self.limits = PreprocessSettings.from_parameters(params).limits
         self.outputs = [t["name"] for t in config.get("output") or []]
-        self.refusals = None
-        if params.bool("monitoring", False):
-            from fitguard.monitoring import BadImageCounter
-
-            self.refusals = BadImageCounter(pb_utils, version=str(args["model_version"]))
-        self.invalid_arg = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-
-    def _error(self, message: str, invalid_input: bool) -> pb_utils.InferenceResponse:
-        if invalid_input and self.invalid_arg is not None:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, self.invalid_arg))
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        self.refusals = bad_image_counter(pb_utils, args, params)
 
     async def _call(self, model: str, data: bytes) -> pb_utils.InferenceResponse:
         tensor = pb_utils.Tensor(IMAGE, np.frombuffer(data, dtype=np.uint8)[None])
@@ -78,7 +69,7 @@ class TritonPythonModel:
             if bad and self.refusals is not None:
                 self.refusals.add()
             message = f"bad image: {exc}" if isinstance(exc, BadImageError) else str(exc)
-            return self._error(message, invalid_input=bad)
+            return error_response(pb_utils, message, INVALID_ARG if bad else None)
         tensors = [
             pb_utils.Tensor(name, np.concatenate([row[i] for row in rows]))
             for i, name in enumerate(self.outputs)
@@ -89,8 +80,6 @@ class TritonPythonModel:
         answers = await asyncio.gather(*(self._answer(r) for r in requests), return_exceptions=True)
         # never raise out of execute: it would fail the whole batch
         return [
-            a
-            if not isinstance(a, BaseException)
-            else self._error(f"preprocess failed: {a.__class__.__name__}: {a}", False)
+            a if not isinstance(a, BaseException) else failure_response(pb_utils, "preprocess", a)
             for a in answers
         ]

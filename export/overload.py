@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fitguard.parameters import ADMISSION_LEASE_MS, DEFAULT_ADMISSION_LEASE_MS, MAX_IN_FLIGHT
+
 # Chosen from the overload measurements in docs/operations.md.
 DEFAULT_MAX_QUEUE_SIZE = 16
 DEFAULT_QUEUE_TIMEOUT_MS = 1000
@@ -69,8 +71,9 @@ class QueuePolicy:
 
     @property
     def lease_ms(self) -> int:
-        """How long an admitted image that was never released keeps its slot (:data:`LEASE_TIMEOUTS`)."""
-        return LEASE_TIMEOUTS * self.timeout_ms if self.timeout_ms else 60_000
+        """How long an admitted image that was never released keeps its slot (:data:`LEASE_TIMEOUTS`; the
+        parameters' default where no queue timeout bounds a wait)."""
+        return LEASE_TIMEOUTS * self.timeout_ms if self.timeout_ms else DEFAULT_ADMISSION_LEASE_MS
 
     def in_flight_limit(self, *, instances: int, gated: bool) -> int:
         """The admission limit served: 0 where the repository cannot gate (``gated`` False).
@@ -91,7 +94,7 @@ class QueuePolicy:
         """The manifest's record; ``in_flight``: the limit served (from :meth:`in_flight_limit`)."""
         limit = self.max_in_flight if in_flight is None else in_flight
         record: dict[str, Any] = {"max_queue_size": self.max_queue_size, "queue_timeout_ms": self.timeout_ms}
-        record |= {"max_in_flight": limit or 0, "admission_lease_ms": self.lease_ms if limit else 0}
+        record |= {MAX_IN_FLIGHT: limit or 0, ADMISSION_LEASE_MS: self.lease_ms if limit else 0}
         record |= {"latency_budget_ms": self.latency_budget_ms, "admission_basis": dict(self.basis)}
         return record
 
@@ -127,8 +130,8 @@ def policy_from_bench(bench: dict[str, Any], *, budget_ms: int, base: QueuePolic
 
 def apply_admission(config: Any, policy: QueuePolicy, *, limit: int) -> None:
     """Write the admission limit and lease into a gating step's ``parameters`` (preprocess, monitor)."""
-    config.parameters["max_in_flight"].string_value = str(limit)
-    config.parameters["admission_lease_ms"].string_value = str(policy.lease_ms)
+    config.parameters[MAX_IN_FLIGHT].string_value = str(limit)
+    config.parameters[ADMISSION_LEASE_MS].string_value = str(policy.lease_ms)
 
 
 def apply_queue_policy(config: Any, policy: QueuePolicy, *, entry: bool) -> None:

@@ -30,6 +30,7 @@ from fitguard.contract import (
 )
 from fitguard.export.onnx_export import BATCH_DIM, EXPORT_BATCH, annotate, torch_export
 from fitguard.export.verify import ParityReport, Tolerances, scaled_error, session
+from fitguard.parameters import PATCHES
 
 FEATURES_VALUE = "iqa_features"  # the ensemble's name for the classifier -> quality tensor
 
@@ -129,8 +130,8 @@ def to_shared(config: Any, feature_dim: int) -> None:
             warmup.inputs[IQA_FEATURES].data_type = mc.TYPE_FP32
             warmup.inputs[IQA_FEATURES].dims.append(feature_dim)
             warmup.inputs[IQA_FEATURES].random_data = True
-        if "patches" in config.parameters:
-            del config.parameters["patches"]
+        if PATCHES in config.parameters:
+            del config.parameters[PATCHES]
     elif config.name == ENSEMBLE:
         for step in config.ensemble_scheduling.step:
             if step.model_name == PREPROCESS:

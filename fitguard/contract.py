@@ -137,12 +137,6 @@ def signatures(mode: str = PATCHES_MODE) -> dict[str, tuple[tuple[Tensor, ...], 
 QUALITY_RANGE = (0.0, 1.0)
 QUALITY_LOWER_IS_BETTER = False
 
-# Ensemble config parameters that record a calibration (written by fitguard.export.calibrated, read by
-# the client): its id, the threshold it set and the guarantee it states.
-CALIBRATION_ID = "calibration_id"
-CALIBRATION_THRESHOLD = "calibration_threshold"
-CALIBRATION_GUARANTEE = "calibration_guarantee"
-
 # The words of an overload refusal (gRPC UNAVAILABLE, HTTP 503), which clients and load generators retry or
 # count as shed load: Triton's queue policy (a full queue, a wait past the timeout) and the admission gate
 # of fitguard.admission.

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from fitguard.parameters import DEFAULT_MAX_CLASSES
+
 VERDICTS = "fitguard_verdicts_total"
 REFUSALS = "fitguard_refusals_total"
 QUALITY = "fitguard_quality"
@@ -22,7 +24,6 @@ UNFIT_BY_CLASS = "fitguard_unfit_by_class_total"
 REASON_BAD_IMAGE = "bad_image"
 REASON_UNFIT = "unfit"
 OTHER_CLASS = "other"
-DEFAULT_MAX_CLASSES = 50
 
 # Quality is a normalised MOS in [0, 1]: 0.05 steps resolve a median shift of a few hundredths.
 QUALITY_BUCKETS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 21))

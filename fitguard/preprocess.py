@@ -2,7 +2,7 @@
 
 Decode -> validate -> RGB uint8 HWC, then the classifier crop (per the backbone preset) and P quality
 patches cut at native resolution (quality must not be resampled away). :class:`PreprocessSettings` is
-what the backend reads from its config's ``parameters`` (:class:`Parameters`). Only numpy and Pillow.
+what the backend reads from its config's ``parameters`` (:mod:`fitguard.parameters`). Only numpy and Pillow.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from fitguard import parameters as keys
 from fitguard.contract import DEFAULT_PATCHES, INPUT_SIZE, PATCHES_MODE, QUALITY_MODES, SHARED_MODE
+from fitguard.parameters import Parameters
 from fitguard.presets import Preset
 
 # File suffixes of the image formats the decoder reads; folders of images are listed by these.
@@ -260,45 +261,6 @@ def encode_image(image: np.ndarray | Image.Image, format: str = "PNG", quality: 
     return buf.getvalue()
 
 
-class Parameters:
-    """Typed read access to a Triton config's ``parameters {}`` block (all values are strings there)."""
-
-    def __init__(self, values: Mapping[str, str]) -> None:
-        self._values = dict(values)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Parameters:
-        """From the JSON model config the Python backend receives (``args["model_config"]``)."""
-        return cls({k: str(v.get("string_value", "")) for k, v in (config.get("parameters") or {}).items()})
-
-    def str(self, key: str, default: str | None = None) -> str:
-        value = self._values.get(key, default)
-        if value is None:
-            raise KeyError(f"config parameter {key!r} is missing")
-        return value
-
-    def int(self, key: str, default: int | None = None) -> int:
-        return int(self.str(key, None if default is None else str(default)))
-
-    def float(self, key: str, default: float | None = None) -> float:
-        return float(self.str(key, None if default is None else repr(default)))
-
-    def bool(self, key: str, default: bool | None = None) -> bool:
-        text = self.str(key, None if default is None else str(default)).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"config parameter {key!r} is not a boolean: {text!r}")
-
-    def floats(self, key: str, default: Sequence[float] | None = None) -> tuple[float, ...]:
-        fallback = None if default is None else ",".join(repr(x) for x in default)
-        return tuple(float(x) for x in self.str(key, fallback).split(","))
-
-    def to_dict(self) -> dict[str, str]:
-        return dict(self._values)
-
-
 @dataclass(frozen=True)
 class PreprocessSettings:
     """What the preprocess step needs: the backbone's preset, the patch count, the input limits and the
@@ -319,19 +281,19 @@ class PreprocessSettings:
     def to_parameters(self) -> dict[str, str]:
         p = self.preset
         return {
-            "backbone": self.backbone,
-            "quality_features": self.quality_features,
-            "reduced_decode": str(self.reduced_decode).lower(),
-            "patches": str(self.patches),
-            "resize": str(p.resize),
-            "crop": str(p.crop),
-            "interpolation": p.interpolation,
-            "mean": ",".join(repr(x) for x in p.mean),
-            "std": ",".join(repr(x) for x in p.std),
-            "max_bytes": str(self.limits.max_bytes),
-            "max_pixels": str(self.limits.max_pixels),
-            "max_side": str(self.limits.max_side),
-            "max_aspect": repr(self.limits.max_aspect),
+            keys.BACKBONE: self.backbone,
+            keys.QUALITY_FEATURES: self.quality_features,
+            keys.REDUCED_DECODE: keys.flag(self.reduced_decode),
+            keys.PATCHES: str(self.patches),
+            keys.RESIZE: str(p.resize),
+            keys.CROP: str(p.crop),
+            keys.INTERPOLATION: p.interpolation,
+            keys.MEAN: ",".join(repr(x) for x in p.mean),
+            keys.STD: ",".join(repr(x) for x in p.std),
+            keys.MAX_BYTES: str(self.limits.max_bytes),
+            keys.MAX_PIXELS: str(self.limits.max_pixels),
+            keys.MAX_SIDE: str(self.limits.max_side),
+            keys.MAX_ASPECT: repr(self.limits.max_aspect),
         }
 
     @classmethod
@@ -339,24 +301,24 @@ class PreprocessSettings:
         p = params if isinstance(params, Parameters) else Parameters(params)
         base, limits = Preset(), DEFAULT_LIMITS
         preset = Preset(
-            resize=p.int("resize", base.resize),
-            crop=p.int("crop", base.crop),
-            mean=p.floats("mean", base.mean),  # type: ignore[arg-type]
-            std=p.floats("std", base.std),  # type: ignore[arg-type]
-            interpolation=p.str("interpolation", base.interpolation),
+            resize=p.int(keys.RESIZE, base.resize),
+            crop=p.int(keys.CROP, base.crop),
+            mean=p.floats(keys.MEAN, base.mean),  # type: ignore[arg-type]
+            std=p.floats(keys.STD, base.std),  # type: ignore[arg-type]
+            interpolation=p.str(keys.INTERPOLATION, base.interpolation),
         )
         return cls(
             preset=preset,
-            patches=p.int("patches"),
+            patches=p.int(keys.PATCHES),
             limits=Limits(
-                max_bytes=p.int("max_bytes", limits.max_bytes),
-                max_pixels=p.int("max_pixels", limits.max_pixels),
-                max_side=p.int("max_side", limits.max_side),
-                max_aspect=p.float("max_aspect", limits.max_aspect),
+                max_bytes=p.int(keys.MAX_BYTES, limits.max_bytes),
+                max_pixels=p.int(keys.MAX_PIXELS, limits.max_pixels),
+                max_side=p.int(keys.MAX_SIDE, limits.max_side),
+                max_aspect=p.float(keys.MAX_ASPECT, limits.max_aspect),
             ),
-            backbone=p.str("backbone", ""),
-            quality_features=p.str("quality_features", PATCHES_MODE),
-            reduced_decode=p.bool("reduced_decode", True),
+            backbone=p.str(keys.BACKBONE, cls.backbone),
+            quality_features=p.str(keys.QUALITY_FEATURES, cls.quality_features),
+            reduced_decode=p.bool(keys.REDUCED_DECODE, cls.reduced_decode),
         )
 
     def prepare(self, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,4 +1,5 @@
-"""The layout of a Triton model repository as fitguard writes and reads it: file names and config reading.
+"""The layout of a Triton model repository as fitguard writes and reads it: file names, and the one reader
+and writer of ``config.pbtxt``.
 
 Standard library at import time (the preprocess backend's manifest check imports it through
 :mod:`fitguard.manifest`); protobuf and numpy load inside the functions that need them.
@@ -6,6 +7,7 @@ Standard library at import time (the preprocess backend's manifest check imports
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,26 @@ def read_config(path: str | Path) -> Any:
     from tritonclient.grpc import model_config_pb2
 
     return text_format.Parse(Path(path).read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def config_comments(path: str | Path) -> list[str]:
+    """The text of the ``#`` lines at the start of lines in a ``config.pbtxt`` (what :func:`config_text`
+    wrote above the message; protobuf's parser drops them)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.removeprefix("#").removeprefix(" ") for line in lines if line.startswith("#")]
+
+
+def config_text(config: Any, comments: Sequence[str] = ()) -> str:
+    """A ``ModelConfig`` as ``config.pbtxt`` text, below ``comments`` (one ``# `` line each): every config
+    fitguard writes (export, DALI models, calibration) is rendered here."""
+    from google.protobuf import text_format
+
+    return "".join(f"# {comment}\n" for comment in comments) + text_format.MessageToString(config)
+
+
+def write_config(path: str | Path, config: Any, comments: Sequence[str] = ()) -> None:
+    """Write :func:`config_text` to ``path``."""
+    Path(path).write_text(config_text(config, comments), encoding="utf-8")
 
 
 def repository_settings(repository: str | Path) -> PreprocessSettings:

@@ -20,7 +20,8 @@ from fitguard.contract import ADMISSION_REFUSED
 from fitguard.export.configs import Serving, render_config
 from fitguard.export.overload import QueuePolicy, policy_from_bench
 from fitguard.export.repository import SOURCE
-from fitguard.preprocess import Parameters, PreprocessSettings
+from fitguard.parameters import DEFAULT_ADMISSION_LEASE_MS, Parameters
+from fitguard.preprocess import PreprocessSettings
 from fitguard.presets import preset_for
 
 
@@ -166,6 +167,23 @@ def test_the_admitting_and_the_releasing_step_get_the_same_limit() -> None:
     off = Serving(queue=QueuePolicy(max_in_flight=0))
     assert off.to_dict()["max_in_flight"] == 0
     assert _parameters(c.PREPROCESS, off).int("max_in_flight", 0) == 0
+
+
+def test_the_served_steps_open_the_gate_the_export_wrote(tmp_path: Path) -> None:
+    from fitguard.steps import admission_gate
+
+    args = {"model_repository": str(tmp_path / c.PREPROCESS)}
+    serving = Serving(queue=QueuePolicy(timeout_ms=500, max_in_flight=8))
+    for name in (c.PREPROCESS, c.MONITOR):
+        gate = admission_gate(args, _parameters(name, serving))
+        assert gate is not None and (gate.limit, gate.lease_s) == (8, 1.0), name
+        gate.close()
+    assert admission_gate(args, _parameters(c.PREPROCESS, Serving())) is None
+    # One lease where nothing sets it: a policy without a queue timeout, a config without the key.
+    assert QueuePolicy(timeout_ms=0).lease_ms == QueuePolicy().lease_ms == DEFAULT_ADMISSION_LEASE_MS
+    gate = admission_gate(args, Parameters({"max_in_flight": "2"}))
+    assert gate is not None and gate.lease_s * 1000 == DEFAULT_ADMISSION_LEASE_MS
+    gate.close()
 
 
 def test_admission_needs_the_python_entry_and_the_monitor_step() -> None:

@@ -184,7 +184,8 @@ def test_the_manifest_check_stays_light() -> None:
     """The backends verify their repository in installs without torch: manifest.py reaches only file names."""
     assert graph()["fitguard.manifest"] == {"fitguard.repository"}
     assert graph()["fitguard.repository"] <= {"fitguard.contract", "fitguard.preprocess"}
-    assert graph()["fitguard.monitoring"] <= {"fitguard.contract"}
+    assert graph()["fitguard.monitoring"] <= {"fitguard.contract", "fitguard.parameters"}
+    assert graph()["fitguard.parameters"] == set()  # the keys every step reads: standard library only
 
 
 def test_every_package_ships_in_the_wheel() -> None:

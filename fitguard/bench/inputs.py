@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fitguard import contract
+from fitguard.parameters import PATCHES
 from fitguard.preprocess import IMAGE_EXTENSIONS
 from fitguard.repository import MANIFEST_NAME
 
@@ -68,7 +69,7 @@ def repository_patches(repository: str | None, protocol: str, url: str | None) -
                 if isinstance(config, dict)
                 else {k: {"string_value": v.string_value} for k, v in config.config.parameters.items()}
             )
-            return int(params["patches"]["string_value"])
+            return int(params[PATCHES]["string_value"])
         except Exception:
             return None
         finally:

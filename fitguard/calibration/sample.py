@@ -22,6 +22,7 @@ import numpy as np
 
 from fitguard.contract import CLASS_ID, DETECTOR, FIT_SCORE, NUM_CLASSES
 from fitguard.guarantee import CalibrationError
+from fitguard.parameters import THRESHOLD
 
 NO_CLASS = "none"
 _COMMENT = re.compile(r"\s+#.*$")  # a comment after whitespace: file names may hold '#'
@@ -278,9 +279,11 @@ def served_threshold(url: str, protocol: str = "grpc", timeout: float = 30.0) ->
         parameters = transport.model_config(DETECTOR).get("parameters") or {}
     finally:
         transport.close()
-    value = (parameters.get("threshold") or {}).get("string_value")
+    value = (parameters.get(THRESHOLD) or {}).get("string_value")
     if value is None:
-        raise CalibrationError(f"the detector at {url} does not say its threshold (no 'threshold' parameter)")
+        raise CalibrationError(
+            f"the detector at {url} does not say its threshold (no {THRESHOLD!r} parameter)"
+        )
     return float(value)
 
 

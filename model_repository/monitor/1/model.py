@@ -10,11 +10,11 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from fitguard.admission import open_gate
 from fitguard.contract import CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
 from fitguard.labels import imagenet_classes
-from fitguard.monitoring import DEFAULT_MAX_CLASSES, VerdictMetrics
-from fitguard.preprocess import Parameters
+from fitguard.monitoring import VerdictMetrics
+from fitguard.parameters import DEFAULT_MAX_CLASSES, MAX_CLASSES, Parameters
+from fitguard.steps import admission_gate
 
 _NAMES = (CLASS_ID, QUALITY_SCORE, FIT, FIT_SCORE)
 
@@ -26,14 +26,10 @@ class TritonPythonModel:
             pb_utils,
             version=str(args["model_version"]),
             class_names=[c.name for c in imagenet_classes()],
-            max_classes=params.int("max_classes", DEFAULT_MAX_CLASSES),
+            max_classes=params.int(MAX_CLASSES, DEFAULT_MAX_CLASSES),
         )
         # The last step gives back the admission slots the preprocess step took (fitguard.admission).
-        self.gate = open_gate(
-            args["model_repository"],
-            limit=params.int("max_in_flight", 0),
-            lease_ms=params.int("admission_lease_ms", 2000),
-        )
+        self.gate = admission_gate(args, params)
 
     def execute(self, requests: list) -> list:
         responses, columns = [], {name: [] for name in _NAMES}

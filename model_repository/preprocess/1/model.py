@@ -12,36 +12,28 @@ import json
 
 import triton_python_backend_utils as pb_utils
 
-from fitguard.admission import open_gate
 from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
-from fitguard.manifest import verify_on_load
-from fitguard.preprocess import BadImageError, Parameters, PreprocessSettings
+from fitguard.parameters import Parameters
+from fitguard.preprocess import BadImageError, PreprocessSettings
+from fitguard.steps import (
+    admission_gate,
+    bad_image_counter,
+    bad_image_response,
+    failure_response,
+    overload_response,
+    verify_manifest,
+)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = Parameters.from_config(config)
-        verify_on_load(args["model_repository"], enabled=params.bool("verify_manifest", True))
+        verify_manifest(args, params)
         self.settings = PreprocessSettings.from_parameters(params)
-        self.refusals = None
-        if params.bool("monitoring", False):
-            from fitguard.monitoring import BadImageCounter
-
-            self.refusals = BadImageCounter(pb_utils, version=str(args["model_version"]))
-        self.invalid_arg = getattr(pb_utils.TritonError, "INVALID_ARG", None)
-        self.unavailable = getattr(pb_utils.TritonError, "UNAVAILABLE", None)
+        self.refusals = bad_image_counter(pb_utils, args, params)
         # Admission control (fitguard.admission): the monitor step releases what this step admits.
-        self.gate = open_gate(
-            args["model_repository"],
-            limit=params.int("max_in_flight", 0),
-            lease_ms=params.int("admission_lease_ms", 2000),
-        )
-
-    def _error(self, message: str, invalid_input: bool) -> pb_utils.InferenceResponse:
-        if invalid_input and self.invalid_arg is not None:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, self.invalid_arg))
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+        self.gate = admission_gate(args, params)
 
     def _answer(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
         images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy().reshape(-1)
@@ -50,12 +42,6 @@ class TritonPythonModel:
         if patches is not None:  # None in shared quality mode: the classifier's pass gives the features
             outputs.append(pb_utils.Tensor(IQA_PATCHES, patches))
         return pb_utils.InferenceResponse(output_tensors=outputs)
-
-    def _refusal(self) -> pb_utils.InferenceResponse:
-        message = self.gate.refusal()
-        if self.unavailable is not None:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, self.unavailable))
-        return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -66,7 +52,7 @@ class TritonPythonModel:
             admitted = self.gate.admit_batch(sizes)
         for request, rows, admit in zip(requests, sizes, admitted, strict=True):
             if not admit:
-                responses.append(self._refusal())
+                responses.append(overload_response(pb_utils, self.gate.refusal()))
                 continue
             try:
                 responses.append(self._answer(request))
@@ -74,9 +60,9 @@ class TritonPythonModel:
             except BadImageError as exc:
                 if self.refusals is not None:
                     self.refusals.add()
-                responses.append(self._error(f"bad image: {exc}", invalid_input=True))
+                responses.append(bad_image_response(pb_utils, f"bad image: {exc}"))
             except Exception as exc:  # never raise out of execute: it would fail the whole batch
-                responses.append(self._error(f"preprocess failed: {exc.__class__.__name__}: {exc}", False))
+                responses.append(failure_response(pb_utils, "preprocess", exc))
             if rows:  # refused here as a bad image: it never reaches the step that releases
                 self.gate.release(rows)
         return responses
