@@ -152,3 +152,19 @@ def is_overload(message: str) -> bool:
     """Whether a server's error message is an overload refusal (case-insensitive)."""
     lowered = message.lower()
     return any(marker in lowered for marker in OVERLOAD_MARKERS)
+
+
+# The words of a step whose process died (Triton 2.51 answers every request with them until the server is
+# restarted, fitguard.health): clients retry them as unavailable while the server heals.
+STEP_DOWN_MARKERS: tuple[str, ...] = ("is not healthy",)
+
+
+def is_step_down(message: str) -> bool:
+    """Whether a server's error message says a step's process is gone (case-insensitive)."""
+    lowered = message.lower()
+    return "stub process" in lowered and any(marker in lowered for marker in STEP_DOWN_MARKERS)
+
+
+# The request id of the deep health check's canary (fitguard.health): Triton passes it to every step of the
+# ensemble, and the monitor step leaves such requests out of the verdict metrics.
+CANARY_REQUEST_ID = "fitguard-canary"

@@ -1,6 +1,7 @@
 """Triton Python backend adapter for the monitor step (the metrics are fitguard.monitoring, tested there).
 
-CLASS_ID, QUALITY, FIT, FIT_SCORE in -> the same tensors out, each batch counted once on /metrics.
+CLASS_ID, QUALITY, FIT, FIT_SCORE in -> the same tensors out, each batch counted once on /metrics. The deep
+health check's canary (request id fitguard.contract.CANARY_REQUEST_ID) passes through uncounted.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from fitguard.contract import CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
+from fitguard.contract import CANARY_REQUEST_ID, CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
 from fitguard.labels import imagenet_classes
 from fitguard.monitoring import VerdictMetrics
 from fitguard.parameters import DEFAULT_MAX_CLASSES, MAX_CLASSES, Parameters
@@ -32,15 +33,19 @@ class TritonPythonModel:
         self.gate = admission_gate(args, params)
 
     def execute(self, requests: list) -> list:
-        responses, columns = [], {name: [] for name in _NAMES}
+        responses, columns, rows = [], {name: [] for name in _NAMES}, 0
         for request in requests:
             tensors = [pb_utils.get_input_tensor_by_name(request, name) for name in _NAMES]
             arrays = [t.as_numpy() for t in tensors]
-            for name, array in zip(_NAMES, arrays, strict=True):
-                columns[name].append(array)
+            rows += len(arrays[0])
+            if request.request_id() != CANARY_REQUEST_ID:
+                for name, array in zip(_NAMES, arrays, strict=True):
+                    columns[name].append(array)
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         if self.gate is not None:
-            self.gate.release(sum(len(part) for part in columns[CLASS_ID]))
+            self.gate.release(rows)
+        if not columns[CLASS_ID]:
+            return responses
         try:  # counting must never cost a client its answer
             batch = {name: np.concatenate(parts) for name, parts in columns.items()}
             self.metrics.record(
