@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> (module, help). "train" has its own subcommands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("fitguard.serve.cli", "run the embedded Triton server on a model repository"),
+    "health": ("fitguard.serve.health_cli", "deep health check: a canary image through the whole ensemble"),
     "export": ("fitguard.export.cli", "export classifier, quality model and detector to a Triton repository"),
     "build": ("fitguard.build", "train, export and verify the whole repository offline"),
     "classify": ("fitguard.client.cli", "classify images with a running fitguard server"),

@@ -1,4 +1,8 @@
-"""``fitguard serve``: run the embedded Triton server on a model repository until SIGINT or SIGTERM."""
+"""``fitguard serve``: run the embedded Triton server on a model repository until SIGINT or SIGTERM.
+
+A supervisor sends a canary image through the whole ensemble every second and restarts the server on the
+same ports when a step died or hung (:mod:`fitguard.serve.supervisor`); ``--no-supervise`` turns it off.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fitguard.serve.supervisor import SupervisedServer
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +29,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup-timeout", type=float, default=300.0, help="seconds to wait for all models to be ready"
     )
+    parser.add_argument(
+        "--no-supervise",
+        dest="supervise",
+        action="store_false",
+        help="no canary, no restart of a broken step",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        help="port of /health (the canary's verdict) and /metrics (canaries, restarts); default: the metrics "
+        "port + 1 (a free one when that is 0); -1 turns it off",
+    )
+    parser.add_argument("--canary-interval", type=float, default=1.0, help="seconds between canaries")
+    parser.add_argument(
+        "--canary-timeout",
+        type=float,
+        default=3.0,
+        help="seconds a canary may take before the step counts as hung",
+    )
+
+
+def _health_port(args: argparse.Namespace) -> int | None:
+    if args.health_port is not None:
+        return None if args.health_port < 0 else args.health_port
+    return args.metrics_port + 1 if args.metrics_port else 0
 
 
 def run(args: argparse.Namespace) -> int:
     from fitguard.serve.embedded import EmbeddedServer, EmbeddedServerError
+    from fitguard.serve.supervisor import SupervisedServer
 
     stop = threading.Event()
 
@@ -48,9 +82,15 @@ def run(args: argparse.Namespace) -> int:
         log_file=args.log_file,
         startup_timeout=args.startup_timeout,
     )
+    supervised = SupervisedServer(
+        server,
+        interval=args.canary_interval,
+        canary_timeout=args.canary_timeout,
+        health_port=_health_port(args),
+    )
     try:
         try:
-            server.start()
+            supervised.start() if args.supervise else server.start()
         except EmbeddedServerError as e:
             print(f"fitguard serve: {e}", file=sys.stderr)
             return 1
@@ -64,16 +104,25 @@ def run(args: argparse.Namespace) -> int:
             f"  gRPC     {server.grpc_url}\n"
             f"  metrics  http://{server.metrics_url}/metrics\n"
             f"  models   {', '.join(sorted(m['name'] for m in server.repository_index()))}\n"
+            f"{_supervision_line(supervised) if args.supervise else ''}"
             "Ctrl-C stops the server.",
             flush=True,
         )
         while not stop.wait(0.5):
-            if not server.is_running():
-                print(f"fitguard serve: the server exited unexpectedly:\n{server.log(30)}", file=sys.stderr)
+            alive = supervised.poll() if args.supervise else server.is_running()
+            if not alive:
+                why = supervised.failed or f"the server exited unexpectedly:\n{server.log(30)}"
+                print(f"fitguard serve: {why}", file=sys.stderr)
                 return 1
         print("fitguard serve: stopping", flush=True)
         return 0
     finally:
-        server.stop()
+        supervised.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _supervision_line(supervised: SupervisedServer) -> str:
+    endpoint, host = supervised.endpoint, supervised.server.http_url.rpartition(":")[0]
+    where = f"http://{host}:{endpoint.port}/health and /metrics" if endpoint is not None else "no endpoint"
+    return f"  canary   every {supervised.supervisor.interval:g} s, restarts a dead or hung step ({where})\n"

@@ -363,7 +363,13 @@ class EmbeddedServer:
             self._thread.join(timeout=5)
         raise exit_error(code, self.log(), self.model_repository)
 
-    def stop(self) -> None:
+    def restart(self) -> None:
+        """Kill the server and its stubs at once, then start it again on the same ports and repository."""
+        self._requested_ports = dict(self.ports)
+        self.stop(graceful=False)
+        self.start()
+
+    def stop(self, graceful: bool = True) -> None:
         """Stop gracefully (SIGTERM, wait ``stop_timeout``), then kill the whole process group.
 
         When Triton's exit timeout runs out it exits without unloading models, leaving the Python backend's
@@ -375,7 +381,7 @@ class EmbeddedServer:
                 return
             _LIVE.discard(self)
             regions = shm_regions(process.pid)
-            if process.poll() is None:
+            if process.poll() is None and graceful:
                 try:
                     process.terminate()
                     process.wait(timeout=self.stop_timeout)

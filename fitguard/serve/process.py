@@ -56,3 +56,30 @@ def shm_regions(pgid: int) -> set[str]:
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+STUB = b"triton_python_backend_stub"
+
+
+def stub_processes(pgid: int) -> dict[str, int]:
+    """The group's Python backend stubs: model instance name (``preprocess_0_0``) -> pid."""
+    stubs: dict[str, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getpgid(int(proc.name)) != pgid:
+                continue
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if args and args[0].endswith(STUB) and len(args) > 8:
+            stubs[args[8].decode()] = int(proc.name)
+    return stubs
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's state letter of ``pid`` (R, S, D, T for stopped, Z for a zombie), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
