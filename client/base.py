@@ -12,6 +12,10 @@ from .retry import RetryPolicy
 from .transport import Connection, Protocol_
 
 T = TypeVar("T")
+# Retries of an unavailable server, at most HEALING_BACKOFF apart: they span a restart that heals it
+# (docs/operations.md, section 6) until retry_deadline, and find the server back within a second.
+HEALING_RETRIES = 20
+HEALING_BACKOFF = 1.0
 
 
 class ClientBase(Generic[T]):
@@ -22,7 +26,8 @@ class ClientBase(Generic[T]):
         protocol: ``"grpc"`` (default) or ``"http"`` (binary tensor extension).
         model: the ensemble's name in the model repository.
         timeout: seconds one request may take (connection and answer).
-        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only.
+        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only;
+            an unavailable server (one restarting to heal) is retried until the deadline, at most 1 s apart.
         retry_deadline: total seconds spent retrying one request before giving up.
         ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them
             (certificate file paths); ``ssl_context`` (HTTP only) and ``insecure`` (HTTP: skip
@@ -64,7 +69,12 @@ class ClientBase(Generic[T]):
             headers=dict(headers or {}),
         )
         self.model = model
-        self.retry_policy = retry_policy or RetryPolicy(retries=retries, deadline=retry_deadline)
+        self.retry_policy = retry_policy or RetryPolicy(
+            retries=retries,
+            deadline=retry_deadline,
+            max_backoff=HEALING_BACKOFF,
+            unavailable_retries=HEALING_RETRIES if retries else 0,
+        )
         self._open_transports(transport_factory)
 
     def __repr__(self) -> str:

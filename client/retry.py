@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import RETRYABLE
+from .errors import RETRYABLE, ServerUnavailable
 
 T = TypeVar("T")
 
@@ -26,6 +26,9 @@ class RetryPolicy:
         deadline: total seconds spent retrying (waits plus attempts) after which the last error is
             raised even if retries remain, so a dead server fails within a known time.
         jitter: waits are drawn from [(1 - jitter) * w, w] so many clients do not retry in lock-step.
+        unavailable_retries: retries of a request the server was unavailable for (nothing listening, a
+            step's process down), when more than ``retries``: a server that restarts itself to heal refuses
+            connections for a few seconds, and the deadline still bounds the whole.
     """
 
     retries: int = 3
@@ -33,9 +36,15 @@ class RetryPolicy:
     max_backoff: float = 2.0
     deadline: float = 10.0
     jitter: float = 0.5
+    unavailable_retries: int = 0
 
     def __post_init__(self) -> None:
-        if self.retries < 0 or self.backoff < 0 or self.deadline < 0 or not 0 <= self.jitter <= 1:
+        if (
+            min(self.retries, self.unavailable_retries) < 0
+            or self.backoff < 0
+            or self.deadline < 0
+            or not 0 <= self.jitter <= 1
+        ):
             raise ValueError(f"invalid retry policy: {self}")
 
     def waits(self) -> Iterator[float]:
@@ -47,17 +56,23 @@ class RetryPolicy:
         wait = nominal * (1 - self.jitter * random.random())
         return None if now - start + wait > self.deadline else wait
 
+    def wait_before(self, retry: int, error: BaseException, start: float, now: float) -> float | None:
+        """The jittered wait before retry number ``retry`` (1-based) after ``error``; None gives up."""
+        allowed = max(self.retries, self.unavailable_retries if isinstance(error, ServerUnavailable) else 0)
+        if retry > allowed:
+            return None
+        return self._plan(start, now, min(self.backoff * 2 ** (retry - 1), self.max_backoff))
+
 
 def call(fn: Callable[[], T], policy: RetryPolicy, sleep: Callable[[float], None] | None = None) -> T:
     """Call ``fn``, retrying on :data:`RETRYABLE` errors per ``policy``."""
-    start = time.monotonic()
-    waits = policy.waits()
+    start, retry = time.monotonic(), 0
     while True:
         try:
             return fn()
-        except RETRYABLE:
-            nominal = next(waits, None)
-            wait = None if nominal is None else policy._plan(start, time.monotonic(), nominal)
+        except RETRYABLE as exc:
+            retry += 1
+            wait = policy.wait_before(retry, exc, start, time.monotonic())
             if wait is None:
                 raise
             (sleep or time.sleep)(wait)
@@ -69,14 +84,13 @@ async def acall(
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> T:
     """Async twin of :func:`call`."""
-    start = time.monotonic()
-    waits = policy.waits()
+    start, retry = time.monotonic(), 0
     while True:
         try:
             return await fn()
-        except RETRYABLE:
-            nominal = next(waits, None)
-            wait = None if nominal is None else policy._plan(start, time.monotonic(), nominal)
+        except RETRYABLE as exc:
+            retry += 1
+            wait = policy.wait_before(retry, exc, start, time.monotonic())
             if wait is None:
                 raise
             await (sleep or asyncio.sleep)(wait)

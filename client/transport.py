@@ -126,6 +126,8 @@ def map_error(exc: BaseException, conn: Connection, what: str) -> FitguardError:
             return Overloaded(
                 f"{what}: server at {where} is overloaded ({_ENSEMBLE_PREFIX.sub('', message)})"
             )
+        if contract.is_step_down(message):  # the server heals itself (fitguard.health): retry
+            return ServerUnavailable(f"{what}: a step of the server at {where} is down ({message})")
         if code in ("UNAVAILABLE", "503", "502", "504") or "failed to connect" in lowered:
             return ServerUnavailable(f"{what}: server at {where} is unavailable ({message})")
         if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in lowered or "timed out" in lowered:
