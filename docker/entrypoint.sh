@@ -6,6 +6,12 @@
 # 2. Execs tritonserver with the production flags: models fixed at start (no model-control API),
 #    strict readiness, admin APIs (model repository, logging, trace, shared memory) behind a secret
 #    header, optional TLS (or mutual TLS) on gRPC. Extra arguments are passed on to tritonserver.
+# 3. Runs the watchdog beside it (`fitguard health --watch`): a canary image through the whole ensemble
+#    every few seconds. Triton 2.51 keeps answering ready when a step's Python process died, so when a step
+#    stays dead or hung for FITGUARD_FAIL_AFTER seconds (long enough for the readiness probe, which runs
+#    the same check, to take the pod out of rotation) the watchdog stops the server and the container
+#    exits 70, and the orchestrator restarts it. The watchdog serves /health and /metrics (canaries by
+#    outcome) on HEALTH_PORT.
 #
 # Settings (environment):
 #   MODEL_REPOSITORY            model repository (default /models)
@@ -21,6 +27,11 @@
 #   TRITONSERVER                server binary (default tritonserver, on PATH in the NGC image)
 #   TRITON_BACKEND_DIRECTORY    --backend-directory, when not the binary's default
 #   PYTHON                      interpreter that has the fitguard package (default python3)
+#   HEALTH_PORT                 the watchdog's /health and /metrics (default 8003)
+#   FITGUARD_WATCHDOG           1 (default) runs the watchdog; 0 execs tritonserver alone
+#   FITGUARD_CANARY_INTERVAL    seconds between canaries (default 2)
+#   FITGUARD_CANARY_TIMEOUT     seconds a canary may take before the step counts as hung (default 5)
+#   FITGUARD_FAIL_AFTER         seconds a step may stay dead or hung before the container exits (default 15)
 set -euo pipefail
 
 log() { printf 'fitguard-entrypoint: %s\n' "$*" >&2; }
@@ -106,4 +117,32 @@ if [[ -n "${TRITON_BACKEND_DIRECTORY:-}" ]]; then
 fi
 
 log "starting ${TRITONSERVER} on ${MODEL_REPOSITORY} (http ${HTTP_PORT}, grpc ${GRPC_PORT}, metrics ${METRICS_PORT})"
-exec "${TRITONSERVER}" "${args[@]}" "$@"
+if [[ "${FITGUARD_WATCHDOG:-1}" == "0" ]]; then
+    exec "${TRITONSERVER}" "${args[@]}" "$@"
+fi
+
+"${TRITONSERVER}" "${args[@]}" "$@" &
+server=$!
+"${PYTHON}" -m fitguard.cli health --watch --url "127.0.0.1:${HTTP_PORT}" \
+    --interval "${FITGUARD_CANARY_INTERVAL:-2}" --timeout "${FITGUARD_CANARY_TIMEOUT:-5}" \
+    --fail-after "${FITGUARD_FAIL_AFTER:-15}" --host "${BIND_ADDRESS}" --port "${HEALTH_PORT:-8003}" &
+watchdog=$!
+# `docker stop` / the kubelet send SIGTERM to this shell: the server drains (EXIT_TIMEOUT_SECS) and exits.
+trap 'kill -TERM "${server}" 2>/dev/null || true' TERM INT
+set +e
+while true; do
+    wait -n "${server}" "${watchdog}"
+    if ! kill -0 "${server}" 2>/dev/null; then
+        wait "${server}"
+        code=$?
+        kill -TERM "${watchdog}" 2>/dev/null
+        wait "${watchdog}" 2>/dev/null
+        exit "${code}"
+    fi
+    if ! kill -0 "${watchdog}" 2>/dev/null; then
+        log "a step stayed dead or hung (the watchdog's lines above): stopping ${TRITONSERVER} so the container is restarted"
+        kill -KILL "${server}" 2>/dev/null
+        wait "${server}" 2>/dev/null
+        exit 70
+    fi
+done

@@ -119,9 +119,9 @@ def test_server_stage_is_hardened(dockerfile):
     assert user and not user[-1].startswith(("root", "0")), "the server must not run as root"
     assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k == "RUN"), "USER after the last RUN"
     health = " ".join(a for k, a in server if k == "HEALTHCHECK")
-    assert "/v2/health/ready" in health
+    assert "fitguard health" in health  # the deep check, not Triton's ready
     exposed = " ".join(a for k, a in server if k == "EXPOSE").split()
-    assert exposed == ["8000", "8001", "8002"]
+    assert exposed == ["8000", "8001", "8002", "8003"]
     entry = " ".join(a for k, a in server if k == "ENTRYPOINT")
     assert "fitguard-entrypoint" in entry
     run = " ".join(a for k, a in server if k == "RUN")
@@ -252,12 +252,17 @@ def test_deployment_probes_gpu_and_security():
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "health": 8003}
+    # Readiness and liveness run the deep check (a canary through every step); startup waits for Triton.
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["fitguard", "health"], command
+        assert command[command.index("--url") + 1] == f"127.0.0.1:{ports['http']}"
+        canary_timeout = float(command[command.index("--timeout") + 1])
+        assert container[probe]["timeoutSeconds"] > canary_timeout
+    assert container["readinessProbe"]["periodSeconds"] * container["readinessProbe"]["failureThreshold"] <= 5
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] in ports
+    assert container["startupProbe"]["httpGet"]["port"] in ports
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
@@ -327,6 +332,7 @@ def entrypoint_env(repository: Path, **extra: str) -> tuple[dict[str, str], dict
         HTTP_PORT=str(ports["http"]),
         GRPC_PORT=str(ports["grpc"]),
         METRICS_PORT=str(ports["metrics"]),
+        HEALTH_PORT=str(free_port()),
         EXIT_TIMEOUT_SECS="10",
         **extra,
     )
@@ -619,3 +625,33 @@ def test_server_image_python_is_enough_for_preprocess(tiny_repository, tmp_path,
     assert result["shapes"] == [[1, 3, 224, 224], [1, patches, 3, 224, 224]]
     assert "bad image" in result["error"]
     assert result["loaded"] == []
+
+
+@pytest.mark.server
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_entrypoint_exits_when_a_step_dies(repository_copy, tmp_path):
+    """SIGKILL of a step's process: the watchdog sees it and the container exits 70 (to be restarted)."""
+    from fitguard.serve.process import stub_processes
+
+    env, ports = entrypoint_env(repository_copy, FITGUARD_CANARY_INTERVAL="1", FITGUARD_FAIL_AFTER="3")
+    health = [sys.executable, "-m", "fitguard.cli", "health", "--url", f"127.0.0.1:{ports['http']}"]
+    server = Entrypoint(env, tmp_path / "entrypoint.log")
+    try:
+        server.wait_ready(ports["http"])
+        deadline = time.monotonic() + 30
+        while subprocess.run(health, capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the deep check never passed"
+            time.sleep(0.5)
+        (pid,) = [p for name, p in stub_processes(server.proc.pid).items() if name.startswith("preprocess_")]
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        probe = subprocess.run(health, capture_output=True, text=True)
+        assert probe.returncode == 1 and "step_down" in probe.stdout, probe.stdout
+        assert len(probe.stdout.strip().splitlines()) == 1
+        code = server.proc.wait(timeout=30)
+        print(f"\nentrypoint exited {code} {time.monotonic() - killed:.1f} s after the kill")
+        assert code == 70, server.log()[-3000:]
+        assert "so the container is restarted" in server.log()
+    finally:
+        server.stop()
