@@ -1,0 +1,110 @@
+"""Measure healing: serve a repository supervised, kill each step's process under load, time the recovery.
+
+For every step (its Python stub, SIGKILL; ``--stop`` adds a SIGSTOP of the quality step) with four SDK
+clients sending images: seconds from the fault until the deep check fails, until the first answer to a
+request sent after that, the restart's own duration, and what the clients saw. docs/operations.md, section 6
+holds the figures.
+
+    python scripts/heal_bench.py --model-repository build/repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from fitguard.client import FitClient
+from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY
+from fitguard.health import canary
+from fitguard.photos import sample_photos
+from fitguard.preprocess import encode_image
+from fitguard.serve import EmbeddedServer
+from fitguard.serve.process import stub_processes
+from fitguard.serve.supervisor import SupervisedServer
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--steps", nargs="+", default=[PREPROCESS, CLASSIFIER, QUALITY, DETECTOR, MONITOR])
+    parser.add_argument("--stop", action="store_true", help="also SIGSTOP the quality step (a hang)")
+    return parser
+
+
+def fault(supervised: SupervisedServer, payloads: list[bytes], clients: int, step: str, sig: int) -> str:
+    outcomes: list[tuple[float, float, bool]] = []  # start, end, answered
+    lock, stop = threading.Lock(), threading.Event()
+
+    def client(w: int) -> None:
+        with FitClient(supervised.server.grpc_url) as c:
+            k = 0
+            while not stop.is_set():
+                t0, ok = time.monotonic(), True
+                try:
+                    c.classify(payloads[(w + k) % len(payloads)])
+                except Exception:  # noqa: BLE001 - counted
+                    ok = False
+                with lock:
+                    outcomes.append((t0, time.monotonic(), ok))
+                k += 1
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    pid = next(p for name, p in stub_processes(supervised.server.pid).items() if name.startswith(f"{step}_"))
+    killed, unready, resumed = time.monotonic(), None, None
+    os.kill(pid, sig)
+    while resumed is None and time.monotonic() - killed < 60:
+        if unready is None and not canary(supervised.server.http_url, timeout=2).healthy:
+            unready = time.monotonic()
+        if unready is not None:
+            with lock:
+                later = [end for start, end, ok in outcomes if ok and start > unready]
+            resumed = min(later) if later else None
+        time.sleep(0.05)
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    hung = sum(t.is_alive() for t in threads)
+    errors = sum(1 for _, _, ok in outcomes if not ok)
+    slowest = max(end - start for start, end, _ in outcomes)
+    restart = supervised.heal_seconds[-1] if supervised.heal_seconds else float("nan")
+
+    def after(t: float | None) -> str:
+        return f"{t - killed:.2f}" if t is not None else "never"
+
+    name = "SIGSTOP" if sig == signal.SIGSTOP else "SIGKILL"
+    return (
+        f"| {step} ({name}) | {after(unready)} | {after(resumed)} | {restart:.1f} | {len(outcomes)} | "
+        f"{errors} | {hung} | {slowest:.1f} |"
+    )
+
+
+def main(args: argparse.Namespace) -> None:
+    photos, _ = sample_photos(limit=8)
+    payloads = [encode_image(rgb) for rgb in photos]
+    server = EmbeddedServer(args.model_repository, http_port=0, grpc_port=0, metrics_port=0)
+    rows = []
+    with SupervisedServer(server) as supervised:
+        print(f"server ready in {server.startup_seconds:.1f} s", flush=True)
+        plan = [(step, signal.SIGKILL) for step in args.steps]
+        plan += [(QUALITY, signal.SIGSTOP)] if args.stop else []
+        for step, sig in plan:
+            rows.append(fault(supervised, payloads, args.clients, step, sig))
+            print(rows[-1], flush=True)
+            time.sleep(2)
+    columns = "deep check false | first answer | restart | SDK calls | SDK errors | hung | slowest call (s)"
+    print(f"| fault | {columns} |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,220 @@
+"""A step's process killed (SIGKILL) or stopped (SIGSTOP) under load: the server tells and heals itself.
+
+Triton 2.51 neither restarts a dead Python stub nor reports it: without supervision every request fails
+with ``Stub process '...' is not healthy`` while ``/v2/health/ready`` answers true. Here the supervised
+embedded server (:class:`fitguard.serve.supervisor.SupervisedServer`) serves a tiny repository to four SDK
+clients with their default retries and one raw gRPC client without any, and one step's stub is killed. The
+deep check must turn false within 5 s, answers resume within 15 s, no request hangs, the raw client's
+failures are all retryable refusals and the SDK clients see no error at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from fitguard.contract import CLASSIFIER, MONITOR, PREPROCESS, QUALITY
+
+from .conftest import Answer, grpc_infer
+
+pytestmark = [pytest.mark.reliability, pytest.mark.server, pytest.mark.slow]
+
+SDK_WORKERS = 4
+UNREADY_WITHIN_S = 5.0
+ANSWERS_WITHIN_S = 15.0
+RUN_AFTER_RESUME_S = 2.0
+DALI_RETRY_DEADLINE_S = 20.0
+HANG_BOUND_S = 55.0  # the SDK's 30 s timeout plus a 20 s retry deadline: nothing may take longer
+
+
+@dataclass
+class Run:
+    """What one fault run saw, in seconds after the fault."""
+
+    killed_at: float = 0.0
+    unready_at: float | None = None
+    resumed_at: float | None = None
+    # who, start, end, outcome, image
+    records: list[tuple[str, float, float, object, int]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, who: str, start: float, outcome: object, image: int) -> None:
+        with self.lock:
+            self.records.append((who, start, time.monotonic(), outcome, image))
+
+    def answers(self) -> int:
+        with self.lock:
+            return sum(1 for r in self.records if isinstance(r[3], Answer))
+
+
+def _load(
+    supervised, payloads: list[bytes], run: Run, stop: threading.Event, sdk_options: dict
+) -> list[threading.Thread]:
+    import tritonclient.grpc as grpcclient
+
+    from fitguard.client import FitClient
+    from fitguard.client.transport import Connection, map_error
+
+    url = supervised.server.grpc_url
+
+    def sdk(w: int) -> None:
+        with FitClient(url, **sdk_options) as client:  # default timeout and retries unless given
+            for k in range(10_000):
+                if stop.is_set():
+                    return
+                t0, i = time.monotonic(), (w * 7 + k) % len(payloads)
+                try:
+                    run.add("sdk", t0, Answer.from_verdict(client.classify(payloads[i])), i)
+                except Exception as exc:  # noqa: BLE001 - every outcome is checked
+                    run.add("sdk", t0, exc, i)
+
+    def raw() -> None:
+        client = grpcclient.InferenceServerClient(url)
+        conn = Connection(url)
+        try:
+            for k in range(10_000):
+                if stop.is_set():
+                    return
+                t0, i = time.monotonic(), k % len(payloads)
+                try:
+                    run.add("raw", t0, Answer.from_result(grpc_infer(client, [payloads[i]], timeout=30)), i)
+                except Exception as exc:  # noqa: BLE001 - classified as the SDK would
+                    run.add("raw", t0, map_error(exc, conn, "infer"), i)
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=sdk, args=(w,), daemon=True) for w in range(SDK_WORKERS)]
+    threads.append(threading.Thread(target=raw, daemon=True))
+    for t in threads:
+        t.start()
+    return threads
+
+
+def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sdk_options: float) -> Run:
+    """Load, ``fault()``, then watch the deep check and the answers until they resume; every thread ends."""
+    from fitguard.health import canary
+
+    run, stop = Run(), threading.Event()
+    restarts = supervised.restarts
+    threads = _load(supervised, payloads, run, stop, sdk_options)
+    try:
+        deadline = time.monotonic() + 60
+        while run.answers() < 20:
+            assert time.monotonic() < deadline, "no answers before the fault"
+            time.sleep(0.05)
+        run.killed_at = time.monotonic()
+        fault()
+        deadline = run.killed_at + 30
+        while time.monotonic() < deadline and (run.unready_at is None or run.resumed_at is None):
+            now = time.monotonic()
+            if run.unready_at is None and not canary(supervised.server.http_url, timeout=2).healthy:
+                run.unready_at = now
+            if run.unready_at is not None and run.resumed_at is None:
+                with run.lock:
+                    later = [r[2] for r in run.records if isinstance(r[3], Answer) and r[1] > run.unready_at]
+                run.resumed_at = min(later) if later else None
+            time.sleep(0.1)
+        time.sleep(RUN_AFTER_RESUME_S)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=HANG_BOUND_S)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    assert supervised.restarts == restarts + 1, f"{supervised.restarts - restarts} restarts, expected one"
+    return run
+
+
+def check(run: Run, what: str) -> None:
+    from fitguard.client import ServerUnavailable
+    from fitguard.client.errors import RETRYABLE
+
+    assert run.unready_at is not None, f"{what}: the deep check never failed"
+    assert run.resumed_at is not None, f"{what}: answers never resumed"
+    unready, resumed = run.unready_at - run.killed_at, run.resumed_at - run.killed_at
+    sdk = [r for r in run.records if r[0] == "sdk"]
+    raw = [r for r in run.records if r[0] == "raw"]
+    sdk_errors = [r[3] for r in sdk if not isinstance(r[3], Answer)]
+    raw_errors = [r[3] for r in raw if not isinstance(r[3], Answer)]
+    slowest = max(r[2] - r[1] for r in run.records)
+    print(
+        f"\n{what}: deep check false {unready:.2f} s after the fault, answers again after {resumed:.2f} s; "
+        f"SDK {len(sdk)} calls, {len(sdk_errors)} errors; raw {len(raw)} requests, {len(raw_errors)} refused "
+        f"({sorted({type(e).__name__ for e in raw_errors})}); slowest call {slowest:.1f} s"
+    )
+    assert unready <= UNREADY_WITHIN_S, f"{what}: readiness false only after {unready:.1f} s"
+    assert resumed <= ANSWERS_WITHIN_S, f"{what}: first answer {resumed:.1f} s after the fault"
+    assert not sdk_errors, f"{what}: SDK clients saw {sdk_errors[:3]}"
+    assert all(isinstance(e, RETRYABLE) for e in raw_errors), f"{what}: {raw_errors[:3]}"
+    # The raw client met the broken server (else the fault was never seen by a request).
+    assert any(isinstance(e, ServerUnavailable) for e in raw_errors), f"{what}: no request met the fault"
+    # Every image got its own answer back, the same before and after the restart.
+    first: dict[int, Answer] = {}
+    for _, _, _, outcome, image in run.records:
+        if isinstance(outcome, Answer):
+            wrong = first.setdefault(image, outcome).mismatch(outcome)
+            assert wrong is None, f"{what}: image {image}: {wrong}"
+
+
+@pytest.fixture(scope="module")
+def supervised(tiny_repository):
+    from fitguard.serve import EmbeddedServer
+    from fitguard.serve.supervisor import SupervisedServer
+
+    server = EmbeddedServer(tiny_repository, http_port=0, grpc_port=0, metrics_port=0)
+    with SupervisedServer(server, health_port=0) as s:
+        yield s
+
+
+def _signal_stub(supervised, instance: str, sig: signal.Signals) -> Callable[[], None]:
+    from fitguard.serve.process import stub_processes
+
+    pid = stub_processes(supervised.server.pid)[instance]
+    return lambda: os.kill(pid, sig)
+
+
+@pytest.mark.parametrize("step", [PREPROCESS, CLASSIFIER, MONITOR])
+def test_killed_step_heals(supervised, good_payloads, step):
+    run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{step}_0_0", signal.SIGKILL))
+    check(run, f"SIGKILL {step}")
+
+
+def test_stopped_step_heals(supervised, good_payloads):
+    run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{QUALITY}_0_0", signal.SIGSTOP))
+    check(run, f"SIGSTOP {QUALITY}")
+
+
+def test_restarts_and_canaries_on_metrics(supervised):
+    import urllib.request
+
+    from fitguard.health import CANARIES, RESTARTS
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{supervised.endpoint.port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[0] != "#"
+    }
+    assert values[RESTARTS] == supervised.restarts
+    assert values[f'{CANARIES}{{result="ok"}}'] > 0
+    assert values[f'{CANARIES}{{result="step_down"}}'] >= supervised.restarts
+    with urllib.request.urlopen(f"http://127.0.0.1:{supervised.endpoint.port}/health", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_dali_validating_step_heals(tiny_dali_repository, good_payloads):
+    from fitguard.serve import EmbeddedServer
+    from fitguard.serve.supervisor import SupervisedServer
+
+    server = EmbeddedServer(tiny_dali_repository, http_port=0, grpc_port=0, metrics_port=0)
+    with SupervisedServer(server) as supervised:
+        # This repository restarts in about 10 s here (the DALI models load too), past the SDK's default
+        # 10 s retry deadline: its clients need a longer one (docs/operations.md, section 6).
+        fault = _signal_stub(supervised, f"{PREPROCESS}_0_0", signal.SIGKILL)
+        run = run_fault(supervised, good_payloads, fault, retry_deadline=DALI_RETRY_DEADLINE_S)
+    check(run, "SIGKILL the DALI repository's validating step")
