@@ -92,6 +92,9 @@ class FakeServer:
         ids = np.array([int(p.split(b":")[1]) for p in payloads], dtype=np.int64)
         top = np.stack([(ids + k) % contract.NUM_CLASSES for k in range(contract.TOP_K)], axis=1)
         probs = np.tile(np.array([0.6, 0.2, 0.1, 0.06, 0.04], dtype=np.float32), (len(ids), 1))
+        # Each output is its own function of the image's id, FIT (even ids) and FIT_SCORE (ids of 100 and
+        # more) disagreeing on purpose: a client that derived one field from another, or mixed up the rows
+        # of a batch, gives itself away.
         outputs = {
             contract.CLASS_ID: ids[:, None],
             contract.TOP5_IDS: top,
@@ -615,8 +618,7 @@ def check_consistent(v: Verdict) -> None:
     assert v.label == imagenet_classes()[v.class_id].name and v.wnid == imagenet_classes()[v.class_id].wnid
     assert v.top5[0].class_id == v.class_id and v.confidence == v.top5[0].probability
     probs = [t.probability for t in v.top5]
-    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
-    assert v.quality_range[0] <= v.quality <= v.quality_range[1]
+    assert probs == sorted(probs, reverse=True)
     assert v.fit == (v.fit_score >= 0)
     assert v.model_version == "1"
 

@@ -249,7 +249,7 @@ def test_distorted_group(originals):
 def test_adversarial_group_is_bounded_and_on_the_crop(tiny, originals):
     adv = AA.adversarial_group(tiny, originals, fit_images=4, max_iter=1)
     assert adv.images.shape == originals.images.shape
-    assert 0 <= adv.meta["fooling_rate"] <= 1 and adv.meta["linf"] <= 10 / 255 + 1e-6
+    assert adv.meta["linf"] <= 10 / 255 + 1e-6
     diff = adv.images.astype(int) - originals.images.astype(int)
     assert np.abs(diff).max() <= 10
     crop, side = tiny.preset.crop, tiny.preset.resize
@@ -316,7 +316,6 @@ def test_run_protocol_on_tiny(tiny, tiny_head, originals):
     assert len(runs) == 3
     for r in runs:
         assert r["n_test_pairs"] == len(originals) - len(r["train_ids"])
-        assert 0 <= r["adv_detection_rate"] <= 1 and 0 <= r["clean_pass_rate"] <= 1
 
 
 @pytest.mark.slow

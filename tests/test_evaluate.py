@@ -157,6 +157,5 @@ def test_report_on_tiny(tmp_path, monkeypatch):
     )
     sel = res["selective"]
     assert set(sel) >= {"n_images", "base_accuracy", *E.METHODS}
-    assert 0 <= sel["detector"]["aurc"]["mean"] <= 1
     assert saved["kde_n_images"] == n["adversarial"] + n["distorted"]
     assert saved["shipped_detector"]["fool_ev"]["n_images"] == 3

@@ -196,7 +196,7 @@ def test_graphs_have_named_tensors_and_dynamic_batch_and_patches(tiny_repository
             (q,) = sessions[c.QUALITY].run(
                 None, {c.IQA_PATCHES: rng.integers(0, 256, (batch, patches, 3, 224, 224), dtype=np.uint8)}
             )
-            assert q.shape == (batch, 1) and np.all((q >= 0) & (q <= 1))
+            assert q.shape == (batch, 1)
         out = sessions[c.DETECTOR].run(None, {c.PROBS: probs, c.ENERGY: energy, c.QUALITY_SCORE: q})
         assert [o.shape for o in out] == [(batch, 1), (batch, 5), (batch, 5), (batch, 1), (batch, 1)]
         assert [o.dtype for o in out] == [np.int64, np.int64, np.float32, np.bool_, np.float32]

@@ -72,7 +72,6 @@ def test_signal_groups_shapes_and_patch_agreement(world: dict) -> None:
     n = len(world["right"])
     assert sig["paper"].shape == (n, 6) and sig["probvec"].shape == (n, 3) and sig["levels"].shape == (n, 34)
     agree = sig["patches"][:, 0]
-    assert np.all((agree >= 0) & (agree <= 1))
     assert agree[world["right"]].mean() > agree[~world["right"]].mean()
 
 
@@ -103,13 +102,14 @@ def test_repeats_bootstrap_and_table_v(world: dict) -> None:
     methods = ["msp", "quality", "fit_right"]
     res = bootstrap(reps, methods, lambda c, ok: selective_metrics(c, ok)["aurc"], draws=30)
     for m in methods:
+        per_repeat = [selective_metrics(r["conf"][m], r["right"])["aurc"] for r in reps]
+        assert res[m]["mean"] == pytest.approx(np.mean(per_repeat))  # the point is the repeats' mean
         lo, hi = res[m]["ci95"]
-        assert lo <= res[m]["mean"] <= hi or abs(res[m]["mean"] - lo) < 0.05
+        assert lo < hi  # the draws resample stamps: reusing the rows would give one value
     # margin tracks rightness, quality is noise: MSP ranks better than quality
     assert res["msp"]["mean"] < res["quality"]["mean"]
     assert res["quality"]["minus_msp"]["ci95"][0] > 0
     tv = table_v(restrict(reps, (CLEAN,)), methods, (CLEAN,))
-    assert 0.6 < tv["msp"][CLEAN]["right_passed"] <= 1.0
     assert tv["msp"][CLEAN]["right_passed"] == pytest.approx(PASS_RATE, abs=0.2)
 
 
