@@ -8,6 +8,8 @@ Needs only numpy, Pillow and tritonclient::
         verdicts = client.classify_many(expand_paths(["photos/"]))  # or bytes, PIL images, arrays
 """
 
+from fitguard.preprocess import IMAGE_EXTENSIONS
+
 from .aio import AsyncFitClient
 from .calibration import Calibration, read_calibration
 from .errors import (
@@ -20,7 +22,7 @@ from .errors import (
     ServerUnavailable,
     Timeout,
 )
-from .images import IMAGE_EXTENSIONS, ImageInput, expand_paths
+from .images import ImageInput, expand_paths
 from .retry import RetryPolicy
 from .sdk import FitClient, Result
 from .signature import ModelInfo

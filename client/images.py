@@ -14,7 +14,7 @@ from typing import Any, BinaryIO, TypeAlias
 import numpy as np
 from PIL import Image
 
-from fitguard.preprocess import IMAGE_EXTENSIONS, encode_image
+from fitguard.preprocess import encode_image, image_files
 
 from .errors import BadImage
 
@@ -79,9 +79,7 @@ def expand_paths(paths: list[str | os.PathLike[str]]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(
-                sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-            )
+            out.extend(image_files(p))
         else:
             out.append(p)
     return out

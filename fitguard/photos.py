@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitguard.preprocess import IMAGE_EXTENSIONS, BadImageError, decode_image
+from fitguard.preprocess import BadImageError, decode_file, image_files
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def folder_photos(folder: str | Path) -> dict[str, np.ndarray]:
     if not root.is_dir():
         raise FileNotFoundError(f"photo folder {root} does not exist")
     out: dict[str, np.ndarray] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+    for path in image_files(root):
         try:
-            rgb = decode_image(path.read_bytes())
+            rgb = decode_file(path)
         except BadImageError as exc:
             log.warning("skipping %s: %s", path, exc)
             continue

@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -65,6 +66,23 @@ def decode_image(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_
         BadImageError: empty, oversized, undecodable or absurdly shaped input, with the reason.
     """
     return to_rgb(_open(data, limits, None)[0])
+
+
+def decode_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """:func:`decode_image` of a file: every photo that is classified or quality-scored, in training,
+    evaluation and serving alike, is decoded by it (EXIF orientation, mode conversion)."""
+    return decode_image(Path(path).read_bytes(), limits)
+
+
+def decode_rgba(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """A cut-out kept with its alpha for compositing, oriented as :func:`decode_image` orients; the
+    composite is then what the server would decode."""
+    return _open(data, limits, None)[0].convert("RGBA")
+
+
+def image_files(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (recursively, by :data:`IMAGE_EXTENSIONS`), in sorted order."""
+    return sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def decode_scaled(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from fitguard import contract
 from fitguard.parameters import PATCHES
-from fitguard.preprocess import IMAGE_EXTENSIONS
+from fitguard.preprocess import IMAGE_EXTENSIONS, image_files
 from fitguard.repository import MANIFEST_NAME
 
 if TYPE_CHECKING:
@@ -21,9 +21,7 @@ def load_images(folder: str | None, limit: int) -> tuple[list[bytes], str]:
     """Encoded test images: the files of ``folder`` as they are, else :func:`fitguard.photos.sample_photos` as
     JPEG."""
     if folder:
-        paths = sorted(
-            p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        paths = image_files(folder)
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
         return [p.read_bytes() for p in paths[:limit]], f"{len(paths[:limit])} files from {folder}"

@@ -40,6 +40,8 @@ import numpy as np
 from PIL import Image, ImageEnhance
 from scipy.ndimage import gaussian_filter
 
+from fitguard.preprocess import decode_image
+
 LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
 
 # Per-kind parameters for levels 1..5 (documented in the module docstring and docs/iqa.md).
@@ -105,9 +107,7 @@ def _impulse_noise(rgb: np.ndarray, p: float, rng: np.random.Generator) -> np.nd
 def _encode_decode(rgb: np.ndarray, **save: object) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, **save)
-    buf.seek(0)
-    with Image.open(buf) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    return decode_image(buf.getvalue())
 
 
 def _jpeg(rgb: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fitguard.preprocess import IMAGE_EXTENSIONS
+from fitguard.preprocess import image_files
 
 
 def read_imagenet_labels(path: str | Path) -> dict[str, int]:
@@ -36,12 +36,12 @@ def load_labelled_folder(
     from the class-folder layout (``<wnid>/<image>``). ``limit`` keeps a seeded random subset.
     """
     from fitguard.labels import wnid_to_index
-    from fitguard.preprocess import decode_image
+    from fitguard.preprocess import decode_file
 
     root = Path(folder)
     if labels_file is None:
         labels_file = next((root / n for n in ("val.txt", "labels.txt") if (root / n).is_file()), None)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(root)
     wnids = wnid_to_index()
     labels: dict[str, int] = {}
     if labels_file is not None:
@@ -61,5 +61,5 @@ def load_labelled_folder(
     if limit is not None and limit < len(names):
         names = sorted(np.random.default_rng(seed).choice(names, size=limit, replace=False).tolist())
     by_name = {p.relative_to(root).with_suffix("").as_posix(): p for p in files}
-    images = {n: decode_image(by_name[n].read_bytes()) for n in tqdm(names, desc="read images", leave=False)}
+    images = {n: decode_file(by_name[n]) for n in tqdm(names, desc="read images", leave=False)}
     return images, {n: labels[n] for n in names}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fitguard.preprocess import decode_image
+from fitguard.preprocess import decode_file
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class IQAItem:
 
 
 def _file_loader(path: Path) -> Callable[[], np.ndarray]:
-    return lambda: decode_image(path.read_bytes())
+    return lambda: decode_file(path)
 
 
 def _index_files(folder: Path) -> dict[str, Path]:

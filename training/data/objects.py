@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fitguard.preprocess import decode_file, decode_rgba
 from fitguard.training.data import composite as comp
 from fitguard.training.data import stamps as st
 from fitguard.training.data import wordnet_labels as wl
@@ -120,14 +121,12 @@ def prepare_objects(data_dir: str | Path | None = None, workers: int = 2) -> Pat
 
 @lru_cache(maxsize=64)
 def _open_rgb(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return Image.fromarray(decode_file(path))
 
 
 @lru_cache(maxsize=256)
 def _open_rgba(path: str) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGBA")
+    return decode_rgba(Path(path).read_bytes())
 
 
 def _composite_loader(stamp_path: Path, scene_path: Path, spec: comp.CompositeSpec):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fitguard.preprocess import decode_file
 from fitguard.training.data.debian import Package, default_data_dir, fetch_package
 from fitguard.training.data.items import (
     Dataset,
@@ -32,7 +33,7 @@ SCENE_LIST = Path(__file__).with_name("scenes.tsv")
 SCENE_PACKAGES: tuple[str, ...] = ("mate-backgrounds", "plasma-workspace-wallpapers", "ukui-wallpapers")
 SHORT_NAMES = {"mate-backgrounds": "mate", "plasma-workspace-wallpapers": "plasma", "ukui-wallpapers": "ukui"}
 MAX_SIDE = 1024
-RECIPE = "scenes/1"
+RECIPE = "scenes/2"  # 2: decoded as the server decodes (fitguard.preprocess.decode_file)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,6 @@ def downscale(img: Image.Image, max_side: int = MAX_SIDE) -> Image.Image:
     if scale >= 1.0:
         return img.convert("RGB")
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-    img.draft("RGB", size)  # JPEG: decode at a reduced DCT scale, never below the target size
     return img.convert("RGB").resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
@@ -87,8 +87,7 @@ def _photo_provenance(name: str) -> dict[str, str]:
 
 def _write_scene(entry: SceneEntry, pkg: Package, images: Path) -> dict[str, object]:
     """One wallpaper, downscaled into ``images``; returns its manifest record."""
-    with Image.open(pkg.root / entry.file) as img:
-        small = downscale(img)
+    small = downscale(Image.fromarray(decode_file(pkg.root / entry.file)))
     small.save(images / f"{entry.name}.png", optimize=False, compress_level=1)
     return {
         "name": entry.name,
@@ -152,8 +151,7 @@ def prepare_scenes(data_dir: str | Path | None = None) -> Path:
 
 def _png_loader(path: Path):
     def load() -> np.ndarray:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return decode_file(path)
 
     return load
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from fitguard.preprocess import IMAGE_EXTENSIONS
+from fitguard.preprocess import image_files
 from fitguard.training.data.debian import fetch_package
 from fitguard.training.data.items import read_folder_manifest
 from fitguard.training.data.scenes import SCENE_PACKAGES, read_scene_list
@@ -36,7 +36,7 @@ def candidate_scenes(data_dir: str | Path | None = None) -> list[tuple[str, Path
     out = []
     for name in SCENE_PACKAGES:
         pkg = fetch_package(name, data_dir)
-        files = sorted(p for p in (pkg.root / "usr/share").rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = image_files(pkg.root / "usr/share")
         files = [p for p in files if p.is_file() and not p.is_symlink() and "screenshot" not in p.name]
         files = [p for p in files if "images_dark" not in p.parts and "locale" not in p.parts]
         if name == "plasma-workspace-wallpapers":

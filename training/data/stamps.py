@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fitguard.preprocess import decode_rgba
+
 STAMP_PACKAGE = "tuxpaint-stamps-default"
 STAMP_DIR = Path("usr/share/tuxpaint/stamps")
 FLAT_MAX = 0.4
@@ -45,8 +47,7 @@ class Stamp:
 
 def load_rgba(path: str | Path, max_side: int | None = None) -> Image.Image:
     """A stamp as RGBA, shrunk (premultiplied alpha, so no dark fringe) to ``max_side`` if given."""
-    with Image.open(path) as img:
-        rgba = img.convert("RGBA")
+    rgba = decode_rgba(Path(path).read_bytes())
     if max_side is not None and max(rgba.size) > max_side:
         rgba.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return rgba
