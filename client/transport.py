@@ -32,6 +32,9 @@ from .errors import (
 Protocol_ = Literal["grpc", "http"]
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS)
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's wrapping; the reason follows
+# Triton's words for a model it knows but has no loaded version of: one a client connected to (so it was
+# served) is being unloaded and loaded again, which a server healing a step does (fitguard.serve.supervisor).
+_RELOADING = "has no available versions"
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,8 @@ def map_error(exc: BaseException, conn: Connection, what: str) -> FitguardError:
             return ServerUnavailable(f"{what}: server at {where} is unavailable ({message})")
         if code == "DEADLINE_EXCEEDED" or "deadline exceeded" in lowered or "timed out" in lowered:
             return Timeout(f"{what}: no answer from {where} within {conn.timeout:g} s ({message})")
+        if _RELOADING in lowered:  # a model that was served is being loaded again (a step healing)
+            return ServerUnavailable(f"{what}: the model at {where} is reloading ({message})")
         if "unknown model" in lowered or "is not ready" in lowered or code == "NOT_FOUND":
             return ModelNotReady(f"{what}: {message} (server {where})")
         if code in ("INVALID_ARGUMENT", "400"):

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -33,7 +29,15 @@ from fitguard.serve.errors import (
     log_failures,
     short_reason,
 )
-from fitguard.serve.process import die_with_parent, free_port, kill_group, port_taken, shm_regions
+from fitguard.serve.process import (
+    die_with_parent,
+    free_port,
+    kill_group,
+    port_taken,
+    shm_regions,
+    wait_for_port,
+)
+from fitguard.serve.repository import RepositoryApi, http_status, index_failures, restriction_args
 from fitguard.serve.wheel import backend_directory, find_tritonserver, has_gpu, server_environment
 
 __all__ = [
@@ -84,6 +88,7 @@ class EmbeddedServer:
         exit_timeout: int = 5,
         stop_timeout: float = 30.0,
         fail_on_model_error: bool = True,
+        repository_key: str | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -98,6 +103,8 @@ class EmbeddedServer:
         self.exit_timeout = exit_timeout
         self.stop_timeout = stop_timeout
         self.fail_on_model_error = fail_on_model_error
+        # When set, the repository API answers only requests that carry this key (fitguard.serve.repository).
+        self.repository_key = repository_key
         self.startup_seconds: float | None = None
 
         self._process: subprocess.Popen[bytes] | None = None
@@ -188,6 +195,7 @@ class EmbeddedServer:
             # Triton spends this budget first waiting for idle keep-alive HTTP clients to hang up, then for
             # in-flight requests; a long one only makes Ctrl-C slow.
             f"--exit-timeout-secs={self.exit_timeout}",
+            *(restriction_args(self.repository_key) if self.repository_key else ()),
             *self.extra_args,
         ]
 
@@ -277,17 +285,19 @@ class EmbeddedServer:
         while True:
             if not self.is_running():
                 self._raise_for_exit()
-            ready = self._get("/v2/health/ready") == 200
+            ready = http_status(f"http://{self.http_url}/v2/health/ready") == 200
             # Endpoints come up only after the startup load has finished, so once the server is live the
             # repository index and the log already say which models failed.
-            if ready or self._get("/v2/health/live") == 200:
+            if ready or http_status(f"http://{self.http_url}/v2/health/live") == 200:
                 failures = self._load_failures()
                 if failures is not None:
                     if failures and self.fail_on_model_error:
                         raise ModelLoadError(failures, self.log())
                     if ready or not self.fail_on_model_error:
                         self._check_not_empty()
-                        self._wait_for_port(self.metrics_port)  # metrics come up just after HTTP
+                        wait_for_port(
+                            self._client_host, self.metrics_port, self.is_running
+                        )  # metrics come up just after HTTP
                         return
             if time.monotonic() > deadline:
                 raise EmbeddedServerError(
@@ -297,20 +307,11 @@ class EmbeddedServer:
             time.sleep(0.05)
 
     def _check_not_empty(self) -> None:
-        if self.model_control_mode == "none" and not self.repository_index():
+        if self.model_control_mode != "poll" and not self.repository_index():
             raise InvalidRepositoryError(
                 f"no models found in {self.model_repository}: expected <model>/config.pbtxt folders",
                 self.log(),
             )
-
-    def _wait_for_port(self, port: int, timeout: float = 5.0) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end and self.is_running():
-            try:
-                socket.create_connection((self._client_host.strip("[]"), port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.02)
 
     def _wait_for_log(self, marker: str, timeout: float = 5.0) -> None:
         """Wait until the reader thread has consumed the log up to ``marker``."""
@@ -321,20 +322,14 @@ class EmbeddedServer:
                     return
             time.sleep(0.02)
 
-    def _get(self, path: str) -> int | None:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as e:
-            return int(e.code)
-        except (OSError, ValueError):
-            return None
+    @property
+    def repository(self) -> RepositoryApi:
+        """Triton's model repository API (index, load, unload) with this server's key."""
+        return RepositoryApi(self.http_url, self.repository_key)
 
     def repository_index(self) -> list[dict]:
         """Triton's repository index: per model its ``name``, ``version``, ``state`` and ``reason``."""
-        req = urllib.request.Request(f"http://{self.http_url}/v2/repository/index", data=b"{}", method="POST")
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return list(json.loads(r.read()))
+        return self.repository.index()
 
     def _load_failures(self) -> dict[str, str] | None:
         """Models that failed to load, with Triton's reason; None while some are still loading."""
@@ -342,13 +337,9 @@ class EmbeddedServer:
             index = self.repository_index()
         except (OSError, ValueError):
             return None
-        if any(entry.get("state") in ("LOADING", "UNLOADING") for entry in index):
+        failures = index_failures(index, short_reason)
+        if failures is None:
             return None
-        failures = {
-            entry["name"]: short_reason(entry["reason"])
-            for entry in index
-            if entry.get("state") == "UNAVAILABLE" and entry.get("reason")
-        }
         # A model whose config cannot be read never reaches the index's states: only the log names it.
         self._wait_for_log("Started HTTPService")
         for name, reason in log_failures(self.log()).items():
@@ -363,11 +354,9 @@ class EmbeddedServer:
             self._thread.join(timeout=5)
         raise exit_error(code, self.log(), self.model_repository)
 
-    def restart(self) -> None:
-        """Kill the server and its stubs at once, then start it again on the same ports and repository."""
+    def keep_ports(self) -> None:
+        """Let the next ``start()`` bind the ports this run resolved (a restart keeps its address)."""
         self._requested_ports = dict(self.ports)
-        self.stop(graceful=False)
-        self.start()
 
     def stop(self, graceful: bool = True) -> None:
         """Stop gracefully (SIGTERM, wait ``stop_timeout``), then kill the whole process group.

@@ -9,6 +9,8 @@ import ctypes.util
 import os
 import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -27,6 +29,17 @@ def port_taken(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def wait_for_port(host: str, port: int, alive: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``port`` accepts a connection, for at most ``timeout`` s and while ``alive()``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and alive():
+        try:
+            socket.create_connection((host.strip("[]"), port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

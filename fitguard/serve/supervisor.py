@@ -2,14 +2,19 @@
 
 :class:`Supervisor` runs the canary on a thread and hands every failure that a restart heals (a step's process
 died, a step stopped answering) to a callback. :class:`SupervisedServer` is the embedded server with such a
-supervisor: it restarts the ``tritonserver`` process on the same ports and repository (Triton 2.51 neither
-restarts a dead Python stub nor reports it). :class:`HealthEndpoint` serves the canary's counters on
-``/metrics`` and its verdict on ``/health`` (200 or 503) beside Triton's own endpoints.
+supervisor (Triton 2.51 neither restarts a dead Python stub nor reports it): it reloads the broken step
+alone (explicit model control: an unload and a load start a new stub), and restarts the whole
+``tritonserver`` on the same ports and repository when the step is unknown or its reload did not heal.
+:class:`HealthEndpoint` serves the canary's counters on ``/metrics`` and its verdict on ``/health`` (200 or
+503) beside Triton's own endpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -20,9 +25,25 @@ from types import TracebackType
 from fitguard.health import HEALABLE, STEP_DOWN, UNREACHABLE, HealthMetrics, Probe, canary
 from fitguard.serve.embedded import EmbeddedServer, EmbeddedServerError
 from fitguard.serve.process import process_state, stub_processes
+from fitguard.serve.repository import RepositoryError, new_key
 
 DEFAULT_INTERVAL = 1.0
 DEFAULT_CANARY_TIMEOUT = 3.0
+# A step that breaks again this soon after its reload gets the whole server restarted instead.
+STEP_RELOAD_COOLDOWN_S = 30.0
+STEP_LOAD_TIMEOUT_S = 30.0
+_STUB_NAME = re.compile(r"stub process '([^']+)'", re.IGNORECASE)
+
+
+def step_of(instance: str) -> str:
+    """The model of a Python stub's instance name (``preprocess_0_0`` -> ``preprocess``)."""
+    return instance.rsplit("_", 2)[0]
+
+
+def broken_instance(probe: Probe) -> str | None:
+    """The stub instance a failed canary names (the /proc look and Triton's stub-unhealthy words do)."""
+    match = _STUB_NAME.search(probe.detail) if probe.kind == STEP_DOWN else None
+    return match.group(1) if match else None
 
 
 class Supervisor:
@@ -133,10 +154,14 @@ class HealthEndpoint:
 
 
 class SupervisedServer:
-    """An :class:`EmbeddedServer` that restarts itself when the canary shows a dead or hung step.
+    """An :class:`EmbeddedServer` that heals itself when the canary shows a dead or hung step.
 
-    ``ready`` is the truth a load balancer needs: the last canary got its verdict and no restart is under
-    way. While the server restarts its ports refuse connections, which clients retry as unavailable.
+    A server in the default model control mode (``none``) is switched to ``explicit`` with every model loaded
+    at start, as before, so that one step can be unloaded and loaded again; its repository API answers only
+    this process (:mod:`fitguard.serve.repository`). ``ready`` is the truth a load balancer needs: the last
+    canary got its verdict and no healing is under way. While a step reloads, requests for the ensemble are
+    refused at once (Triton: the model has no available versions); while the whole server restarts, its
+    ports refuse connections. Clients retry both as unavailable.
     """
 
     def __init__(
@@ -148,6 +173,10 @@ class SupervisedServer:
         health_port: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
+        if server.model_control_mode == "none":
+            server.model_control_mode = "explicit"
+            server.extra_args = (*server.extra_args, "--load-model=*")
+            server.repository_key = server.repository_key or new_key()
         self.server = server
         self.metrics = HealthMetrics()
         self.supervisor = Supervisor(
@@ -163,10 +192,12 @@ class SupervisedServer:
         self.healing = threading.Event()
         self.failed: BaseException | None = None
         self.heal_seconds: list[float] = []
+        self.heals: list[str] = []  # what each heal did: "reload <step>" or "restart"
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._closing = threading.Event()
         self._heal_lock = threading.Lock()
         self._stubs: dict[str, int] = {}
+        self._reloaded: dict[str, float] = {}  # step -> when it was last reloaded
 
     @property
     def ready(self) -> bool:
@@ -175,6 +206,7 @@ class SupervisedServer:
 
     @property
     def restarts(self) -> int:
+        """Heals so far: step reloads and server restarts (``fitguard_restarts_total``)."""
         return self.metrics.restarts
 
     def _stubs_gone(self) -> Probe | None:
@@ -207,21 +239,63 @@ class SupervisedServer:
                 return
             self.healing.set()
             started = time.monotonic()
-            self._log(f"fitguard serve: canary failed ({probe.kind}: {probe.detail}); restarting the server")
+            self._log(f"fitguard serve: canary failed ({probe.kind}: {probe.detail}); healing")
             try:
-                self._stubs = {}
-                self.server.restart()
-                self._record_stubs()
+                step = self._reloadable_step(probe)
+                how = f"reload {step}" if step is not None and self._reload_step(step) else "restart"
+                if how == "restart":
+                    self._restart_server()
             except EmbeddedServerError as exc:
                 self.failed = exc
                 self._log(f"fitguard serve: restart failed: {exc}")
                 return
             finally:
                 self.metrics.restarted()
+            self.heals.append(how)
             self.heal_seconds.append(time.monotonic() - started)
-            self._log(f"fitguard serve: restarted in {self.heal_seconds[-1]:.1f} s")
+            self._log(f"fitguard serve: healed ({how}) in {self.heal_seconds[-1]:.1f} s")
             # Ready again once the supervisor's next canary (at once: the round overran) gets its verdict.
             self.healing.clear()
+
+    def _reloadable_step(self, probe: Probe) -> str | None:
+        """The step to reload alone, or None (unknown step, no model control, or it broke again soon)."""
+        instance = broken_instance(probe)
+        if instance is None or self.server.model_control_mode != "explicit":
+            return None
+        step = step_of(instance)
+        last = self._reloaded.get(step)
+        return None if last is not None and time.monotonic() - last < STEP_RELOAD_COOLDOWN_S else step
+
+    def _reload_step(self, step: str) -> bool:
+        """Kill the step's stubs, unload and load it (Triton starts new stubs); True when a canary passes.
+
+        A plain load is not enough: Triton skips loading a model whose files did not change.
+        """
+        self._reloaded[step] = time.monotonic()
+        for name, pid in self._stubs.items():
+            if step_of(name) == step:  # a stopped or hung stub would hold up its own unload
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        api = self.server.repository
+        try:
+            api.unload(step)
+            api.load(step, timeout=STEP_LOAD_TIMEOUT_S)
+        except RepositoryError as exc:
+            self._log(f"fitguard serve: reloading {step} failed ({exc}); restarting the server")
+            return False
+        self._record_stubs()
+        probe = canary(self.server.http_url, timeout=self.supervisor.timeout)
+        if not probe.healthy:
+            self._log(f"fitguard serve: {step} reloaded but the canary failed ({probe.detail}); restarting")
+        return probe.healthy
+
+    def _restart_server(self) -> None:
+        """Kill the server and its stubs at once, then start it again on the same ports and repository."""
+        self._stubs = {}
+        self.server.keep_ports()
+        self.server.stop(graceful=False)
+        self.server.start()
+        self._record_stubs()
 
     def poll(self) -> bool:
         """Whether it still serves or heals (False once a restart failed or the server died unhealed)."""
