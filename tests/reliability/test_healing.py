@@ -3,7 +3,8 @@
 Triton 2.51 neither restarts a dead Python stub nor reports it: without supervision every request fails
 with ``Stub process '...' is not healthy`` while ``/v2/health/ready`` answers true. Here the supervised
 embedded server (:class:`fitguard.serve.supervisor.SupervisedServer`) serves a tiny repository to four SDK
-clients with their default retries and one raw gRPC client without any, and one step's stub is killed. The
+clients with their default retries and one raw gRPC client without any (in a child process:
+:mod:`.healing_load`), and one step's stub is killed. The
 deep check must turn false within 5 s, answers resume within 15 s, no request hangs, the raw client's
 failures are all retryable refusals and the SDK clients see no error at all.
 """
@@ -11,6 +12,7 @@ failures are all retryable refusals and the SDK clients see no error at all.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
@@ -19,9 +21,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fitguard.contract import CLASSIFIER, MONITOR, PREPROCESS, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY
 
-from .conftest import Answer, grpc_infer
+from .conftest import Answer
 
 pytestmark = [pytest.mark.reliability, pytest.mark.server, pytest.mark.slow]
 
@@ -29,8 +31,7 @@ SDK_WORKERS = 4
 UNREADY_WITHIN_S = 5.0
 ANSWERS_WITHIN_S = 15.0
 RUN_AFTER_RESUME_S = 2.0
-DALI_RETRY_DEADLINE_S = 20.0
-HANG_BOUND_S = 55.0  # the SDK's 30 s timeout plus a 20 s retry deadline: nothing may take longer
+HANG_BOUND_S = 55.0  # the SDK's 30 s timeout plus its retry deadline, and some: nothing may take longer
 
 
 @dataclass
@@ -44,71 +45,44 @@ class Run:
     records: list[tuple[str, float, float, object, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, who: str, start: float, outcome: object, image: int) -> None:
-        with self.lock:
-            self.records.append((who, start, time.monotonic(), outcome, image))
-
     def answers(self) -> int:
         with self.lock:
             return sum(1 for r in self.records if isinstance(r[3], Answer))
 
 
-def _load(
-    supervised, payloads: list[bytes], run: Run, stop: threading.Event, sdk_options: dict
-) -> list[threading.Thread]:
-    import tritonclient.grpc as grpcclient
-
-    from fitguard.client import FitClient
-    from fitguard.client.transport import Connection, map_error
-
-    url = supervised.server.grpc_url
-
-    def sdk(w: int) -> None:
-        with FitClient(url, **sdk_options) as client:  # default timeout and retries unless given
-            for k in range(10_000):
-                if stop.is_set():
-                    return
-                t0, i = time.monotonic(), (w * 7 + k) % len(payloads)
-                try:
-                    run.add("sdk", t0, Answer.from_verdict(client.classify(payloads[i])), i)
-                except Exception as exc:  # noqa: BLE001 - every outcome is checked
-                    run.add("sdk", t0, exc, i)
-
-    def raw() -> None:
-        client = grpcclient.InferenceServerClient(url)
-        conn = Connection(url)
-        try:
-            for k in range(10_000):
-                if stop.is_set():
-                    return
-                t0, i = time.monotonic(), k % len(payloads)
-                try:
-                    run.add("raw", t0, Answer.from_result(grpc_infer(client, [payloads[i]], timeout=30)), i)
-                except Exception as exc:  # noqa: BLE001 - classified as the SDK would
-                    run.add("raw", t0, map_error(exc, conn, "infer"), i)
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=sdk, args=(w,), daemon=True) for w in range(SDK_WORKERS)]
-    threads.append(threading.Thread(target=raw, daemon=True))
-    for t in threads:
-        t.start()
-    return threads
-
-
 def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sdk_options: float) -> Run:
-    """Load, ``fault()``, then watch the deep check and the answers until they resume; every thread ends."""
+    """Load, ``fault()``, then watch the deep check and the answers until they resume; the load ends."""
+    import multiprocessing
+
     from fitguard.health import canary
 
-    run, stop = Run(), threading.Event()
-    restarts = supervised.restarts
-    threads = _load(supervised, payloads, run, stop, sdk_options)
+    from .healing_load import run_load
+
+    ctx = multiprocessing.get_context("spawn")
+    run, out, stop = Run(), ctx.Queue(), ctx.Event()
+    restarts, hung = supervised.restarts, None
+    args = (supervised.server.grpc_url, payloads, SDK_WORKERS, sdk_options, out, stop)
+    load = ctx.Process(target=run_load, args=args, daemon=True)
+    load.start()
+
+    def drain(until: float) -> None:
+        nonlocal hung
+        while hung is None and time.monotonic() < until:
+            try:
+                item = out.get(timeout=max(0.01, min(0.1, until - time.monotonic())))
+            except queue.Empty:
+                continue
+            if item[0] == "done":
+                hung = item[1]
+            else:
+                with run.lock:
+                    run.records.append(item)
+
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while run.answers() < 20:
             assert time.monotonic() < deadline, "no answers before the fault"
-            time.sleep(0.05)
+            drain(time.monotonic() + 0.1)
         run.killed_at = time.monotonic()
         fault()
         deadline = run.killed_at + 30
@@ -116,18 +90,20 @@ def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sd
             now = time.monotonic()
             if run.unready_at is None and not canary(supervised.server.http_url, timeout=2).healthy:
                 run.unready_at = now
-            if run.unready_at is not None and run.resumed_at is None:
+            drain(time.monotonic() + 0.1)
+            if run.unready_at is not None:
                 with run.lock:
                     later = [r[2] for r in run.records if isinstance(r[3], Answer) and r[1] > run.unready_at]
                 run.resumed_at = min(later) if later else None
-            time.sleep(0.1)
-        time.sleep(RUN_AFTER_RESUME_S)
+        drain(time.monotonic() + RUN_AFTER_RESUME_S)
     finally:
         stop.set()
-        for t in threads:
-            t.join(timeout=HANG_BOUND_S)
-    assert not any(t.is_alive() for t in threads), "a request hung"
-    assert supervised.restarts == restarts + 1, f"{supervised.restarts - restarts} restarts, expected one"
+        drain(time.monotonic() + HANG_BOUND_S + 5)
+        load.join(timeout=10)
+        if load.is_alive():
+            load.kill()
+    assert hung == 0, f"{hung} request(s) hung" if hung else "the load never ended"
+    assert supervised.restarts == restarts + 1, f"{supervised.restarts - restarts} heals, expected one"
     return run
 
 
@@ -183,11 +159,24 @@ def _signal_stub(supervised, instance: str, sig: signal.Signals) -> Callable[[],
 def test_killed_step_heals(supervised, good_payloads, step):
     run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{step}_0_0", signal.SIGKILL))
     check(run, f"SIGKILL {step}")
+    assert supervised.heals[-1] == f"reload {step}", "the step alone was not reloaded"
 
 
 def test_stopped_step_heals(supervised, good_payloads):
     run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{QUALITY}_0_0", signal.SIGSTOP))
     check(run, f"SIGSTOP {QUALITY}")
+    assert supervised.heals[-1] == f"reload {QUALITY}", "the step alone was not reloaded"
+
+
+def test_step_broken_again_at_once_restarts_the_server(supervised, good_payloads):
+    """A step that breaks again soon after its reload is not reloaded again: the whole server restarts."""
+    from fitguard.serve.supervisor import STEP_RELOAD_COOLDOWN_S
+
+    step = DETECTOR
+    supervised._reloaded[step] = time.monotonic() - STEP_RELOAD_COOLDOWN_S / 2
+    run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{step}_0_0", signal.SIGKILL))
+    check(run, f"SIGKILL {step} again")
+    assert supervised.heals[-1] == "restart"
 
 
 def test_restarts_and_canaries_on_metrics(supervised):
@@ -213,8 +202,7 @@ def test_dali_validating_step_heals(tiny_dali_repository, good_payloads):
 
     server = EmbeddedServer(tiny_dali_repository, http_port=0, grpc_port=0, metrics_port=0)
     with SupervisedServer(server) as supervised:
-        # This repository restarts in about 10 s here (the DALI models load too), past the SDK's default
-        # 10 s retry deadline: its clients need a longer one (docs/operations.md, section 6).
         fault = _signal_stub(supervised, f"{PREPROCESS}_0_0", signal.SIGKILL)
-        run = run_fault(supervised, good_payloads, fault, retry_deadline=DALI_RETRY_DEADLINE_S)
+        run = run_fault(supervised, good_payloads, fault)
+        assert supervised.heals[-1] == f"reload {PREPROCESS}", "the step alone was not reloaded"
     check(run, "SIGKILL the DALI repository's validating step")

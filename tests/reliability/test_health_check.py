@@ -56,3 +56,30 @@ def test_failure_words():
     assert health.classify_failure(500, stub) == health.STEP_DOWN
     assert health.classify_failure(503, "Exceeds maximum queue size") == health.BUSY
     assert health.classify_failure(400, "model 'fitguard' is not ready") == health.ERROR
+
+
+def test_the_broken_step_is_named_and_its_reload_is_retried():
+    from tritonclient.utils import InferenceServerException
+
+    from fitguard.client import ServerUnavailable
+    from fitguard.client.errors import ModelNotReady
+    from fitguard.client.transport import Connection, map_error
+    from fitguard.serve.supervisor import broken_instance, step_of
+
+    gone = health.Probe(health.STEP_DOWN, "stub process 'detector_0_0' (pid 12) is gone", 0.0)
+    said = health.Probe(
+        health.STEP_DOWN, "[500] in ensemble 'fitguard', Stub process 'my_step_0_1' is not", 0.0
+    )
+    assert [step_of(broken_instance(p)) for p in (gone, said)] == ["detector", "my_step"]
+    assert broken_instance(health.Probe(health.HUNG, "no answer within 3 s", 3.0)) is None
+    conn = Connection("127.0.0.1:1")
+    # Triton's answer while a served step is unloaded and loaded again, and for a model it never had.
+    reloading = "Request for unknown model: 'fitguard' has no available versions"
+    assert isinstance(
+        map_error(InferenceServerException(reloading, "StatusCode.NOT_FOUND"), conn, "infer"),
+        ServerUnavailable,
+    )
+    unknown = "Request for unknown model: 'nope' is not found"
+    assert isinstance(
+        map_error(InferenceServerException(unknown, "StatusCode.NOT_FOUND"), conn, "infer"), ModelNotReady
+    )
