@@ -14,7 +14,7 @@ entry in :data:`PRECISIONS` plus its tolerances in :mod:`fitguard.export.verify`
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,8 +36,8 @@ from fitguard.contract import (
     TOP_K,
 )
 from fitguard.detector import FEATURE_SETS, FIT_SET, QUALITY_EPS
+from fitguard.torch_onnx import OPSET, torch_export
 
-OPSET = 18
 ML_OPSET = 3
 EXPORT_BATCH = 2  # verification runs another batch size, so a batch baked into the graph is caught
 EXPORT_PATCHES = 2
@@ -47,40 +47,6 @@ PATCH_DIM = "patches"
 
 class ExportError(RuntimeError):
     """A model could not be turned into a valid graph."""
-
-
-def torch_export(
-    module: Any, example: Any, input_name: str, output_names: str | Sequence[str], dynamic: dict[int, str]
-) -> onnx.ModelProto:
-    """One module with one input to a graph with the given tensor names and dynamic axes of the input."""
-    import torch
-
-    if isinstance(output_names, str):
-        output_names = (output_names,)
-
-    dims = {axis: torch.export.Dim(name) for axis, name in dynamic.items()}
-    program = torch.onnx.export(
-        module.eval(),
-        (example,),
-        dynamo=True,
-        input_names=[input_name],
-        output_names=list(output_names),
-        dynamic_shapes=(dims,),
-        opset_version=OPSET,
-        optimize=True,
-        verbose=False,
-    )
-    model = program.model_proto
-    # The dynamo exporter names dynamic dims after the torch symbols (s0, s1...): use readable names.
-    symbols = {}
-    for axis, name in dynamic.items():
-        dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
-        symbols[dim.dim_param] = name
-    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info):
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in symbols:
-                dim.dim_param = symbols[dim.dim_param]
-    return model
 
 
 def export_classifier(classifier: Any) -> onnx.ModelProto:

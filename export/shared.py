@@ -28,9 +28,10 @@ from fitguard.contract import (
     QUALITY_SCORE,
     SHARED_MODE,
 )
-from fitguard.export.onnx_export import BATCH_DIM, EXPORT_BATCH, annotate, torch_export
+from fitguard.export.onnx_export import BATCH_DIM, EXPORT_BATCH, annotate
 from fitguard.export.verify import ParityReport, Tolerances, scaled_error, session
 from fitguard.parameters import PATCHES
+from fitguard.torch_onnx import torch_export
 
 FEATURES_VALUE = "iqa_features"  # the ensemble's name for the classifier -> quality tensor
 

@@ -186,18 +186,15 @@ def classifier_batch(images: np.ndarray, crop: int) -> np.ndarray:
 def predict_logits(
     backbone: Backbone, images: np.ndarray, batch_size: int = 32, desc: str | None = None
 ) -> np.ndarray:
-    """Classifier logits [N, 1000] float32 for canvases [N, S, S, 3], through serving's crop."""
-    import torch
+    """Classifier logits [N, 1000] float32 for canvases [N, S, S, 3], through serving's crop, on the
+    feature graph (:mod:`fitguard.feature_graph`)."""
+    from fitguard.feature_graph import feature_graph
 
-    from fitguard.backbones import UInt8Normalize
-
-    norm = UInt8Normalize(backbone.preset)
+    graph = feature_graph(backbone)
     out = []
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
-            x = torch.from_numpy(classifier_batch(images[i : i + batch_size], backbone.preset.crop))
-            out.append(backbone(norm(x)).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1000), np.float32)
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=desc is None, leave=False):
+        out.append(graph(classifier_batch(images[i : i + batch_size], backbone.preset.crop)).logits)
+    return np.concatenate(out) if out else np.zeros((0, graph.num_classes), np.float32)
 
 
 def float_logits_module(backbone: Backbone) -> Any:

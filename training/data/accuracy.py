@@ -19,21 +19,18 @@ from fitguard.training.data.items import Dataset
 
 def predict_top5(dataset: Dataset, backbone: str = "efficientnet_lite0", batch_size: int = 32) -> np.ndarray:
     """Top-5 class indices [N, 5] for every labelled item, in dataset order."""
-    import torch
+    from fitguard.backbones import build_backbone
+    from fitguard.feature_graph import feature_graph
 
-    from fitguard.backbones import UInt8Normalize, build_backbone
-
-    net = build_backbone(backbone).eval()
-    norm = UInt8Normalize(net.preset)
+    net = build_backbone(backbone)
+    graph = feature_graph(net)
     items = [it for it in dataset if it.labels]
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(items), batch_size):
-            batch = np.stack(
-                [classifier_crop(it.image(), net.preset) for it in items[start : start + batch_size]]
-            )
-            logits = net(norm(torch.from_numpy(batch)))
-            out.append(torch.topk(logits, 5, dim=1).indices.numpy())
+    for start in range(0, len(items), batch_size):
+        batch = np.stack(
+            [classifier_crop(it.image(), net.preset) for it in items[start : start + batch_size]]
+        )
+        out.append(np.argsort(-graph(batch).logits, axis=1, kind="stable")[:, :5])
     return np.concatenate(out) if out else np.zeros((0, 5), np.int64)
 
 

@@ -29,7 +29,7 @@ from fitguard.training.image_groups import stable_key
 if TYPE_CHECKING:
     from fitguard.training.paper.features import FeatureModels
 
-FEATURES_VERSION = "fit-features/1"
+FEATURES_VERSION = "fit-features/2"  # 2: the feature graph on ONNX Runtime
 
 
 @dataclass
@@ -60,30 +60,24 @@ class FitFeatures:
 
 
 def _forward(models: FeatureModels, crops: np.ndarray, patches: int) -> tuple[np.ndarray, ...]:
-    """uint8 [B, 1 + P, 3, 224, 224] -> centre logits, quality, patch logits, level stats."""
+    """uint8 [B, 1 + P, 3, 224, 224] -> centre logits, quality, patch logits, level stats; the backbone
+    pass runs on the feature graph (:mod:`fitguard.feature_graph`), the small quality head in torch."""
     import torch
 
-    from fitguard.backbones import UInt8Normalize
     from fitguard.contract import SHARED_MODE
+    from fitguard.feature_graph import feature_graph
     from fitguard.quality import expected_quality
 
-    bb = models.backbone
     b = crops.shape[0]
-    x = UInt8Normalize(bb.preset)(torch.from_numpy(crops.reshape(-1, *crops.shape[2:])))
-    levels = bb.features.levels(x)
-    parts, summary = [], []
-    for level in levels:
-        std, mean = torch.std_mean(level, dim=(2, 3))
-        parts += [mean, std]
-        summary += [mean.mean(1), std.mean(1)]
-    logits = bb.fc(parts[-2]).reshape(b, 1 + patches, -1)
-    qf = torch.cat(parts, dim=1).reshape(b, 1 + patches, -1)
+    out = feature_graph(models.backbone)(crops.reshape(-1, *crops.shape[2:]))
+    logits = out.logits.reshape(b, 1 + patches, -1)
+    qf = torch.from_numpy(out.quality_features).reshape(b, 1 + patches, -1)
     if models.head_info.get("mode") == SHARED_MODE:
         quality = expected_quality(models.quality.head(qf[:, 0]))
     else:
         quality = expected_quality(models.quality.head(qf[:, 1:].flatten(0, 1))).reshape(b, patches).mean(1)
-    stats = torch.stack(summary, dim=1).reshape(b, 1 + patches, -1)[:, 1:].mean(1)
-    return logits[:, 0].numpy(), quality.numpy(), logits[:, 1:].numpy(), stats.numpy()
+    stats = out.level_summary.reshape(b, 1 + patches, -1)[:, 1:].mean(1)
+    return logits[:, 0], quality.numpy(), logits[:, 1:], stats
 
 
 def compute_fit_features(

@@ -84,6 +84,21 @@ def load_feature_models(backbone: str, head: str | Path, weights: str | None = "
     return FeatureModels(torch_models.net, torch_models.quality, torch_models.head_info, key)
 
 
+def view_quality(models: FeatureModels, views: np.ndarray) -> np.ndarray:
+    """DTNIQ-f's quality [B] of uint8 views [B, P, 3, S, S], averaged over the P views as served: the
+    backbone pass on the feature graph (:mod:`fitguard.feature_graph`), the small head in torch."""
+    import torch
+
+    from fitguard.feature_graph import feature_graph
+    from fitguard.quality import expected_quality
+
+    b, p = views.shape[:2]
+    features = feature_graph(models.backbone)(views.reshape(-1, *views.shape[2:])).quality_features
+    with torch.inference_mode():
+        quality = expected_quality(models.quality.head(torch.from_numpy(features)))
+    return quality.reshape(b, p).mean(1).float().numpy()
+
+
 def compute_features(
     models: FeatureModels,
     group: ImageGroup,
@@ -92,9 +107,7 @@ def compute_features(
     cache: Path | None = None,
 ) -> GroupFeatures:
     """Classifier logits and quality for every canvas of ``group``, through serving preprocessing."""
-    import torch
-
-    key = stable_key("features/1", models.key, patches, stable_key(group.images))
+    key = stable_key("features/2", models.key, patches, stable_key(group.images))
     path = None if cache is None else Path(cache) / "detector_features" / f"{group.name}-{key}.npz"
     if path is not None and path.exists():
         with np.load(path) as z:
@@ -103,12 +116,11 @@ def compute_features(
     # The quality head reads what it was trained on and is served: P patches, or the classifier's crop.
     preset, mode = models.backbone.preset, models.head_info.get("mode", PATCHES_MODE)
     quality = []
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(group), batch_size), desc=f"{group.name}: quality", leave=False):
-            batch = np.stack(
-                [quality_views(img, preset, mode, patches) for img in group.images[i : i + batch_size]]
-            )
-            quality.append(models.quality(torch.from_numpy(batch)).reshape(-1).float().numpy())
+    for i in tqdm(range(0, len(group), batch_size), desc=f"{group.name}: quality", leave=False):
+        batch = np.stack(
+            [quality_views(img, preset, mode, patches) for img in group.images[i : i + batch_size]]
+        )
+        quality.append(view_quality(models, batch))
     feats = GroupFeatures(logits.astype(np.float32), np.concatenate(quality).astype(np.float32))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,6 @@ from fitguard.cache import cache_root
 from fitguard.preprocess import iqa_patches, quality_views
 
 if TYPE_CHECKING:
-    import torch
-
     from fitguard.backbones import Backbone
 
 
@@ -40,8 +38,10 @@ def feature_cache_dir() -> Path:
 def _identity(backbone: Backbone) -> dict[str, object]:
     """Everything that changes a patch's features."""
     from fitguard.backbones import QUALITY_FEATURES
+    from fitguard.feature_graph import graph_stamp
 
     return {
+        "graph": graph_stamp(backbone),
         "backbone": backbone.name,
         "weights_id": backbone.weights_id,
         "preset": backbone.preset.to_dict(),
@@ -94,34 +94,13 @@ class FeatureCache:
         os.replace(tmp, path)
 
 
-def _device(device: str | None) -> torch.device:
-    import torch
+def _extractor(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 patches [B, 3, S, S] -> quality features [B, D] float32, from the feature graph on ONNX
+    Runtime (:mod:`fitguard.feature_graph`), normalised as the served graph does."""
+    from fitguard.feature_graph import feature_graph
 
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _extractor(backbone: Backbone, device: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 patches [B, 3, S, S] -> quality features [B, D] float32, normalised as the graph does."""
-    import torch
-
-    from fitguard.backbones import UInt8Normalize
-
-    dev = _device(device)
-    normalize = UInt8Normalize(backbone.preset).to(dev)
-    net = backbone.to(dev).eval()
-    if dev.type == "cpu":  # depthwise/pointwise convolutions run faster channels-last on CPU
-        net = net.to(memory_format=torch.channels_last)
-
-    def extract(patches: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            x = normalize(torch.from_numpy(patches).to(dev))
-            if dev.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            return net.quality_features(x).float().cpu().numpy()
-
-    return extract
+    graph = feature_graph(backbone)
+    return lambda patches: graph(patches).quality_features
 
 
 class _RowFiller:
@@ -178,7 +157,6 @@ def patch_features(
     cache_dir: str | Path | None = None,
     total: int | None = None,
     batch_size: int = 32,
-    device: str | None = None,
     progress: bool = True,
     mode: str = "patches",
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +181,7 @@ def patch_features(
     if mode != "patches" and patches != 1:
         raise ValueError(f"{mode} quality mode has one view per image, not {patches}")
     cache = FeatureCache(cache_dir if cache_dir is not None else feature_cache_dir(), backbone)
-    filler = _RowFiller(cache, _extractor(backbone, device), batch_size)
+    filler = _RowFiller(cache, _extractor(backbone), batch_size)
     uniq: list[np.ndarray] = []
     if total is None and hasattr(images, "__len__"):
         total = len(images)  # type: ignore[arg-type]

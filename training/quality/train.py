@@ -41,16 +41,14 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-def _features(
-    items: list, backbone: str, weights: str | None, patches: int, cache_dir, device, progress, mode: str
-):
+def _features(items: list, backbone: str, weights: str | None, patches: int, cache_dir, progress, mode: str):
     from fitguard.backbones import build_backbone
     from fitguard.training.quality.features import feature_cache_dir, patch_features
 
     net = build_backbone(backbone, weights)
     cache = Path(cache_dir) if cache_dir is not None else feature_cache_dir()
     feats, unique = patch_features(
-        [it.load for it in items], net, patches, cache, device=device, progress=progress, mode=mode
+        [it.load for it in items], net, patches, cache, progress=progress, mode=mode
     )
     return net, feats, unique
 
@@ -81,7 +79,6 @@ def train_iqa(
     cache_dir: str | Path | None = None,
     views: int | None = None,
     config: HeadConfig | None = None,
-    device: str | None = None,
     progress: bool = True,
     quick: bool = False,
     baseline: bool = True,
@@ -114,9 +111,7 @@ def train_iqa(
     items = load_quality_set(dataset, root=root, photos=photos, views=views, seed=seed, progress=progress)
     labels = Labels.from_items(items)
     lap("data")
-    net, feats, unique = _features(
-        items, backbone, weights, patches, cache_dir, device, progress, quality_features
-    )
+    net, feats, unique = _features(items, backbone, weights, patches, cache_dir, progress, quality_features)
     lap("features")
     # Synthetic sets validate on views rather than scenes (see train_head).
     val_groups = labels.views if dataset in SYNTHETIC_SETS else None
@@ -312,7 +307,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--hidden", type=int, help="head width (default: 2048 as in the paper; 512 on scenes, synthetic)")
     add("--no-baseline", action="store_true", help="skip the BRISQUE baseline")
     add("--no-left-out", action="store_true", help="skip the heads trained with one distortion kind left out")
-    add("--device", help="torch device for features (default: cuda if available, else cpu)")
     add("--threads", type=int, help="torch CPU threads")
 
 
@@ -336,7 +330,6 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         views=args.views,
         config=HeadConfig(hidden=hidden, epochs=args.epochs),
-        device=args.device,
         baseline=not args.no_baseline,
         left_out=not args.no_left_out,
         quality_features=args.quality_features,

@@ -1,0 +1,71 @@
+"""The build's forward passes on ONNX Runtime compute what the torch modules compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _crops(photos, preset) -> np.ndarray:
+    from fitguard.preprocess import classifier_crop
+
+    return np.stack([classifier_crop(rgb, preset) for rgb in photos.values()])
+
+
+def _torch_outputs(backbone, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Logits, quality features and level summary from the eager torch modules."""
+    import torch
+
+    from fitguard.backbones import UInt8Normalize
+
+    with torch.inference_mode():
+        x = UInt8Normalize(backbone.preset)(torch.from_numpy(crops))
+        logits, features = backbone.logits_and_quality_features(x)
+        levels = backbone.features.levels(x)
+        summary = torch.stack(
+            [s for level in levels for s in (level.mean(dim=(2, 3)).mean(1), level.std(dim=(2, 3)).mean(1))],
+            dim=1,
+        )
+    return logits.numpy(), features.numpy(), summary.numpy()
+
+
+def _largest_scaled_difference(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny", pytest.param("efficientnet_lite0", marks=pytest.mark.slow)], ids=["tiny", "lite0"]
+)
+def test_the_feature_graph_equals_torch_on_photos(tmp_path, photos, name):
+    """fp32 reassociation only: the largest difference (docs/performance.md) is near 1e-5 of the largest
+    value; 1e-4 catches a wrong normalisation, pooling or level order by orders of magnitude."""
+    from fitguard.backbones import build_backbone
+    from fitguard.feature_graph import FeatureGraph
+
+    backbone = build_backbone(name)
+    crops = _crops(photos, backbone.preset)
+    # lite0: the graph the build exported into the user's cache (the same stamp), else exported now.
+    graph = FeatureGraph(backbone, cache=tmp_path if name == "tiny" else None)
+    out = graph(crops[:3])  # a batch size other than the export's
+    for got, want in zip(
+        (out.logits, out.quality_features, out.level_summary),
+        _torch_outputs(backbone, crops[:3]),
+        strict=True,
+    ):
+        assert got.shape == want.shape
+        assert _largest_scaled_difference(got, want) < 1e-4
+    assert np.array_equal(graph.logits(crops, batch_size=2)[:3].argmax(1), out.logits.argmax(1))
+
+
+def test_the_graph_is_exported_once_per_stamp(tmp_path):
+    from fitguard.backbones import build_backbone
+    from fitguard.feature_graph import FeatureGraph, graph_stamp
+
+    backbone = build_backbone("tiny")
+    first = FeatureGraph(backbone, cache=tmp_path)
+    written = first.path.stat().st_mtime_ns
+    again = FeatureGraph(build_backbone("tiny"), cache=tmp_path)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == written
+    assert graph_stamp(build_backbone("efficientnet_lite0", weights="random")) != graph_stamp(
+        build_backbone("efficientnet_lite0")
+    )
