@@ -18,7 +18,7 @@ from PIL import Image
 
 from fitguard.training.data.distortions import DISTORTIONS, LEVELS, distort
 from fitguard.training.data.iqa_folders import IQAItem, load_kadid10k, load_tid2013
-from fitguard.training.quality.vsi_labels import vsi_labels
+from fitguard.training.quality.vsi_labels import Job, vsi_labels, write_shipped
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +122,19 @@ def synthetic(
     memory. The split group is the photo, not the view: crops of one photo share content.
     """
 
-    views = default_views(len(photos), per_view or len(kinds) * len(levels)) if views is None else views
-    pairs = [(k, lvl) for k in kinds for lvl in levels]
-    per_view = len(pairs) if per_view is None else max(1, min(per_view, len(pairs)))
-    all_views = photo_views(photos, views, size, seed)
-    jobs = [
-        _photo_jobs(name, crops, p, pairs=pairs, per_view=per_view, seed=seed, ladder=ladder)
-        for p, (name, crops) in enumerate(all_views.items())
-    ]
+    jobs = synthetic_jobs(
+        photos,
+        views=views,
+        size=size,
+        kinds=kinds,
+        levels=levels,
+        per_view=per_view,
+        seed=seed,
+        ladder=ladder,
+    )
     raws = vsi_labels(jobs, progress=progress)
     items: list[IQAItem] = []
-    for name, views_specs, photo_raw in zip(all_views, jobs, raws, strict=True):
+    for name, views_specs, photo_raw in zip(photos, jobs, raws, strict=True):
         for v, ((crop, specs), raw) in enumerate(zip(views_specs, photo_raw, strict=True)):
             view_name = f"{name}#{v}"
             for (k, lvl, s), value in zip(specs, raw, strict=True):
@@ -147,6 +149,35 @@ def synthetic(
                 )
                 items.append(clean)
     return items
+
+
+def synthetic_jobs(
+    photos: dict[str, np.ndarray],
+    *,
+    views: int | None = None,
+    size: int = 224,
+    kinds: Sequence[str] = DISTORTIONS,
+    levels: Sequence[int] = LEVELS,
+    per_view: int | None = SYNTHETIC_PER_VIEW,
+    seed: int = 0,
+    ladder: bool = True,
+) -> list[Job]:
+    """Per photo (in ``photos`` order), its views with the distortions each gets (see :func:`synthetic`)."""
+    views = default_views(len(photos), per_view or len(kinds) * len(levels)) if views is None else views
+    pairs = [(k, lvl) for k in kinds for lvl in levels]
+    per_view = len(pairs) if per_view is None else max(1, min(per_view, len(pairs)))
+    all_views = photo_views(photos, views, size, seed)
+    return [
+        _photo_jobs(name, crops, p, pairs=pairs, per_view=per_view, seed=seed, ladder=ladder)
+        for p, (name, crops) in enumerate(all_views.items())
+    ]
+
+
+def ship_scene_labels() -> int:
+    """Label the offline scenes set as ``load_quality_set("scenes")`` does and write the shipped file
+    (:data:`fitguard.training.quality.vsi_labels.SHIPPED`); returns the number of views."""
+    jobs = synthetic_jobs(scene_photos())
+    return write_shipped(jobs, vsi_labels(jobs, progress=True))
 
 
 def _photo_jobs(

@@ -5,6 +5,11 @@ thousands of distorted views. Each photo's views are one job; jobs run in a proc
 (one torch thread each: the small images keep a thread pool busy less than separate processes), and each
 view's values are cached in the data cache under a key of the crop's bytes, the distortion specs, the
 distortion code and piq's version, so a rebuild with nothing changed does not pay for them again.
+
+The labels of the offline scenes set ship with the project (:data:`SHIPPED`, under the same keys): they
+are a fixed function of fixed package files, so a fresh clone reads them instead of computing them. A
+view the file does not hold (another package version, changed distortion code) is computed as above;
+``scripts/ship_vsi_labels.py`` rewrites the file.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from fitguard.training.data.distortions import distort
 
+SHIPPED = Path(__file__).with_name("vsi_labels.npz")
 VSI_VERSION = "vsi-labels/1"  # bump when the label recipe changes in a way the key does not see
 Spec = tuple[str, int, int]  # distortion kind, level, seed
 Job = list[tuple[np.ndarray, list[Spec]]]  # one photo: (clean view, its distortions) per view
@@ -46,19 +52,40 @@ def _code_digest() -> bytes:
     return repr((VSI_VERSION, piq.__version__)).encode() + inspect.getsource(distortions).encode()
 
 
-def _cache_path(crop: np.ndarray, specs: list[Spec]) -> Path:
-    from fitguard.cache import cache_root
-
+def label_key(crop: np.ndarray, specs: list[Spec]) -> str:
+    """Names one view's labels: its pixels, its distortions, the label code and piq's version."""
     digest = hashlib.sha256(np.ascontiguousarray(crop).tobytes())
     digest.update(repr((crop.shape, specs)).encode())
     digest.update(_code_digest())
-    return cache_root() / "data" / "vsi" / f"{digest.hexdigest()[:24]}.npy"
+    return digest.hexdigest()[:24]
+
+
+@functools.cache
+def shipped_labels() -> dict[str, np.ndarray]:
+    """The labels that ship with the project, by :func:`label_key` (empty if the file is absent)."""
+    if not SHIPPED.exists():
+        return {}
+    with np.load(SHIPPED) as z:
+        return {key: z[key] for key in z.files}
+
+
+def _cache_path(crop: np.ndarray, specs: list[Spec]) -> Path:
+    from fitguard.cache import cache_root
+
+    return cache_root() / "data" / "vsi" / f"{label_key(crop, specs)}.npy"
+
+
+def _known(crop: np.ndarray, specs: list[Spec]) -> bool:
+    return not specs or label_key(crop, specs) in shipped_labels() or _cache_path(crop, specs).exists()
 
 
 def view_vsi(crop: np.ndarray, specs: list[Spec]) -> np.ndarray:
     """VSI of each (kind, level, seed) distortion of ``crop`` against it, from the cache where present."""
     if not specs:
         return np.zeros(0)
+    shipped = shipped_labels().get(label_key(crop, specs))
+    if shipped is not None:
+        return shipped
     path = _cache_path(crop, specs)
     if path.exists():
         return np.load(path)
@@ -87,7 +114,7 @@ def vsi_labels(
     from tqdm.auto import tqdm
 
     workers = workers or os.cpu_count() or 1
-    if workers == 1 or all(_cache_path(c, s).exists() for job in jobs for c, s in job if s):
+    if workers == 1 or all(_known(c, s) for job in jobs for c, s in job):
         return [_photo(job) for job in tqdm(jobs, desc="labels (VSI)", unit="photo", disable=not progress)]
     import multiprocessing
 
@@ -95,3 +122,17 @@ def vsi_labels(
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
         results = pool.map(_photo, jobs)
         return list(tqdm(results, total=len(jobs), desc="labels (VSI)", unit="photo", disable=not progress))
+
+
+def write_shipped(jobs: list[Job], labels: list[list[np.ndarray]], path: Path = SHIPPED) -> int:
+    """Write the labels of ``jobs`` (as :func:`vsi_labels` returned them) to the shipped file; returns
+    the number of views written."""
+    table = {
+        label_key(crop, specs): np.asarray(raw, dtype=np.float64)
+        for job, raws in zip(jobs, labels, strict=True)
+        for (crop, specs), raw in zip(job, raws, strict=True)
+        if specs
+    }
+    np.savez_compressed(path, **table)
+    shipped_labels.cache_clear()
+    return len(table)
