@@ -206,3 +206,20 @@ def test_dali_validating_step_heals(tiny_dali_repository, good_payloads):
         run = run_fault(supervised, good_payloads, fault)
         assert supervised.heals[-1] == f"reload {PREPROCESS}", "the step alone was not reloaded"
     check(run, "SIGKILL the DALI repository's validating step")
+
+
+def test_repository_api_answers_only_the_servers_key(supervised):
+    """Explicit model control could load code through the repository API: only the supervisor may use it."""
+    import urllib.error
+    import urllib.request
+
+    from fitguard.contract import ENSEMBLE
+    from fitguard.serve.repository import KEY_HEADER
+
+    url = f"http://{supervised.server.http_url}/v2/repository"
+    for path, headers in (("/index", {}), (f"/models/{ENSEMBLE}/unload", {KEY_HEADER: "guess"})):
+        request = urllib.request.Request(url + path, data=b"{}", method="POST", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 403
+    assert {m["name"] for m in supervised.server.repository_index()} >= {ENSEMBLE, PREPROCESS}
