@@ -54,8 +54,6 @@ def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sd
     """Load, ``fault()``, then watch the deep check and the answers until they resume; the load ends."""
     import multiprocessing
 
-    from fitguard.health import canary
-
     from .healing_load import run_load
 
     ctx = multiprocessing.get_context("spawn")
@@ -88,7 +86,7 @@ def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sd
         deadline = run.killed_at + 30
         while time.monotonic() < deadline and (run.unready_at is None or run.resumed_at is None):
             now = time.monotonic()
-            if run.unready_at is None and not canary(supervised.server.http_url, timeout=2).healthy:
+            if run.unready_at is None and not _ready(supervised):
                 run.unready_at = now
             drain(time.monotonic() + 0.1)
             if run.unready_at is not None:
@@ -105,6 +103,13 @@ def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sd
     assert hung == 0, f"{hung} request(s) hung" if hung else "the load never ended"
     assert supervised.restarts == restarts + 1, f"{supervised.restarts - restarts} heals, expected one"
     return run
+
+
+def _ready(supervised) -> bool:
+    """The embedded server's readiness (its /health), and the deep check itself."""
+    from fitguard.health import canary
+
+    return supervised.ready and canary(supervised.server.http_url, timeout=2).healthy
 
 
 def check(run: Run, what: str) -> None:
