@@ -1,7 +1,8 @@
 """``fitguard serve``: run the embedded Triton server on a model repository until SIGINT or SIGTERM.
 
-A supervisor sends a canary image through the whole ensemble every second and restarts the server on the
-same ports when a step died or hung (:mod:`fitguard.serve.supervisor`); ``--no-supervise`` turns it off.
+A supervisor sends a canary image through the whole ensemble every second and, when a step died or hung,
+reloads that step or else restarts the server on the same ports (:mod:`fitguard.serve.supervisor`);
+``--no-supervise`` turns it off.
 """
 
 from __future__ import annotations
@@ -125,4 +126,4 @@ def run(args: argparse.Namespace) -> int:
 def _supervision_line(supervised: SupervisedServer) -> str:
     endpoint, host = supervised.endpoint, supervised.server.http_url.rpartition(":")[0]
     where = f"http://{host}:{endpoint.port}/health and /metrics" if endpoint is not None else "no endpoint"
-    return f"  canary   every {supervised.supervisor.interval:g} s, restarts a dead or hung step ({where})\n"
+    return f"  canary   every {supervised.supervisor.interval:g} s, heals a dead or hung step ({where})\n"
