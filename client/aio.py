@@ -15,16 +15,17 @@ from .base import ClientBase
 from .errors import BadImage, ModelNotReady
 from .images import ImageInput, source_name, to_bytes
 from .sdk import Result, _progress
-from .signature import ModelInfo, check_signature
+from .signature import ModelInfo, check_signature, label_request
 from .transport import (
-    OUTPUT_NAMES,
     Connection,
     _model_version,
     config_from_grpc,
     grpc_client_options,
     image_tensor,
+    labelled,
     map_error,
     metadata_from_grpc,
+    output_names,
 )
 from .verdict import Failure, Verdict, verdicts_from_outputs
 
@@ -34,7 +35,9 @@ class AsyncTransport(Protocol):
     async def model_metadata(self, model: str) -> dict[str, Any]: ...
     async def model_config(self, model: str) -> dict[str, Any]: ...
     async def models(self) -> list[str]: ...
-    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]: ...
+    async def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]: ...
     async def close(self) -> None: ...
 
 
@@ -82,12 +85,15 @@ class AsyncGrpcTransport(_AsyncBase):
         )
         return sorted(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
 
-    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+    async def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]:
         inp = self._grpc.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
         inp.set_data_from_numpy(image_tensor(payloads))
-        outputs = [self._grpc.InferRequestedOutput(n) for n in OUTPUT_NAMES]
+        names = output_names(class_count)
+        outputs = [self._grpc.InferRequestedOutput(n, **labelled(n, class_count)) for n in names]
         result = await self._call("infer", self._client.infer, model, [inp], outputs=outputs, **self._kw)
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+        return {n: result.as_numpy(n) for n in names}, _model_version(result.get_response())
 
 
 class AsyncHttpTransport(_AsyncBase):
@@ -120,12 +126,17 @@ class AsyncHttpTransport(_AsyncBase):
         index = await self._call("repository index", self._client.get_model_repository_index, **self._kw)
         return sorted(m["name"] for m in index if m.get("state") == "READY")
 
-    async def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+    async def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]:
         inp = self._http.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
         inp.set_data_from_numpy(image_tensor(payloads), binary_data=True)
-        outputs = [self._http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        names = output_names(class_count)
+        outputs = [
+            self._http.InferRequestedOutput(n, binary_data=True, **labelled(n, class_count)) for n in names
+        ]
         result = await self._call("infer", self._client.infer, model, [inp], outputs=outputs, **self._kw)
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+        return {n: result.as_numpy(n) for n in names}, _model_version(result.get_response())
 
 
 def open_async_transport(conn: Connection) -> AsyncTransport:
@@ -286,7 +297,8 @@ class AsyncFitClient(ClientBase[AsyncTransport]):
 
     async def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
         async def attempt() -> list[Verdict]:
-            outputs, version = await self._get_transport().infer(self.model, payloads)
-            return verdicts_from_outputs(outputs, version, sources, (await self.connect()).calibration)
+            info = await self.connect()
+            outputs, version = await self._get_transport().infer(self.model, payloads, **label_request(info))
+            return verdicts_from_outputs(outputs, version, sources, info.calibration)
 
         return await retry.acall(attempt, self.retry_policy)

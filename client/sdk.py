@@ -13,7 +13,7 @@ from . import retry
 from .base import ClientBase
 from .errors import BadImage, FitguardError, ModelNotReady
 from .images import ImageInput, source_name, to_bytes
-from .signature import ModelInfo, check_signature
+from .signature import ModelInfo, check_signature, label_request
 from .transport import Connection, Transport, open_transport
 from .verdict import Failure, Verdict, verdicts_from_outputs
 
@@ -243,8 +243,9 @@ class FitClient(ClientBase[Transport]):
 
     def _infer(self, payloads: list[bytes], sources: list[str | None]) -> list[Verdict]:
         def attempt() -> list[Verdict]:
-            outputs, version = self._transports.get().infer(self.model, payloads)
-            return verdicts_from_outputs(outputs, version, sources, self.connect().calibration)
+            info = self.connect()
+            outputs, version = self._transports.get().infer(self.model, payloads, **label_request(info))
+            return verdicts_from_outputs(outputs, version, sources, info.calibration)
 
         return retry.call(attempt, self.retry_policy)
 

@@ -21,26 +21,48 @@ class ModelInfo:
     platform: str
     max_batch_size: int
     calibration: Calibration = Calibration()
+    num_classes: int = contract.NUM_CLASSES
+    labelled: bool = False  # the ensemble offers PROBS with its labels file (the classification extension)
+
+    @property
+    def top_k(self) -> int:
+        """K = min(5, N): the classes a verdict lists."""
+        return contract.top_k(self.num_classes)
 
 
 def _fmt(name: str, datatype: str, shape: list[int] | tuple[int, ...]) -> str:
     return f"{name} {datatype} [{','.join(str(d) for d in shape)}]"
 
 
+def label_request(info: ModelInfo) -> dict[str, int]:
+    """What a request asks beside the verdict: PROBS as the top-K labelled classes, where it is served."""
+    return {"class_count": info.top_k} if info.labelled else {}
+
+
+def _served_classes(metadata: Mapping[str, Any]) -> int | None:
+    """N from the ensemble's PROBS output (None: a repository exported before PROBS was offered)."""
+    probs = next((t for t in metadata.get("outputs", []) if t.get("name") == contract.PROBS), None)
+    shape = [int(d) for d in probs.get("shape", [])] if probs else []
+    return shape[-1] if shape and shape[-1] > 0 else None
+
+
 def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url: str) -> ModelInfo:
-    """Compare the model against ``contract.ENSEMBLE_INPUTS/OUTPUTS``.
+    """Compare the model against ``contract.ENSEMBLE_INPUTS/OUTPUTS`` sized for the served classifier's N
+    (read from the ensemble's ``PROBS``; ImageNet's when it has none).
 
     ``metadata`` and ``config`` are in the KServe v2 JSON form (shapes as ints, batch dimension
     included as -1 in metadata). Raises :class:`ContractMismatch` listing every difference.
     """
     name = str(metadata.get("name", "?"))
+    served_classes = _served_classes(metadata)
+    num_classes = served_classes or contract.NUM_CLASSES
     max_batch = int(config.get("max_batch_size", 0) or 0)
     problems: list[str] = []
     if max_batch < 1:
         problems.append("max_batch_size is 0 (the contract needs a leading batch dimension)")
     for kind, expected, served in (
         ("input", contract.ENSEMBLE_INPUTS, metadata.get("inputs", [])),
-        ("output", contract.ENSEMBLE_OUTPUTS, metadata.get("outputs", [])),
+        ("output", contract.sized(contract.ENSEMBLE_OUTPUTS, num_classes), metadata.get("outputs", [])),
     ):
         by_name = {t["name"]: t for t in served}
         missing = []
@@ -84,4 +106,6 @@ def check_signature(metadata: Mapping[str, Any], config: Mapping[str, Any], url:
         platform=str(metadata.get("platform", "")),
         max_batch_size=max_batch,
         calibration=calibration_from_config(config),
+        num_classes=num_classes,
+        labelled=served_classes is not None,
     )

@@ -31,6 +31,19 @@ from .errors import (
 
 Protocol_ = Literal["grpc", "http"]
 OUTPUT_NAMES: tuple[str, ...] = tuple(t.name for t in contract.ENSEMBLE_OUTPUTS)
+
+
+def output_names(class_count: int) -> tuple[str, ...]:
+    """The verdict's outputs, and PROBS as the top ``class_count`` "score:index:label" strings when asked
+    (Triton's classification extension, with the server's labels file)."""
+    return (*OUTPUT_NAMES, contract.PROBS) if class_count > 0 else OUTPUT_NAMES
+
+
+def labelled(name: str, class_count: int) -> dict[str, int]:
+    """The requested-output options of ``name``: ``class_count`` for PROBS."""
+    return {"class_count": class_count} if name == contract.PROBS and class_count > 0 else {}
+
+
 _ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")  # Triton's wrapping; the reason follows
 # Triton's words for a model it knows but has no loaded version of: one a client connected to (so it was
 # served) is being unloaded and loaded again, which a server healing a step does (fitguard.serve.supervisor).
@@ -97,7 +110,9 @@ class Transport(Protocol):
     def model_metadata(self, model: str) -> dict[str, Any]: ...
     def model_config(self, model: str) -> dict[str, Any]: ...
     def models(self) -> list[str]: ...
-    def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]: ...
+    def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]: ...
     def close(self) -> None: ...
 
 
@@ -251,12 +266,15 @@ class GrpcTransport:
         index = self._call("repository index", self._client.get_model_repository_index, as_json=True)
         return sorted(m["name"] for m in index.get("models", []) if m.get("state") == "READY")
 
-    def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+    def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]:
         inp = self._grpc.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
         inp.set_data_from_numpy(image_tensor(payloads))
-        outputs = [self._grpc.InferRequestedOutput(n) for n in OUTPUT_NAMES]
+        names = output_names(class_count)
+        outputs = [self._grpc.InferRequestedOutput(n, **labelled(n, class_count)) for n in names]
         result = self._call("infer", self._client.infer, model, [inp], outputs=outputs)
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+        return {n: result.as_numpy(n) for n in names}, _model_version(result.get_response())
 
     def close(self) -> None:
         self._client.close()
@@ -314,12 +332,17 @@ class HttpTransport:
         index = self._call("repository index", self._client.get_model_repository_index)
         return sorted(m["name"] for m in index if m.get("state") == "READY")
 
-    def infer(self, model: str, payloads: list[bytes]) -> tuple[dict[str, np.ndarray], str]:
+    def infer(
+        self, model: str, payloads: list[bytes], class_count: int = 0
+    ) -> tuple[dict[str, np.ndarray], str]:
         inp = self._http.InferInput(contract.IMAGE, [len(payloads), 1], "BYTES")
         inp.set_data_from_numpy(image_tensor(payloads), binary_data=True)
-        outputs = [self._http.InferRequestedOutput(n, binary_data=True) for n in OUTPUT_NAMES]
+        names = output_names(class_count)
+        outputs = [
+            self._http.InferRequestedOutput(n, binary_data=True, **labelled(n, class_count)) for n in names
+        ]
         result = self._call("infer", self._client.infer, model, [inp], outputs=outputs)
-        return {n: result.as_numpy(n) for n in OUTPUT_NAMES}, _model_version(result.get_response())
+        return {n: result.as_numpy(n) for n in names}, _model_version(result.get_response())
 
     def close(self) -> None:
         self._client.close()

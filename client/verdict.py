@@ -17,7 +17,8 @@ from .errors import FitguardError
 
 @dataclass(frozen=True, slots=True)
 class TopClass:
-    """One of the five most probable classes."""
+    """One of the K = min(5, N) most probable classes; ``label`` is the server's name for it, ``wnid`` its
+    WordNet id where that name is ImageNet's ("" otherwise)."""
 
     class_id: int
     wnid: str
@@ -90,9 +91,25 @@ class Failure:
         return {"source": self.source, "error": type(self.error).__name__, "reason": self.reason}
 
 
-def _top(class_id: int, probability: float) -> TopClass:
-    c = imagenet_classes()[class_id]
-    return TopClass(c.index, c.wnid, c.name, probability)
+def served_labels(row: np.ndarray) -> dict[int, str]:
+    """Index -> label from one row of the ensemble's classified PROBS ("score:index:label" strings)."""
+    found = {}
+    for entry in np.asarray(row).ravel():
+        text = entry.decode("utf-8") if isinstance(entry, bytes) else str(entry)
+        _, index, *label = text.split(":", 2)
+        found[int(index)] = label[0] if label else index
+    return found
+
+
+def _top(class_id: int, probability: float, labels: Mapping[int, str] | None) -> TopClass:
+    """The class's name from the server's labels file; ImageNet's table only for a repository exported
+    before the ensemble offered PROBS (``labels`` None). The WordNet id where the name is ImageNet's."""
+    table = imagenet_classes()
+    known = table[class_id] if 0 <= class_id < len(table) else None
+    fallback = known.name if known and labels is None else str(class_id)
+    name = fallback if labels is None else labels.get(class_id, fallback)
+    wnid = known.wnid if known and known.name == name else ""
+    return TopClass(class_id, wnid, name, probability)
 
 
 def verdicts_from_outputs(
@@ -104,17 +121,20 @@ def verdicts_from_outputs(
     """Turn the ensemble's batched output tensors (leading dimension B) into B verdicts."""
     calibration = calibration or Calibration()
     class_ids = np.asarray(outputs[contract.CLASS_ID]).reshape(len(sources), -1)[:, 0]
-    top_ids = np.asarray(outputs[contract.TOP5_IDS]).reshape(len(sources), contract.TOP_K)
-    top_probs = np.asarray(outputs[contract.TOP5_PROBS], dtype=np.float64).reshape(
-        len(sources), contract.TOP_K
-    )
+    top_ids = np.asarray(outputs[contract.TOP5_IDS]).reshape(len(sources), -1)
+    top_probs = np.asarray(outputs[contract.TOP5_PROBS], dtype=np.float64).reshape(len(sources), -1)
+    classified = outputs.get(contract.PROBS)
+    if classified is not None and np.asarray(classified).dtype.kind not in "OSU":
+        classified = None  # raw probabilities, not the classification extension's strings
+    rows = None if classified is None else np.asarray(classified).reshape(len(sources), -1)
     quality = np.asarray(outputs[contract.QUALITY_SCORE], dtype=np.float64).reshape(len(sources), -1)[:, 0]
     fit = np.asarray(outputs[contract.FIT]).reshape(len(sources), -1)[:, 0]
     score = np.asarray(outputs[contract.FIT_SCORE], dtype=np.float64).reshape(len(sources), -1)[:, 0]
     verdicts = []
     for i, source in enumerate(sources):
-        top5 = tuple(_top(int(c), float(p)) for c, p in zip(top_ids[i], top_probs[i], strict=True))
-        cls = _top(int(class_ids[i]), float(top_probs[i][0]))
+        labels = None if rows is None else served_labels(rows[i])
+        top5 = tuple(_top(int(c), float(p), labels) for c, p in zip(top_ids[i], top_probs[i], strict=True))
+        cls = _top(int(class_ids[i]), float(top_probs[i][0]), labels)
         # The detector's CLASS_ID is the argmax, i.e. TOP5_IDS[0]; take its probability from there.
         confidence = next((t.probability for t in top5 if t.class_id == cls.class_id), cls.probability)
         verdicts.append(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fitguard.classifier_spec import add_classifier_arguments, spec_from_args
 from fitguard.contract import DEFAULT_PATCHES, QUALITY_MODES
 from fitguard.export.accelerators import ACCELERATORS
 from fitguard.export.configs import PREPROCESS_STEPS
@@ -20,14 +21,8 @@ from fitguard.export.overload import (
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """What is exported: the backbone, the trained files, the target folder and the graph settings."""
-    parser.add_argument("--backbone", required=True, help="resnet152, efficientnet_lite0 or tiny")
-    parser.add_argument(
-        "--weights",
-        default="default",
-        help="backbone weights: default, imagenet, IMAGENET1K_V1/V2 (resnet152), a checkpoint path, "
-        "or random",
-    )
+    """What is exported: the classifier, the trained files, the target folder and the graph settings."""
+    add_classifier_arguments(parser, required=True)
     parser.add_argument("--iqa-head", required=True, help="quality-head file from `fitguard train iqa`")
     parser.add_argument("--detector", required=True, help="detector file from `fitguard train detector`")
     parser.add_argument(
@@ -129,11 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
+        spec = spec_from_args(args)
         mode = args.quality_features or load_head(args.iqa_head)[1]["mode"]
         export_repository(
             args.out,
-            backbone=args.backbone,
-            weights=args.weights,
+            classifier=spec,
             head=args.iqa_head,
             detector=args.detector,
             patches=args.patches,

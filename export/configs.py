@@ -15,10 +15,15 @@ from fitguard.contract import (
     IQA_PATCHES,
     MODELS,
     MONITOR,
+    NUM_CLASSES,
     PATCHES_MODE,
     PREPROCESS,
+    PROBS,
     QUALITY,
+    TOP5_IDS,
+    TOP5_PROBS,
     signatures,
+    top_k,
 )
 from fitguard.export.accelerators import ACCELERATORS, apply_accelerator
 from fitguard.export.monitoring import drop_monitor_step
@@ -90,17 +95,22 @@ def _datatype(name: str) -> int:
 
 
 def check_signature(
-    config: Any, patches: int, preprocess: str = "python", mode: str = PATCHES_MODE, feature_dim: int = -1
+    config: Any,
+    patches: int,
+    preprocess: str = "python",
+    mode: str = PATCHES_MODE,
+    feature_dim: int = -1,
+    num_classes: int = NUM_CLASSES,
 ) -> None:
     """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``, quality
-    features of ``feature_dim``) for a repository with the ``preprocess`` step (``python`` or ``dali``) and
-    the quality mode ``mode``."""
+    features of ``feature_dim``, a classifier of ``num_classes``) for a repository with the ``preprocess``
+    step (``python`` or ``dali``) and the quality mode ``mode``."""
     if preprocess == "python":
-        inputs, outputs = signatures(mode)[config.name]
+        inputs, outputs = signatures(mode, num_classes)[config.name]
     else:
         from fitguard.export.dali import signature
 
-        inputs, outputs = signature(config.name, preprocess, mode)
+        inputs, outputs = signature(config.name, preprocess, mode, num_classes)
     pinned = {IQA_PATCHES: patches, IQA_FEATURES: feature_dim}
     for kind, declared, expected in (("input", config.input, inputs), ("output", config.output, outputs)):
         got = {t.name: (t.data_type, tuple(t.dims)) for t in declared}
@@ -129,6 +139,18 @@ def _pin_patches(config: Any, patches: int) -> None:
             warmup.inputs[IQA_PATCHES].dims[0] = patches
 
 
+def _pin_classes(config: Any, num_classes: int) -> None:
+    """PROBS [N] and the top-K outputs [K = min(5, N)] wherever the config declares or warms them up."""
+    dims = {PROBS: num_classes, TOP5_IDS: top_k(num_classes), TOP5_PROBS: top_k(num_classes)}
+    for tensor in (*config.input, *config.output):
+        if tensor.name in dims:
+            tensor.dims[:] = [dims[tensor.name]]
+    for warmup in config.model_warmup:
+        for name, value in warmup.inputs.items():
+            if name in dims:
+                value.dims[:] = [dims[name]]
+
+
 def render_config(
     source: Path,
     name: str,
@@ -138,9 +160,10 @@ def render_config(
     serving: Serving,
     extra: dict[str, str],
     feature_dim: int = -1,
+    num_classes: int = NUM_CLASSES,
 ) -> str:
     """The deployable ``config.pbtxt`` text of model ``name``, from its source config (``feature_dim``: the
-    quality features' size, pinned in shared quality mode)."""
+    quality features' size, pinned in shared quality mode; ``num_classes``: the classifier's N)."""
     config = read_config(config_path(source, name))
     if config.name != name:
         raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
@@ -155,6 +178,7 @@ def render_config(
     elif name == ENSEMBLE and not serving.monitoring:
         drop_monitor_step(config)
     _pin_patches(config, settings.patches)
+    _pin_classes(config, num_classes)
     if settings.shared:
         from fitguard.export.shared import to_shared
 
@@ -167,7 +191,9 @@ def render_config(
         from fitguard.export.dali import to_dali
 
         to_dali(config, serving.accelerator)
-    check_signature(config, settings.patches, serving.preprocess, settings.quality_features, feature_dim)
+    check_signature(
+        config, settings.patches, serving.preprocess, settings.quality_features, feature_dim, num_classes
+    )
     return config_text(
         config,
         [f"Rendered by `fitguard export` from model_repository/{name}/config.pbtxt (comments are there)."],

@@ -24,6 +24,7 @@ from fitguard.contract import (
     DALI_PREPROCESS,
     DALI_PREPROCESS_SINGLE,
     IMAGE,
+    NUM_CLASSES,
     PATCHES_MODE,
     PREPROCESS,
     signatures,
@@ -46,7 +47,9 @@ PIXEL_TOLERANCE = {"crop": 1.0, "patches": 0.0}
 Signature = tuple[tuple[ContractTensor, ...], tuple[ContractTensor, ...]]
 
 
-def signature(name: str, preprocess: str = "python", mode: str = PATCHES_MODE) -> Signature:
+def signature(
+    name: str, preprocess: str = "python", mode: str = PATCHES_MODE, num_classes: int = NUM_CLASSES
+) -> Signature:
     """The contract of model ``name`` in a repository with the given preprocess step and quality mode.
 
     The ensemble and ``preprocess`` keep the Python repository's contract; the DALI models take the
@@ -54,7 +57,7 @@ def signature(name: str, preprocess: str = "python", mode: str = PATCHES_MODE) -
     """
     if preprocess not in PREPROCESS_STEPS:
         raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
-    contract = signatures(mode)
+    contract = signatures(mode, num_classes)
     if name in DALI_MODELS and preprocess == "dali":
         return (DALI_IMAGE,), contract[PREPROCESS][1]
     return contract[name]

@@ -24,13 +24,21 @@ class Models(TorchModels):
 
 
 def load_models(
-    backbone: str, weights: str | None, *, head: Path, detector: Path, quality_features: str
+    backbone: str,
+    weights: str | None,
+    *,
+    head: Path,
+    detector: Path,
+    quality_features: str,
+    num_classes: int | None = None,
+    preset: Any = None,
 ) -> Models:
-    """The backbone, the classifier and quality modules around it, and the detector, all in eval mode."""
+    """The backbone (a head of ``num_classes``, ``preset`` when given), the classifier and quality modules
+    around it, and the detector, all in eval mode."""
     from fitguard.detector import load_detector
     from fitguard.quality import check_head_mode
 
-    torch_models = load_torch_models(backbone, weights, head)
+    torch_models = load_torch_models(backbone, weights, head, num_classes=num_classes, preset=preset)
     check_head_mode(torch_models.head_info, quality_features, head)
     return Models(
         net=torch_models.net,
@@ -65,7 +73,7 @@ def _verified_graphs(
     graphs = {
         CLASSIFIER: apply_precision(export_classifier(classifier), precision),
         QUALITY: apply_precision(export_quality(quality_model), precision),
-        DETECTOR: export_detector(det),
+        DETECTOR: export_detector(det, classifier.backbone.num_classes),
     }
     for name, graph in graphs.items():
         check_graph(graph, name)
@@ -92,7 +100,7 @@ def _verified_shared_graphs(
         QUALITY: apply_precision(
             export_feature_quality(FeatureQuality(quality_model.head).eval(), net.quality_dim, net), precision
         ),
-        DETECTOR: export_detector(det),
+        DETECTOR: export_detector(det, classifier.backbone.num_classes),
     }
     for name, graph in graphs.items():
         check_graph(graph, name)

@@ -34,6 +34,7 @@ from fitguard.contract import (
     TOP5_IDS,
     TOP5_PROBS,
     TOP_K,
+    top_k,
 )
 from fitguard.detector import FEATURE_SETS, FIT_SET, QUALITY_EPS
 from fitguard.torch_onnx import OPSET, torch_export
@@ -98,15 +99,17 @@ def _sklearn_graph(pipeline: Any, input_name: str, n_features: int) -> onnx.Mode
             raise ExportError(f"skl2onnx cannot convert the detector pipeline: {exc}") from exc
 
 
-def probe_inputs(rows: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Detector inputs spread over what real images give: probabilities [rows, 1000] and energies
+def probe_inputs(
+    rows: int = 256, seed: int = 0, num_classes: int = NUM_CLASSES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detector inputs spread over what real images give: probabilities [rows, num_classes] and energies
     [rows, 1] of logits from flat to peaked (a few classes lifted above Gaussian noise of random
     scale), and qualities in [0, 1] [rows, 1]."""
     rng = np.random.default_rng(seed)
     from fitguard.classifier import logsumexp
 
-    logits = rng.normal(0, 1, (rows, NUM_CLASSES)) * rng.uniform(0.5, 3, (rows, 1))
-    lifted = rng.integers(0, NUM_CLASSES, (rows, 3))
+    logits = rng.normal(0, 1, (rows, num_classes)) * rng.uniform(0.5, 3, (rows, 1))
+    lifted = rng.integers(0, num_classes, (rows, 3))
     np.put_along_axis(logits, lifted, rng.uniform(0, 20, (rows, 3)), axis=1)
     energy = logsumexp(logits)[:, None]
     probs = np.exp(logits - energy)
@@ -141,9 +144,9 @@ def _score_column(
     return col, sign
 
 
-def _common_constants(threshold: float) -> list[onnx.TensorProto]:
+def _common_constants(threshold: float, num_classes: int) -> list[onnx.TensorProto]:
     return [
-        numpy_helper.from_array(np.array([TOP_K], np.int64), "fg_k"),
+        numpy_helper.from_array(np.array([top_k(num_classes)], np.int64), "fg_k"),
         numpy_helper.from_array(np.array([threshold], np.float32), "fg_threshold"),
         numpy_helper.from_array(np.array([0.0], np.float32), "fg_zero"),
         numpy_helper.from_array(np.array([0], np.int64), "fg_start"),
@@ -174,31 +177,31 @@ def _verdict_nodes(confidence: str) -> list[onnx.NodeProto]:
     ]
 
 
-def _graph_inputs() -> list[onnx.ValueInfoProto]:
+def _graph_inputs(num_classes: int) -> list[onnx.ValueInfoProto]:
     return [
-        helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [BATCH_DIM, NUM_CLASSES]),
+        helper.make_tensor_value_info(PROBS, TensorProto.FLOAT, [BATCH_DIM, num_classes]),
         helper.make_tensor_value_info(ENERGY, TensorProto.FLOAT, [BATCH_DIM, 1]),
         helper.make_tensor_value_info(QUALITY_SCORE, TensorProto.FLOAT, [BATCH_DIM, 1]),
     ]
 
 
-def _graph_outputs() -> list[onnx.ValueInfoProto]:
-    n = BATCH_DIM
+def _graph_outputs(num_classes: int) -> list[onnx.ValueInfoProto]:
+    n, k = BATCH_DIM, top_k(num_classes)
     return [
         helper.make_tensor_value_info(CLASS_ID, TensorProto.INT64, [n, 1]),
-        helper.make_tensor_value_info(TOP5_IDS, TensorProto.INT64, [n, TOP_K]),
-        helper.make_tensor_value_info(TOP5_PROBS, TensorProto.FLOAT, [n, TOP_K]),
+        helper.make_tensor_value_info(TOP5_IDS, TensorProto.INT64, [n, k]),
+        helper.make_tensor_value_info(TOP5_PROBS, TensorProto.FLOAT, [n, k]),
         helper.make_tensor_value_info(FIT, TensorProto.BOOL, [n, 1]),
         helper.make_tensor_value_info(FIT_SCORE, TensorProto.FLOAT, [n, 1]),
     ]
 
 
-def _guarded_graph(detector: Any) -> onnx.ModelProto:
+def _guarded_graph(detector: Any, num_classes: int) -> onnx.ModelProto:
     """A guarded detector (:class:`fitguard.detector.Veto`): confidence = TOP5_PROBS[:, :1] minus 1 where
     ENERGY >= energy_min and the quality logit <= quality_logit_max."""
     veto = detector.veto
     consts = [
-        *_common_constants(detector.threshold),
+        *_common_constants(detector.threshold, num_classes),
         numpy_helper.from_array(np.array([[veto.energy_min]], np.float32), "fg_energy_min"),
         numpy_helper.from_array(np.array([[veto.quality_logit_max]], np.float32), "fg_quality_logit_max"),
     ]
@@ -212,7 +215,9 @@ def _guarded_graph(detector: Any) -> onnx.ModelProto:
         helper.make_node("Sub", ["fg_msp", "fg_veto"], ["fg_confidence"]),
         *_verdict_nodes("fg_confidence"),
     ]
-    graph = helper.make_graph(nodes, "fitguard_detector", _graph_inputs(), _graph_outputs(), consts)
+    graph = helper.make_graph(
+        nodes, "fitguard_detector", _graph_inputs(num_classes), _graph_outputs(num_classes), consts
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     annotate(
         model,
@@ -226,11 +231,12 @@ def _guarded_graph(detector: Any) -> onnx.ModelProto:
     return model
 
 
-def export_detector(detector: Any) -> onnx.ModelProto:
-    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS``, ``ENERGY``, ``QUALITY`` to the
-    verdict (a feature set that does not read ``ENERGY`` leaves that input unused).
+def export_detector(detector: Any, num_classes: int = NUM_CLASSES) -> onnx.ModelProto:
+    """A :class:`fitguard.detector.Detector` -> one graph from ``PROBS`` (``num_classes``), ``ENERGY``,
+    ``QUALITY`` to the verdict (a feature set that does not read ``ENERGY`` leaves that input unused).
 
-    prefix: TopK(PROBS, 5) -> TOP5_PROBS, TOP5_IDS; logit of QUALITY clipped to [eps, 1 - eps]
+    prefix: TopK(PROBS, K = min(5, N)) -> TOP5_PROBS, TOP5_IDS (padded to five with zeros in the features);
+    logit of QUALITY clipped to [eps, 1 - eps]
     (:func:`fitguard.detector.quality_logit`); Concat -> the detector's features (for the ``fit`` set
     with ENERGY before the quality logit).
     suffix: FIT_SCORE = confidence - threshold, the confidence being the decision (learned) or the
@@ -238,7 +244,7 @@ def export_detector(detector: Any) -> onnx.ModelProto:
     CLASS_ID = TOP5_IDS[:, :1].
     """
     if detector.guarded:
-        return _guarded_graph(detector)
+        return _guarded_graph(detector, num_classes)
     features = "detector_features"
     svm = _sklearn_graph(detector.pipeline, features, len(FEATURE_SETS[detector.feature_set]))
     scores_name = svm.graph.output[-1].name
@@ -246,12 +252,18 @@ def export_detector(detector: Any) -> onnx.ModelProto:
 
     graph = svm.graph
     consts = [
-        *_common_constants(detector.threshold),
+        *_common_constants(detector.threshold, num_classes),
         numpy_helper.from_array(np.array([col], np.int64), "fg_score_col"),
         numpy_helper.from_array(np.array([sign], np.float32), "fg_score_sign"),
     ]
     prefix = _prefix_nodes()
-    columns = [TOP5_PROBS, ENERGY] if detector.feature_set == FIT_SET else [TOP5_PROBS]
+    top = TOP5_PROBS
+    if top_k(num_classes) < TOP_K:
+        # Fewer than five classes: the features pad the top-K to five with zeros (detector_features).
+        top, pads = "fg_top_padded", np.array([0, 0, 0, TOP_K - top_k(num_classes)], np.int64)
+        consts.append(numpy_helper.from_array(pads, "fg_top_pads"))
+        prefix.append(helper.make_node("Pad", [TOP5_PROBS, "fg_top_pads"], [top], mode="constant"))
+    columns = [top, ENERGY] if detector.feature_set == FIT_SET else [top]
     prefix.append(helper.make_node("Concat", [*columns, "fg_quality_logit"], [features], axis=1))
     suffix = [
         helper.make_node("Gather", [scores_name, "fg_score_col"], ["fg_decision"], axis=1),
@@ -263,9 +275,9 @@ def export_detector(detector: Any) -> onnx.ModelProto:
     graph.node.extend(nodes)
     graph.initializer.extend(consts)
     del graph.input[:]
-    graph.input.extend(_graph_inputs())
+    graph.input.extend(_graph_inputs(num_classes))
     del graph.output[:]
-    graph.output.extend(_graph_outputs())
+    graph.output.extend(_graph_outputs(num_classes))
     graph.name = "fitguard_detector"
     annotate(
         svm,

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fitguard.classifier_spec import ClassifierSpec
 from fitguard.contract import (
     CLASSIFIER,
     DEFAULT_PATCHES,
@@ -138,12 +139,12 @@ def _write_models(
     serving: Serving,
     extra: dict[str, str],
     feature_dim: int,
+    labels: str,
 ) -> None:
     """Configs rendered from the sources, the labels and the graphs, into ``staging``."""
     import onnx
 
-    from fitguard.labels import labels_text
-
+    num_classes = labels.count("\n")
     shutil.copytree(
         src, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.onnx", "*.pyc")
     )
@@ -151,7 +152,14 @@ def _write_models(
         shutil.rmtree(staging / MONITOR, ignore_errors=True)
     for name in serving.models:
         text = render_config(
-            src, name, settings, threshold=threshold, serving=serving, extra=extra, feature_dim=feature_dim
+            src,
+            name,
+            settings,
+            threshold=threshold,
+            serving=serving,
+            extra=extra,
+            feature_dim=feature_dim,
+            num_classes=num_classes,
         )
         config_path(staging, name).write_text(text, encoding="utf-8")
     if serving.preprocess == "dali":
@@ -159,7 +167,9 @@ def _write_models(
 
         batch = read_config(config_path(staging, PREPROCESS)).max_batch_size
         dali.write_step(staging, settings, max_batch_size=batch, accelerator=serving.accelerator)
-    (staging / CLASSIFIER / LABELS_NAME).write_text(labels_text(), encoding="utf-8")
+    # Triton's labels file of the classifier's PROBS and the ensemble's: the classes travel with the models.
+    for name in (CLASSIFIER, ENSEMBLE):
+        (staging / name / LABELS_NAME).write_text(labels, encoding="utf-8")
     for name, graph in graphs.items():
         model_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(graph, str(model_path(staging, name)))
@@ -228,7 +238,21 @@ def _serving(
     )
 
 
-def _render_options(models: Models, settings: PreprocessSettings, serving: Serving) -> dict[str, Any]:
+def _labels_text(spec: ClassifierSpec, num_classes: int) -> str:
+    """The labels file: the spec's classes, else ImageNet's; one name a line, one per output."""
+    from fitguard.labels import labels_text
+
+    text = "".join(f"{name}\n" for name in spec.classes) if spec.classes is not None else labels_text()
+    if text.count("\n") != num_classes:
+        raise ValueError(
+            f"{spec.classes_file or 'labels'}: {text.count(chr(10))} classes, the head has {num_classes}"
+        )
+    return text
+
+
+def _render_options(
+    models: Models, settings: PreprocessSettings, serving: Serving, spec: ClassifierSpec
+) -> dict[str, Any]:
     """What :func:`_write_models` renders the configs with; ``extra`` names the backbone in them."""
     extra = {
         "backbone": settings.backbone,
@@ -241,11 +265,12 @@ def _render_options(models: Models, settings: PreprocessSettings, serving: Servi
         "serving": serving,
         "extra": extra,
         "feature_dim": models.net.quality_dim,
+        "labels": _labels_text(spec, models.net.num_classes),
     }
 
 
 def _manifest_arguments(
-    weights: str | None,
+    spec: ClassifierSpec,
     head: Path,
     detector: Path,
     models: Models,
@@ -256,8 +281,9 @@ def _manifest_arguments(
     """The resolved arguments the manifest records; backbone, patches and mode as ``settings`` has them."""
     return {
         "backbone": settings.backbone,
-        "weights": weights,
+        "weights": spec.weights,
         "weights_id": models.net.weights_id,
+        **spec.to_dict(),
         **_inputs_record(head, detector, models),
         "patches": settings.patches,
         "quality_features": settings.quality_features,
@@ -270,10 +296,11 @@ def _manifest_arguments(
 def export_repository(
     out: str | Path,
     *,
-    backbone: str,
+    backbone: str = "",
     head: str | Path,
     detector: str | Path,
     weights: str | None = "default",
+    classifier: ClassifierSpec | None = None,
     patches: int = DEFAULT_PATCHES,
     precision: str = "fp32",
     accelerator: str = "none",
@@ -287,6 +314,9 @@ def export_repository(
 ) -> Path:
     """Export, verify and write a complete repository to ``out``; returns ``out``.
 
+    ``classifier`` (:func:`fitguard.classifier_spec.classifier_spec`: architecture, weights, classes,
+    preset) or ``backbone`` and ``weights`` name the classifier; its classes become the labels file of the
+    classifier and of the ensemble's ``PROBS``.
     ``head`` from :func:`fitguard.quality.save_head`, trained on ``backbone`` features in the
     ``quality_features`` mode (``patches``: DTNIQ-f on P patches; ``shared``: the classifier's own pass);
     ``detector`` from :func:`fitguard.detector.save_detector`; accelerator, instances, preprocess,
@@ -297,6 +327,8 @@ def export_repository(
         ParityError: a graph failed its checks (nothing is written then).
     """
     out, head, detector = Path(out), Path(head), Path(detector)
+    spec = classifier or ClassifierSpec(backbone, weights)
+    backbone = spec.name
     src = Path(source) if source is not None else source_repository()
     serving = _serving(accelerator, instances, preprocess, monitoring, queue)
     _check_arguments(
@@ -307,21 +339,32 @@ def export_repository(
         quality_features=quality_features,
         preprocess=preprocess,
     )
-    models = load_models(backbone, weights, head=head, detector=detector, quality_features=quality_features)
+    models = load_models(
+        backbone,
+        spec.weights,
+        head=head,
+        detector=detector,
+        quality_features=quality_features,
+        num_classes=spec.num_classes if spec.classes is not None else None,
+        preset=spec.preset,
+    )
     net = models.net
     if quality_features == SHARED_MODE:
         patches = 0  # no patches are cut: the classifier's pass gives the quality features
     settings = PreprocessSettings(net.preset, patches, backbone=backbone, quality_features=quality_features)
-    log(f"exporting {backbone} ({net.weights_id}), quality {quality_features}, P={patches}, {precision}")
+    log(
+        f"exporting {backbone} ({net.weights_id}, {net.num_classes} classes), quality {quality_features}, "
+        f"P={patches}, {precision}"
+    )
     graphs, reports = checked_graphs(models, settings, precision=precision, preprocess=preprocess)
     _require_parity(reports, out, log)
-    arguments = _manifest_arguments(weights, head, detector, models, settings, precision, serving)
+    arguments = _manifest_arguments(spec, head, detector, models, settings, precision, serving)
     _publish(
         out,
         src=src,
         graphs=graphs,
         files={HEAD_NAME: head, DETECTOR_NAME: detector},
-        render=_render_options(models, settings, serving),
+        render=_render_options(models, settings, serving, spec),
         manifest={"arguments": arguments, "parity": {r.model: r.to_dict() for r in reports}},
     )
     log(f"wrote {out} ({', '.join(sorted(graphs))} graphs, {preprocess} preprocess, {MANIFEST_NAME})")

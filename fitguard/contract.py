@@ -36,6 +36,8 @@ TOP5_PROBS = "TOP5_PROBS"
 FIT = "FIT"
 FIT_SCORE = "FIT_SCORE"
 
+# ImageNet's: the default. A repository's classifier sets its own N (its classes file) and K = min(5, N);
+# the shapes below are ImageNet's, `signatures(num_classes=N)` gives any repository's.
 NUM_CLASSES = 1000
 TOP_K = 5
 QUALITY_BINS = 70  # DTNIQ-f: 70-way softmax over MOS bins 1..70
@@ -71,6 +73,11 @@ def iqa_features_tensor(dim: int = -1) -> Tensor:
     return Tensor(IQA_FEATURES, "FP32", (dim,))
 
 
+def top_k(num_classes: int = NUM_CLASSES) -> int:
+    """K: the classes a verdict lists, min(5, N)."""
+    return min(TOP_K, num_classes)
+
+
 ENSEMBLE_INPUTS: tuple[Tensor, ...] = (Tensor(IMAGE, "BYTES", (1,)),)
 ENSEMBLE_OUTPUTS: tuple[Tensor, ...] = (
     Tensor(CLASS_ID, "INT64", (1,)),
@@ -80,6 +87,10 @@ ENSEMBLE_OUTPUTS: tuple[Tensor, ...] = (
     Tensor(FIT, "BOOL", (1,)),
     Tensor(FIT_SCORE, "FP32", (1,)),
 )
+
+# The class probabilities, with the classifier's labels file: sent only to a client that asks for them
+# (Triton's classification extension answers `class_count=k` with "score:index:label").
+ENSEMBLE_PROBS = Tensor(PROBS, "FP32", (NUM_CLASSES,))
 
 PREPROCESS_INPUTS = ENSEMBLE_INPUTS
 PREPROCESS_OUTPUTS: tuple[Tensor, ...] = (classifier_input_tensor(), iqa_patches_tensor())
@@ -106,7 +117,7 @@ MONITOR_INPUTS: tuple[Tensor, ...] = (
 MONITOR_OUTPUTS = MONITOR_INPUTS
 
 SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
-    ENSEMBLE: (ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS),
+    ENSEMBLE: (ENSEMBLE_INPUTS, (*ENSEMBLE_OUTPUTS, ENSEMBLE_PROBS)),
     PREPROCESS: (PREPROCESS_INPUTS, PREPROCESS_OUTPUTS),
     CLASSIFIER: (CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS),
     QUALITY: (QUALITY_INPUTS, QUALITY_OUTPUTS),
@@ -115,22 +126,34 @@ SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
 }
 
 
-def signatures(mode: str = PATCHES_MODE) -> dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
-    """The contract of every model in a repository of quality mode ``mode`` (the ensemble's never changes).
+def sized(tensors: tuple[Tensor, ...], num_classes: int) -> tuple[Tensor, ...]:
+    """``tensors`` with the shapes of a classifier of ``num_classes``: PROBS [N], the top-K ones [K]."""
+    k = top_k(num_classes)
+    shapes = {PROBS: (num_classes,), TOP5_IDS: (k,), TOP5_PROBS: (k,)}
+    return tuple(Tensor(t.name, t.datatype, shapes.get(t.name, t.shape)) for t in tensors)
+
+
+def signatures(
+    mode: str = PATCHES_MODE, num_classes: int = NUM_CLASSES
+) -> dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]:
+    """The contract of every model in a repository of quality mode ``mode`` whose classifier has
+    ``num_classes`` outputs (the ensemble's names never change; its shapes follow N and K).
 
     In shared mode the preprocess step emits the crop only, the classifier also returns the quality
     features of its pass (dimension -1: the backbone's, pinned at export), and quality reads those.
     """
-    if mode == PATCHES_MODE:
-        return dict(SIGNATURES)
-    if mode != SHARED_MODE:
+    if mode not in QUALITY_MODES:
         raise ValueError(f"unknown quality mode {mode!r}; choose from {', '.join(QUALITY_MODES)}")
-    return {
-        **SIGNATURES,
-        PREPROCESS: (PREPROCESS_INPUTS, (classifier_input_tensor(),)),
-        CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features_tensor())),
-        QUALITY: ((iqa_features_tensor(),), QUALITY_OUTPUTS),
-    }
+    found = dict(SIGNATURES)
+    if mode == SHARED_MODE:
+        found.update(
+            {
+                PREPROCESS: (PREPROCESS_INPUTS, (classifier_input_tensor(),)),
+                CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features_tensor())),
+                QUALITY: ((iqa_features_tensor(),), QUALITY_OUTPUTS),
+            }
+        )
+    return {name: (sized(i, num_classes), sized(o, num_classes)) for name, (i, o) in found.items()}
 
 
 # Quality metadata that clients report (pyiqa style): normalised MOS, higher is better.

@@ -65,12 +65,15 @@ def top_k(probs: np.ndarray, k: int = TOP_K) -> tuple[np.ndarray, np.ndarray]:
 def detector_features(
     probs: np.ndarray, quality: np.ndarray, feature_set: str = PAPER, energy: np.ndarray | None = None
 ) -> np.ndarray:
-    """[N, 1000] probabilities, [N] or [N, 1] quality in [0, 1] and (for the ``fit`` set) [N] or [N, 1]
+    """[N, C] probabilities, [N] or [N, 1] quality in [0, 1] and (for the ``fit`` set) [N] or [N, 1]
     energy -> [N, d] float32 features of the set."""
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown detector feature set {feature_set!r}; known: {sorted(FEATURE_SETS)}")
     probs = np.asarray(probs, dtype=np.float32)
-    parts = [-np.sort(-probs, axis=1)[:, :TOP_K]]
+    top = -np.sort(-probs, axis=1)[:, :TOP_K]
+    # Fewer than five classes: the classes that do not exist have probability 0, so every feature set keeps
+    # its columns (a veto reads them by position) whatever the classifier's N.
+    parts = [np.pad(top, ((0, 0), (0, TOP_K - top.shape[1])))]
     if feature_set == FIT_SET:
         if energy is None:
             raise ValueError("the fit feature set needs the classifier's energy")

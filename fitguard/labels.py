@@ -1,10 +1,15 @@
-"""ImageNet-1k labels: class index -> WordNet id -> readable name (shipped with the package)."""
+"""Class labels: ImageNet-1k's (class index -> WordNet id -> readable name, shipped with the package), the
+default repository's labels file; and a repository's own labels file, which the served steps read."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
+
+from fitguard.contract import ENSEMBLE
+from fitguard.repository import LABELS_NAME
 
 
 @dataclass(frozen=True)
@@ -34,3 +39,11 @@ def wnid_to_index() -> dict[str, int]:
 def labels_text() -> str:
     """One name per line, the format of Triton's classification-extension labels file."""
     return "".join(f"{c.name}\n" for c in imagenet_classes())
+
+
+def repository_labels(repository: str | Path) -> list[str]:
+    """The class names of a repository: its ensemble's labels file (one name a line), else ImageNet's."""
+    path = Path(repository) / ENSEMBLE / LABELS_NAME
+    if not path.is_file():
+        return [c.name for c in imagenet_classes()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

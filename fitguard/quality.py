@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fitguard.backbones import QUALITY_FEATURES, Backbone, UInt8Normalize
+from fitguard.backbones import LINEAR_INPUT_FEATURES, QUALITY_FEATURES, Backbone, UInt8Normalize
 from fitguard.contract import PATCHES_MODE, QUALITY_BINS, QUALITY_MODES
 
 
@@ -128,7 +128,7 @@ def save_head(
             "mode": mode,
             "backbone": backbone.name,
             "weights_id": backbone.weights_id,
-            "features": QUALITY_FEATURES,
+            "features": backbone.features_id,
             "feature_dim": head.feature_dim,
             "hidden": head.hidden,
             "bins": head.bins,
@@ -155,10 +155,9 @@ def load_head(path: str | Path, backbone: Backbone | None = None) -> tuple[Quali
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != HEAD_FORMAT:
         raise BadHeadError(f"{path}: not a fitguard quality-head file (format {HEAD_FORMAT} expected)")
-    if blob.get("features") != QUALITY_FEATURES:
-        raise BadHeadError(
-            f"{path}: head was trained on {blob.get('features')!r} features, not {QUALITY_FEATURES}"
-        )
+    expected = backbone.features_id if backbone is not None else blob.get("features") or QUALITY_FEATURES
+    if blob.get("features") not in (QUALITY_FEATURES, LINEAR_INPUT_FEATURES) or blob["features"] != expected:
+        raise BadHeadError(f"{path}: head was trained on {blob.get('features')!r} features, not {expected}")
     if backbone is not None and blob["feature_dim"] != backbone.quality_dim:
         raise BadHeadError(
             f"{path}: head was trained on {blob['backbone']!r} features ({blob['feature_dim']}-d); "

@@ -56,13 +56,22 @@ class TorchModels:
     head_info: dict[str, Any]
 
 
-def load_torch_models(backbone: str, weights: str | None, head: str | Path) -> TorchModels:
-    """The backbone by name and the DTNIQ-f head file, assembled as the served steps use them."""
+def load_torch_models(
+    backbone: str,
+    weights: str | None,
+    head: str | Path,
+    *,
+    num_classes: int | None = None,
+    preset: Any = None,
+) -> TorchModels:
+    """The backbone by name (a head of ``num_classes``, the ``preset`` when given: a
+    :class:`fitguard.classifier_spec.ClassifierSpec`'s) and the DTNIQ-f head file, assembled as the served
+    steps use them."""
     from fitguard.backbones import build_backbone
     from fitguard.classifier import ServedClassifier
     from fitguard.quality import QualityModel, load_head
 
-    net = build_backbone(backbone, weights)
+    net = build_backbone(backbone, weights, num_classes=num_classes, preset=preset)
     head_module, head_info = load_head(head, net)
     return TorchModels(
         net=net,
@@ -110,12 +119,14 @@ class ReferencePipeline(_Pipeline):
         patches: int | None = None,
         limits: Limits = DEFAULT_LIMITS,
         quality_features: str = PATCHES_MODE,
+        num_classes: int | None = None,
+        preset: Any = None,
     ) -> ReferencePipeline:
         """In ``shared`` quality mode the quality model reads the centre crop as its one patch: the
         features the classifier's pass gives the served quality step."""
         from fitguard.detector import load_detector
 
-        models = load_torch_models(backbone, weights, head)
+        models = load_torch_models(backbone, weights, head, num_classes=num_classes, preset=preset)
         if quality_features == SHARED_MODE:
             patches = 0
         elif not patches:
@@ -141,6 +152,8 @@ class ReferencePipeline(_Pipeline):
             args["weights"],
             settings.patches,
             quality_features=settings.quality_features,
+            num_classes=args.get("num_classes"),
+            preset=settings.preset,
         )
         pipeline.settings = settings
         return pipeline

@@ -160,7 +160,7 @@ def test_shared_ensemble_answers_with_the_same_contract_as_the_reference(
     with http.InferenceServerClient(shared_server.http_url) as client:
         meta = client.get_model_metadata(c.ENSEMBLE)
         steps = {m: client.get_model_metadata(m) for m in c.MODELS}
-    want = {t.name: (t.datatype, [-1, *t.shape]) for t in c.ENSEMBLE_OUTPUTS}
+    want = {t.name: (t.datatype, [-1, *t.shape]) for t in (*c.ENSEMBLE_OUTPUTS, c.ENSEMBLE_PROBS)}
     assert {o["name"]: (o["datatype"], [int(d) for d in o["shape"]]) for o in meta["outputs"]} == want
     assert [i["name"] for i in meta["inputs"]] == [c.IMAGE]
     assert [o["name"] for o in steps[c.PREPROCESS]["outputs"]] == [c.CLASSIFIER_INPUT]

@@ -7,12 +7,13 @@ health check's canary (request id fitguard.contract.CANARY_REQUEST_ID) passes th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import CANARY_REQUEST_ID, CLASS_ID, FIT, FIT_SCORE, QUALITY_SCORE
-from fitguard.labels import imagenet_classes
+from fitguard.labels import repository_labels
 from fitguard.monitoring import VerdictMetrics
 from fitguard.parameters import DEFAULT_MAX_CLASSES, MAX_CLASSES, Parameters
 from fitguard.steps import admission_gate
@@ -26,7 +27,8 @@ class TritonPythonModel:
         self.metrics = VerdictMetrics(
             pb_utils,
             version=str(args["model_version"]),
-            class_names=[c.name for c in imagenet_classes()],
+            # The repository's own classes (its ensemble's labels file): the names the clients see.
+            class_names=repository_labels(Path(args["model_repository"]).parent),
             max_classes=params.int(MAX_CLASSES, DEFAULT_MAX_CLASSES),
         )
         # The last step gives back the admission slots the preprocess step took (fitguard.admission).
