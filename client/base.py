@@ -15,6 +15,7 @@ T = TypeVar("T")
 # Retries of an unavailable server, at most HEALING_BACKOFF apart: they span a restart that heals it
 # (docs/operations.md, section 6) until retry_deadline, and find the server back within a second.
 HEALING_RETRIES = 20
+DEFAULT_RETRIES = 3
 HEALING_BACKOFF = 1.0
 
 
@@ -26,8 +27,10 @@ class ClientBase(Generic[T]):
         protocol: ``"grpc"`` (default) or ``"http"`` (binary tensor extension).
         model: the ensemble's name in the model repository.
         timeout: seconds one request may take (connection and answer).
-        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only;
-            an unavailable server (one restarting to heal) is retried until the deadline, at most 1 s apart.
+        retries: retries after a failed attempt, for unavailable or overloaded servers and timeouts only.
+            ``None`` (the default) is :data:`DEFAULT_RETRIES`, and an unavailable server (one healing a
+            step) is retried until the deadline, at most 1 s apart; a number given is the most retries of
+            any failure, so a caller who asks for 2 fails fast.
         retry_deadline: total seconds spent retrying one request before giving up.
         ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them
             (certificate file paths); ``ssl_context`` (HTTP only) and ``insecure`` (HTTP: skip
@@ -44,7 +47,7 @@ class ClientBase(Generic[T]):
         model: str = contract.ENSEMBLE,
         *,
         timeout: float = 30.0,
-        retries: int = 3,
+        retries: int | None = None,
         retry_deadline: float = 10.0,
         ssl: bool = False,
         root_certificates: str | None = None,
@@ -70,10 +73,10 @@ class ClientBase(Generic[T]):
         )
         self.model = model
         self.retry_policy = retry_policy or RetryPolicy(
-            retries=retries,
+            retries=DEFAULT_RETRIES if retries is None else retries,
             deadline=retry_deadline,
             max_backoff=HEALING_BACKOFF,
-            unavailable_retries=HEALING_RETRIES if retries else 0,
+            unavailable_retries=HEALING_RETRIES if retries is None else 0,
         )
         self._open_transports(transport_factory)
 

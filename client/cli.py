@@ -34,7 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"
     )
     parser.add_argument(
-        "--retries", type=int, default=3, help="retries when unavailable (default: %(default)s)"
+        "--retries",
+        type=int,
+        default=None,
+        help="retries of a failed request (default: 3, and a server healing a step is retried for up to "
+        "10 s)",
     )
     parser.add_argument("--ssl", action="store_true", help="use TLS")
     parser.add_argument("--root-certificates", metavar="FILE", help="CA bundle for TLS")

@@ -585,6 +585,17 @@ def test_server_down_is_a_clear_error_within_the_retry_deadline(protocol: str) -
     assert time.monotonic() - start < 1.0 + 2 + 0.5
 
 
+def test_default_retries_outlast_a_heal_and_a_number_given_is_kept() -> None:
+    """By default an unavailable server is retried until the deadline (a step reloads in seconds);
+    a caller's own number of retries is the most for any failure, so ``--retries 2`` fails fast."""
+    down = ServerUnavailable("step down")
+    default = FitClient("127.0.0.1:1").retry_policy
+    assert default.retries == 3
+    assert default.wait_before(10, down, start=0.0, now=5.0) is not None  # still retrying 5 s in
+    assert default.wait_before(4, Overloaded("busy"), start=0.0, now=1.0) is None  # overload: 3 retries
+    assert FitClient("127.0.0.1:1", retries=2).retry_policy.wait_before(3, down, start=0.0, now=1.0) is None
+
+
 def url_of(server: Any, protocol: str) -> str:
     return server.grpc_url if protocol == "grpc" else server.http_url
 
