@@ -75,7 +75,8 @@ def test_source_configs_follow_the_contract() -> None:
     ]
     classifier = read_config(SOURCE / c.CLASSIFIER / "config.pbtxt")
     assert classifier.output[0].label_filename == "labels.txt"
-    assert (SOURCE / c.CLASSIFIER / "labels.txt").read_text(encoding="utf-8") == labels_text()
+    # The labels are the export's (the classifier's classes), written into the repository, not committed.
+    assert not (SOURCE / c.CLASSIFIER / "labels.txt").exists()
     assert (SOURCE / c.ENSEMBLE / "1" / ".gitkeep").is_file()
     assert (SOURCE / c.PREPROCESS / "1" / "model.py").is_file()
 
@@ -158,6 +159,8 @@ def test_tiny_repository_files_configs_and_manifest(tiny_repository: Path) -> No
     assert manifest["parity"]["classifier"]["batch"] != 2  # checked at a batch size other than the export one
     assert repository_settings(tiny_repository) == PreprocessSettings(preset_for("tiny"), 4, backbone="tiny")
     assert verify_repository(tiny_repository)["files"] == listed
+    for name in (c.CLASSIFIER, c.ENSEMBLE):  # ImageNet's classes, the default classifier's labels
+        assert (tiny_repository / name / "labels.txt").read_text(encoding="utf-8") == labels_text()
 
 
 def test_changed_or_missing_model_file_is_caught(tiny_repository: Path, tmp_path: Path) -> None:
