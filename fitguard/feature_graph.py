@@ -70,20 +70,51 @@ def _module(backbone: Backbone) -> Any:
     return FeatureNet().eval()
 
 
+def _linear_input_module(backbone: Backbone) -> Any:
+    import torch
+    from torch import nn
+
+    from fitguard.backbones import UInt8Normalize
+
+    class LinearInputNet(nn.Module):
+        """uint8 [N, 3, S, S] -> (logits, the final Linear's input, level summary) of one pass.
+
+        Such a network has one level, the pooled vector as a 1x1 map: its summary is the channel mean and
+        a spread over space of zero (``torch.std`` of one value would be NaN).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.normalize = UInt8Normalize(backbone.preset)
+            self.backbone = backbone
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits, pooled = self.backbone.logits_and_quality_features(self.normalize(x))
+            mean = pooled.mean(1)
+            return logits, pooled, torch.stack([mean, torch.zeros_like(mean)], dim=1)
+
+    return LinearInputNet().eval()
+
+
+def _factory(backbone: Backbone) -> Any:
+    """The graph module's maker: the levelled statistics, or the Linear's input (``torchvision:``)."""
+    from fitguard.backbones import LINEAR_INPUT_FEATURES
+
+    return _linear_input_module if backbone.features_id == LINEAR_INPUT_FEATURES else _module
+
+
 def graph_stamp(backbone: Backbone) -> str:
     """Names the cached graph: anything that changes its outputs changes this."""
     import torch
-
-    from fitguard.backbones import QUALITY_FEATURES
 
     ident = {
         "version": GRAPH_VERSION,
         "backbone": backbone.name,
         "weights_id": backbone.weights_id,
         "preset": backbone.preset.to_dict(),
-        "features": QUALITY_FEATURES,
+        "features": backbone.features_id,
         "torch": torch.__version__,
-        "code": hashlib.sha256(inspect.getsource(_module).encode()).hexdigest()[:16],
+        "code": hashlib.sha256(inspect.getsource(_factory(backbone)).encode()).hexdigest()[:16],
     }
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
     return f"{backbone.name}-{digest}"
@@ -97,7 +128,9 @@ def export_feature_graph(backbone: Backbone, path: Path) -> Path:
 
     size = backbone.preset.crop
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
-    model = torch_export(_module(backbone), example, IMAGES, (LOGITS, FEATURES, SUMMARY), {0: "batch"})
+    model = torch_export(
+        _factory(backbone)(backbone), example, IMAGES, (LOGITS, FEATURES, SUMMARY), {0: "batch"}
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(model.SerializeToString())
