@@ -27,9 +27,9 @@ class _Counted:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def infer(self, model: str, payloads: list[bytes]) -> Any:
+    def infer(self, model: str, payloads: list[bytes], **options: Any) -> Any:
         self._sent[0] += 1
-        return self._inner.infer(model, payloads)
+        return self._inner.infer(model, payloads, **options)
 
 
 def sdk_caller(url: str, payloads: Sequence[bytes], timeout_s: float, sent: list[int]) -> tuple[Any, Any]:
