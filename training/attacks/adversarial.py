@@ -38,7 +38,7 @@ def art_classifier(backbone: Backbone) -> Any:
         model=float_logits_module(backbone),
         loss=torch.nn.CrossEntropyLoss(),
         input_shape=(3, crop, crop),
-        nb_classes=1000,
+        nb_classes=backbone.num_classes,
         clip_values=(0.0, 1.0),
         device_type="cpu",
     )

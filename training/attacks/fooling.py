@@ -28,6 +28,13 @@ if TYPE_CHECKING:
     from fitguard.backbones import Backbone
 
 
+def head_key(backbone: Backbone) -> list[int]:
+    """Cache-key parts of the head's size: none for ImageNet's (earlier keys stay valid)."""
+    from fitguard.contract import NUM_CLASSES
+
+    return [] if backbone.num_classes == NUM_CLASSES else [backbone.num_classes]
+
+
 def mean_canvas(backbone: Backbone) -> np.ndarray:
     """The mean image the classifier normalises by (per-channel mean of its preset) as a canvas."""
     side = backbone.preset.resize
@@ -87,12 +94,15 @@ def fool_gd_group(
     """
     from fitguard.classifier import softmax
 
-    key = stable_key("fool_gd/1", backbone.name, backbone.weights_id, count, steps, lr, l2, seed)
+    key = stable_key(
+        "fool_gd/1", backbone.name, backbone.weights_id, count, steps, lr, l2, seed, *head_key(backbone)
+    )
     path = cached_path(cache, "fool_gd", key)
     if path is not None and path.exists():
         return ImageGroup.load(path)
     t0 = time.perf_counter()
-    targets = np.random.default_rng(seed).choice(1000, size=count, replace=False)
+    n = backbone.num_classes  # a team's head may have fewer classes than fooling images
+    targets = np.random.default_rng(seed).choice(n, size=count, replace=count > n)
     base = mean_canvas(backbone)
     crop = backbone.preset.crop
     o = crop_offset(base.shape[0], crop)
@@ -135,9 +145,10 @@ class _Elites:
 
     def __init__(self, backbone: Backbone, *, side: int, grid: int) -> None:
         self.backbone, self.side, self.grid = backbone, side, grid
-        self.best_fit = np.zeros(1000, np.float32)
-        self.best = np.zeros((1000, grid, grid, 3), np.uint8)
-        self.filled = np.zeros(1000, bool)
+        n = backbone.num_classes
+        self.best_fit = np.zeros(n, np.float32)
+        self.best = np.zeros((n, grid, grid, 3), np.uint8)
+        self.filled = np.zeros(n, bool)
 
     def render(self, genomes: np.ndarray) -> np.ndarray:
         k = self.side // self.grid
@@ -148,7 +159,7 @@ class _Elites:
         from fitguard.classifier import softmax
 
         probs = softmax(predict_logits(self.backbone, self.render(genomes)))
-        for c in range(1000):
+        for c in range(probs.shape[1]):
             j = int(probs[:, c].argmax())
             if probs[j, c] > self.best_fit[c]:
                 self.best_fit[c], self.best[c], self.filled[c] = probs[j, c], genomes[j], True
@@ -165,7 +176,7 @@ def fool_ev_group(
     seed: int = 0,
     cache: Path | None = None,
 ) -> ImageGroup:
-    """Fool_EV: MAP-Elites over the 1000 classes with a direct pixel encoding (Nguyen et al. 2015).
+    """Fool_EV: MAP-Elites over the classifier's classes with a direct pixel encoding (Nguyen et al. 2015).
 
     A genome is a ``grid`` x ``grid`` x 3 array of pixel values shown as blocks on the canvas (coarser
     than one gene per pixel, so a CPU budget of ``generations`` x ``batch`` evaluations moves the
@@ -174,7 +185,17 @@ def fool_ev_group(
     elites, one per class.
     """
     key = stable_key(
-        "fool_ev/1", backbone.name, backbone.weights_id, count, generations, batch, grid, rate, eta, seed
+        "fool_ev/1",
+        backbone.name,
+        backbone.weights_id,
+        count,
+        generations,
+        batch,
+        grid,
+        rate,
+        eta,
+        seed,
+        *head_key(backbone),
     )
     path = cached_path(cache, "fool_ev", key)
     if path is not None and path.exists():

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from fitguard.training.attacks.adversarial import apply_perturbation, universal_perturbation
+from fitguard.training.attacks.fooling import head_key
 from fitguard.training.image_groups import cached_path, canvas, classifier_batch, predict_logits, stable_key
 
 if TYPE_CHECKING:
@@ -92,7 +93,14 @@ def uap_group(
     side = backbone.preset.resize
     fit = np.stack([canvas(dataset[i].image(), side) for i in fit_items])
     apply = np.stack([canvas(dataset[i].image(), side) for i in apply_items])
-    key = stable_key(f"uap-{attacker}/1", backbone.name, backbone.weights_id, stable_key(fit), config.seed)
+    key = stable_key(
+        f"uap-{attacker}/1",
+        backbone.name,
+        backbone.weights_id,
+        stable_key(fit),
+        config.seed,
+        *head_key(backbone),
+    )
     key = stable_key(key, config.uap_max_iter, config.pgd_epochs)
     path = cached_path(cache, f"uap_{attacker}", key)
     if path is not None and path.exists():
