@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from fitguard.classifier_spec import ClassifierSpec
 from fitguard.contract import DEFAULT_PATCHES, PATCHES_MODE, QUALITY_MODES, SHARED_MODE
 from fitguard.repository import MANIFEST_NAME
 
@@ -34,8 +36,15 @@ EXPORT_CODE: tuple[str, ...] = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard export --help)")
+    from fitguard.classifier_spec import add_classifier_arguments
+
+    add_classifier_arguments(parser)
+    parser.add_argument(
+        "--labelled",
+        default=None,
+        help="the team's labelled photos for the detector (photos/<class name>/... or a labels file "
+        "'<file> <class> [<group>]'); needed with --classes (docs/custom.md)",
+    )
     parser.add_argument(
         "--photos",
         default=None,
@@ -56,10 +65,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fitguard.classifier_spec import checked_spec
+    from fitguard.training.data.labelled import LabelledError
+    from fitguard.training.fit.custom import load_labelled_set
+
+    spec = checked_spec(args, "fitguard build")
+    if spec is None:
+        return 2
+    try:  # before any step, so a bad set writes nothing
+        load_labelled_set(spec, args.labelled)
+    except LabelledError as exc:
+        print(f"fitguard build: error: {exc}", file=sys.stderr)
+        return 2
     result = build(
         Path(args.out),
-        backbone=args.backbone,
-        weights=args.weights,
+        classifier=spec,
+        labelled=args.labelled,
         photos=args.photos,
         patches=args.patches,
         quality_features=args.quality_features,
@@ -152,6 +173,14 @@ def _objects_version() -> str:
     return prepare_objects().name
 
 
+def _labelled_version(spec: ClassifierSpec, labelled: str | Path) -> str:
+    """The team's labelled photos by content: the detector refits when a photo, class or group changes."""
+    from fitguard.training.data.labelled import labelled_digest
+    from fitguard.training.fit.custom import load_labelled_set
+
+    return labelled_digest(load_labelled_set(spec, labelled))
+
+
 def _iqa_args(common: dict[str, Any], *, dataset: str) -> dict[str, Any]:
     """Stamps hold every setting that changes a step's output, so a changed default retrains."""
     from fitguard.backbones import QUALITY_FEATURES
@@ -192,18 +221,19 @@ def _detector_and_export(
 ) -> None:
     """The detector step (fitted once on the labelled objects) and the verified export."""
     from fitguard.export import export_repository
+    from fitguard.training.fit.custom import train_custom_detector
     from fitguard.training.fit.population import PopulationConfig
-    from fitguard.training.fit.train import train_fit_detector
 
     head, detector, repository = out / "iqa_head.pt", out / "detector.joblib", out / "model_repository"
+    spec = models["classifier"]
     record.step(
         "detector",
         detector,
         det_args,
-        lambda: train_fit_detector(
+        lambda: train_custom_detector(
             detector,
-            backbone=models["backbone"],
-            weights=models["weights"],
+            classifier=spec,
+            labelled=models["labelled"],
             head=head,
             config=PopulationConfig(seed=models["seed"]),
             patches=models["patches"],
@@ -224,7 +254,8 @@ def _detector_and_export(
             head=head,
             detector=detector,
             quality_features=quality_features,
-            **{k: models[k] for k in ("backbone", "weights", "patches")},
+            classifier=spec,
+            patches=models["patches"],
         ),
     )
 
@@ -239,17 +270,32 @@ def build(
     quality_features: str = SHARED_MODE,
     seed: int = 0,
     force: bool = False,
+    classifier: ClassifierSpec | None = None,
+    labelled: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run (or reuse) every step; returns the build record (also written to ``out/build.json``)."""
+    """Run (or reuse) every step; returns the build record (also written to ``out/build.json``).
+
+    ``classifier`` (a :class:`fitguard.classifier_spec.ClassifierSpec`) names the classifier instead of
+    ``backbone`` and ``weights``; ``labelled``, the team's photos its detector is fitted on.
+    """
     from fitguard.training.quality.train import train_iqa
 
+    spec = classifier or ClassifierSpec(backbone, weights)
     out.mkdir(parents=True, exist_ok=True)
     record = _Record(out / BUILD_FILE, force)
-    common = {"backbone": backbone, "weights": weights, "photos": photos, "patches": patches, "seed": seed}
+    # A plain spec adds nothing, so the default build's stamps stay as they were.
+    common = {
+        "backbone": spec.name,
+        "weights": spec.weights,
+        "photos": photos,
+        "patches": patches,
+        "seed": seed,
+    }
+    common.update(spec.stamp())
     if quality_features != PATCHES_MODE:  # stamps of patch-mode builds stay as they were
         common["quality_features"] = quality_features
     head, repository = out / "iqa_head.pt", out / "model_repository"
-    models = {"backbone": backbone, "weights": weights, "patches": patches, "seed": seed}
+    models = {"backbone": spec.name, "weights": spec.weights, "patches": patches, "seed": seed}
     # The quality head trains on the scenes set unless a photo folder is given.
     dataset = "synthetic" if photos else "scenes"
     iqa_args = _iqa_args(common, dataset=dataset)
@@ -259,6 +305,7 @@ def build(
         iqa_args,
         lambda: train_iqa(
             **models,
+            classifier=spec,
             dataset=dataset,
             photos=photos,
             out=head,
@@ -268,6 +315,9 @@ def build(
         ),
     )
     det_args = _detector_args(record, models, iqa_args)
+    if labelled is not None:
+        det_args["labelled"] = _labelled_version(spec, labelled)
+    models = {**models, "classifier": spec, "labelled": labelled}
     _detector_and_export(record, out, models=models, det_args=det_args, quality_features=quality_features)
     record.data["repository"] = str(repository)
     record.write()

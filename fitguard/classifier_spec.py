@@ -10,6 +10,9 @@ export, the build and the training commands share it, and :mod:`fitguard.backbon
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,24 @@ class ClassifierSpec:
     def resolved_preset(self) -> Preset:
         return self.preset or preset_for(self.name, self.weights)
 
+    @property
+    def is_plain(self) -> bool:
+        """The architecture as registered: its ImageNet head and its own preset."""
+        return self.classes is None and self.preset is None
+
+    def stamp(self) -> dict[str, Any]:
+        """What a build's step stamps add for this spec: nothing for a plain spec named by its weights
+        (so the stamps of builds made before specs existed stay as they were); the classes, preset and
+        the weights file's content otherwise, so a retrained file rebuilds."""
+        out: dict[str, Any] = {}
+        if self.classes is not None:
+            out["classes"] = hashlib.sha256("\n".join(self.classes).encode()).hexdigest()[:16]
+        if self.preset is not None:
+            out["preset"] = self.preset.to_dict()
+        if self.weights is not None and os.path.isfile(self.weights):
+            out["weights_file"] = _file_digest(self.weights)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """What the manifest records."""
         return {
@@ -61,6 +82,14 @@ class ClassifierSpec:
             "num_classes": self.num_classes,
             "top_k": self.top_k,
         }
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def read_classes(path: str | Path) -> tuple[str, ...]:
@@ -164,3 +193,18 @@ def spec_from_args(args: argparse.Namespace) -> ClassifierSpec:
         mean=getattr(args, "mean", None),
         std=getattr(args, "std", None),
     )
+
+
+def checked_spec(args: argparse.Namespace, prog: str) -> ClassifierSpec | None:
+    """:func:`spec_from_args`, its network built once before anything is written; None after one line
+    on stderr (the command then exits 2) for a bad spec or weights that do not fit. Needs torch."""
+    from fitguard.backbones import build_classifier
+    from fitguard.weights import WeightsUnavailableError
+
+    try:
+        spec = spec_from_args(args)
+        build_classifier(spec)
+    except (ValueError, WeightsUnavailableError, ImportError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return None
+    return spec

@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 TRAIN_COMMANDS: dict[str, tuple[str, str]] = {
     "iqa": ("fitguard.training.quality.train", "train the DTNIQ-f quality head"),
     "detector": (
-        "fitguard.training.fit.train",
+        "fitguard.training.fit.custom",
         "train the shipped fit = right detector (--recipe paper: the paper's SVM)",
     ),
 }

@@ -63,15 +63,19 @@ def load_torch_models(
     *,
     num_classes: int | None = None,
     preset: Any = None,
+    classifier: Any = None,
 ) -> TorchModels:
     """The backbone by name (a head of ``num_classes``, the ``preset`` when given: a
     :class:`fitguard.classifier_spec.ClassifierSpec`'s) and the DTNIQ-f head file, assembled as the served
-    steps use them."""
-    from fitguard.backbones import build_backbone
+    steps use them. ``classifier``, a spec, names the backbone, weights, classes and preset instead."""
+    from fitguard.backbones import build_backbone, build_classifier
     from fitguard.classifier import ServedClassifier
     from fitguard.quality import QualityModel, load_head
 
-    net = build_backbone(backbone, weights, num_classes=num_classes, preset=preset)
+    if classifier is not None:
+        net = build_classifier(classifier)
+    else:
+        net = build_backbone(backbone, weights, num_classes=num_classes, preset=preset)
     head_module, head_info = load_head(head, net)
     return TorchModels(
         net=net,

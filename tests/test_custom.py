@@ -245,3 +245,107 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+# ------------------------------------------------------------------------------------ the team's photos
+
+
+def _fine_tuned_tiny(photos_dir: Path):
+    """``tiny`` with a 3-class head fitted on the photos' centre crops: a weak classifier that is right
+    on most photos, so every cross-validation fold of the evaluation sees right and wrong answers."""
+    from test_labelled import CLASSES
+
+    from fitguard.backbones import UInt8Normalize
+    from fitguard.preprocess import classifier_crop, decode_file, image_files
+
+    net = build_backbone("tiny", num_classes=3)
+    files = image_files(photos_dir)
+    crops = np.stack([classifier_crop(decode_file(f), net.preset) for f in files])
+    y = torch.tensor([CLASSES.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        x = net.features(UInt8Normalize(net.preset)(torch.from_numpy(crops)))
+    opt = torch.optim.Adam(net.fc.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net.fc(x), y).backward()
+        opt.step()
+    return net.eval()
+
+
+@pytest.mark.slow
+def test_a_team_classifier_is_fitted_held_out_and_exported_on_its_labelled_photos(
+    tmp_path: Path, photos
+) -> None:
+    """The plumbing end to end on ``tiny`` with 3 classes: its own state dict, the detector fitted on half
+    of the photo groups (population made against it), the other half held out, the evaluation on the
+    same split rule, and the repository that serves the team's labels."""
+    from test_labelled import CLASSES, write_photos
+
+    from fitguard.detector import load_detector
+    from fitguard.export import export_repository
+    from fitguard.quality import QualityHead, save_head
+    from fitguard.training.fit.custom import train_custom_detector
+    from fitguard.training.fit.evaluate import evaluate_fit
+    from fitguard.training.fit.population import PopulationConfig
+
+    torch.set_num_threads(2)
+    photos_dir = write_photos(tmp_path / "photos", photos, per_class=4)
+    three = _fine_tuned_tiny(photos_dir)
+    torch.save(torch.nn.Sequential(three.features, three.fc).state_dict(), tmp_path / "model.pth")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+    spec = classifier_spec("tiny", weights=str(tmp_path / "model.pth"), classes=tmp_path / "classes.txt")
+    net = build_classifier(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_head(tmp_path / "head.pt", QualityHead(net.quality_dim, hidden=16), net, mode=c.SHARED_MODE)
+    config = PopulationConfig(distort_stamps=2, uap_fit_images=4, fool_count=4)
+    common = {"classifier": spec, "head": tmp_path / "head.pt", "config": config, "labelled": photos_dir}
+    meta = train_custom_detector(tmp_path / "detector.joblib", **common, cache=tmp_path / "cache")
+    assert meta["classifier"]["num_classes"] == 3 and meta["labelled"] == str(photos_dir)
+    held_out = set(meta["held_out_groups"])
+    assert 0 < len(held_out) < 12 and held_out <= {f"{n}/{i}.jpg" for n in CLASSES for i in range(4)}
+    assert load_detector(tmp_path / "detector.joblib").meta["held_out_rows"] == meta["held_out_rows"] > 0
+    rep = evaluate_fit(
+        **common, backbone="tiny", report=tmp_path / "report", repeats=2, draws=20, cache=tmp_path / "cache"
+    )
+    assert rep["setup"]["classifier"]["num_classes"] == 3 and rep["domain_shift"] == {}
+    assert (tmp_path / "report" / "report.md").exists() and "passed" in rep["gate"]
+    repo = export_repository(
+        tmp_path / "repository",
+        classifier=spec,
+        head=tmp_path / "head.pt",
+        detector=tmp_path / "detector.joblib",
+        quality_features=c.SHARED_MODE,
+        log=lambda _: None,
+    )
+    assert (repo / "fitguard" / "labels.txt").read_text(encoding="utf-8").split("\n")[:3] == list(CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no labelled", "needs --labelled photos/"),
+        ("unknown class", "folder 'dog' is not a class of the classes file"),
+        ("too small", "holding out needs at least 4"),
+    ],
+)
+def test_build_refuses_a_labelled_set_in_one_line_and_writes_nothing(
+    tmp_path: Path, photos, capsys: pytest.CaptureFixture[str], case: str, message: str
+) -> None:
+    from test_labelled import CLASSES, write_photos
+
+    from fitguard.cli import main
+
+    three = build_backbone("tiny", num_classes=3)
+    torch.save(torch.nn.Sequential(three.features, three.fc).state_dict(), tmp_path / "model.pth")
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+    root = write_photos(tmp_path / "photos", photos, per_class=1 if case == "too small" else 2)
+    if case == "unknown class":
+        (root / "cat").rename(root / "dog")
+    args = ["build", "--classifier", "tiny", "--weights", str(tmp_path / "model.pth")]
+    args += ["--classes", str(tmp_path / "classes.txt"), "--out", str(tmp_path / "out")]
+    args += [] if case == "no labelled" else ["--labelled", str(root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -139,11 +140,31 @@ def _domain_shift(data: Any, common: dict[str, Any], *, draws: int, seed: int) -
     )
 
 
+def _population_rows(data: Any) -> dict[str, Any]:
+    """The population's rows alone, as :func:`_unseen_rows` gives them: a team's labelled photos have no
+    stamps to composite the sets never trained on from."""
+    return {
+        "pop": data.pop,
+        "feats": data.feats,
+        "right": data.right,
+        "stamps": data.stamps,
+        "trainable": None,
+    }
+
+
 def _measure(
-    data: Any, rows: dict[str, Any], *, repeats: int, draws: int, seed: int, seconds: dict[str, float]
+    data: Any,
+    rows: dict[str, Any],
+    *,
+    repeats: int,
+    draws: int,
+    seed: int,
+    seconds: dict[str, float],
+    objects: bool = True,
 ) -> dict[str, Any]:
     """Every figure of the report but its setup, in the report's order; the steps' seconds go to
-    ``seconds``."""
+    ``seconds``. The WordNet rule and the domain shifts need the labelled objects (``objects``): a team's
+    classes have no WordNet ids, its photos no stamp categories."""
     t = time.perf_counter()
     feats = rows["feats"]
     signals = signal_groups(feats)
@@ -152,10 +173,12 @@ def _measure(
     results, unseen_results = _repeat_results(rows, common, repeats=repeats, draws=draws, seed=seed)
     seconds["repeats"] = time.perf_counter() - t
     t = time.perf_counter()
-    wright, wu = _wordnet_aurc(
-        rows, common, acceptable=data.acceptable, repeats=repeats, draws=draws, seed=seed
-    )
-    shift = _domain_shift(data, common, draws=draws, seed=seed)
+    wright, wu, shift = rows["right"], {}, {}
+    if objects:
+        wright, wu = _wordnet_aurc(
+            rows, common, acceptable=data.acceptable, repeats=repeats, draws=draws, seed=seed
+        )
+        shift = _domain_shift(data, common, draws=draws, seed=seed)
     seconds["wordnet_and_shift"] = time.perf_counter() - t
     n = len(data.pop)
     groups = _group_summary(data.pop.group, right=data.right, wright=wright[:n], quality=data.feats.quality)
@@ -207,26 +230,45 @@ def evaluate_fit(
     cache: Path | None = None,
     weights: str | None = "default",
     unseen_config: UnseenConfig | None = None,
+    classifier: Any = None,
+    labelled: str | Path | None = None,
 ) -> dict[str, Any]:
     """The whole evaluation; returns what ``report.json`` holds, its release gate included
     (:mod:`fitguard.training.fit.gate`). It writes no detector file: ``fitguard train detector`` fits
-    the shipped recipe on every image."""
+    the shipped recipe on every image. ``classifier`` (a spec) and ``labelled`` (the team's photos)
+    evaluate a team's classifier on its photos, every repeat holding out half of their groups."""
     from fitguard.cache import cache_root
+    from fitguard.training.fit.custom import load_custom_fit_data
     from fitguard.training.fit.report import write_fit_report
     from fitguard.training.fit.train import load_fit_data
 
     unseen_config = unseen_config or UnseenConfig(seed=config.seed)
     cache = cache or cache_root()  # the unseen sets' features are cached beside the population's
+    custom = classifier is not None and not (classifier.is_plain and labelled is None)
 
     t0 = time.perf_counter()
-    data = load_fit_data(
-        backbone=backbone, head=head, config=config, patches=patches, cache=cache, weights=weights
-    )
+    if custom:
+        data = load_custom_fit_data(
+            classifier=classifier, head=head, config=config, labelled=labelled, patches=patches, cache=cache
+        )
+        backbone = classifier.name
+    else:
+        if classifier is not None:
+            backbone, weights = classifier.name, classifier.weights
+        data = load_fit_data(
+            backbone=backbone, head=head, config=config, patches=patches, cache=cache, weights=weights
+        )
     seconds = dict(data.seconds)
     t = time.perf_counter()
-    rows = _unseen_rows(data, config=unseen_config, patches=patches, cache=cache)
+    rows = (
+        _population_rows(data)
+        if custom
+        else _unseen_rows(data, config=unseen_config, patches=patches, cache=cache)
+    )
     seconds["unseen_sets"] = time.perf_counter() - t
-    measured = _measure(data, rows, repeats=repeats, draws=draws, seed=config.seed, seconds=seconds)
+    measured = _measure(
+        data, rows, repeats=repeats, draws=draws, seed=config.seed, seconds=seconds, objects=not custom
+    )
     seconds["total"] = time.perf_counter() - t0
     setup = _setup(
         data,
@@ -238,6 +280,8 @@ def evaluate_fit(
         config=config,
         attacks=rows["pop"].meta,
     )
+    if custom:
+        setup.update(classifier={**classifier.to_dict(), **classifier.stamp()}, labelled=str(labelled))
     rep = {"setup": setup, **measured, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
     rep["gate"] = release_gate(rep)
     write_fit_report(Path(report), rep)
@@ -245,7 +289,14 @@ def evaluate_fit(
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="efficientnet_lite0", help="resnet152, efficientnet_lite0")
+    from fitguard.classifier_spec import add_classifier_arguments
+
+    add_classifier_arguments(parser)
+    parser.add_argument(
+        "--labelled",
+        default=None,
+        help="the team's labelled photos (photos/<class name>/... or a labels file)",
+    )
     parser.add_argument("--iqa-head", required=True, help="quality head file (fitguard train iqa)")
     parser.add_argument("--report", required=True, help="folder for report.md, report.json and plots")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="stamp-split repeats")
@@ -260,9 +311,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fitguard.classifier_spec import checked_spec
+    from fitguard.training.data.labelled import LabelledError
+    from fitguard.training.fit.custom import load_labelled_set
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    spec = checked_spec(args, "fitguard evaluate-fit")
+    if spec is None:
+        return 2
+    try:
+        load_labelled_set(spec, args.labelled)
+    except LabelledError as exc:
+        print(f"fitguard evaluate-fit: error: {exc}", file=sys.stderr)
+        return 2
     config = PopulationConfig(clean_per_stamp=args.clean_per_stamp, distort_stamps=args.distort_stamps)
     rep = evaluate_fit(
+        classifier=spec,
+        labelled=args.labelled,
         backbone=args.backbone,
         head=args.iqa_head,
         report=args.report,

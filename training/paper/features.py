@@ -68,18 +68,24 @@ class FeatureModels:
     key: str
 
 
-def load_feature_models(backbone: str, head: str | Path, weights: str | None = "default") -> FeatureModels:
-    """Backbone by name and the DTNIQ-f head file, ready for feature extraction (eval mode)."""
+def load_feature_models(
+    backbone: str, head: str | Path, weights: str | None = "default", *, classifier: Any = None
+) -> FeatureModels:
+    """Backbone by name (or by a :class:`fitguard.classifier_spec.ClassifierSpec`, ``classifier``) and
+    the DTNIQ-f head file, ready for feature extraction (eval mode)."""
     from fitguard.reference import load_torch_models
 
-    torch_models = load_torch_models(backbone, weights, head)
+    torch_models = load_torch_models(backbone, weights, head, classifier=classifier)
     head_bytes = Path(head).read_bytes()
+    # A plain spec keys its caches as a name did; classes and preset change the outputs, so they join.
+    spec = [] if classifier is None or classifier.is_plain else [classifier.stamp()]
     key = stable_key(
         "models/1",
         torch_models.net.name,
         torch_models.net.weights_id,
         len(head_bytes),
         stable_key(np.frombuffer(head_bytes, np.uint8)),
+        *spec,
     )
     return FeatureModels(torch_models.net, torch_models.quality, torch_models.head_info, key)
 

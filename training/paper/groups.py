@@ -82,8 +82,9 @@ def build_groups(
     return {n: out[n] for n in GROUPS if n in out}
 
 
-def add_group_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that choose the groups' images and how they are seen, shared by the paper's commands."""
+def add_group_arguments(parser: argparse.ArgumentParser, *, weights: bool = True) -> None:
+    """The flags that choose the groups' images and how they are seen, shared by the paper's commands
+    (``weights=False`` where the classifier spec's flags give ``--weights``)."""
     parser.add_argument(
         "--images",
         default=None,
@@ -94,7 +95,8 @@ def add_group_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="use a seeded subset of this many labelled images"
     )
-    parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
+    if weights:
+        parser.add_argument("--weights", default="default", help="backbone weights (see fitguard.backbones)")
     parser.add_argument(
         "--patches", type=int, default=DEFAULT_PATCHES, help="IQA patches per image (as served)"
     )

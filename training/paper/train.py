@@ -223,12 +223,14 @@ def train_detector(
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", required=True, help="resnet152, efficientnet_lite0 or tiny")
+    from fitguard.classifier_spec import add_classifier_arguments
+
+    add_classifier_arguments(parser, required=True)  # the paper recipe reads --backbone and --weights
     parser.add_argument("--iqa-head", required=True, help="quality head file (fitguard train iqa)")
     parser.add_argument(
         "--out", required=True, help="detector file to write (a .json summary goes beside it)"
     )
-    add_group_arguments(parser)
+    add_group_arguments(parser, weights=False)
     parser.add_argument(
         "--target-far",
         type=float,

@@ -41,16 +41,20 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
-def _features(items: list, backbone: str, weights: str | None, patches: int, cache_dir, progress, mode: str):
-    from fitguard.backbones import build_backbone
+def _features(items: list, net: Any, patches: int, cache_dir, progress, mode: str):
     from fitguard.training.quality.features import feature_cache_dir, patch_features
 
-    net = build_backbone(backbone, weights)
     cache = Path(cache_dir) if cache_dir is not None else feature_cache_dir()
     feats, unique = patch_features(
         [it.load for it in items], net, patches, cache, progress=progress, mode=mode
     )
-    return net, feats, unique
+    return feats, unique
+
+
+def _backbone(backbone: str, weights: str | None, classifier: Any) -> Any:
+    from fitguard.backbones import build_backbone, build_classifier
+
+    return build_classifier(classifier) if classifier is not None else build_backbone(backbone, weights)
 
 
 def _patches_for(quality_features: str, patches: int) -> int:
@@ -84,6 +88,7 @@ def train_iqa(
     baseline: bool = True,
     left_out: bool = True,
     quality_features: str = PATCHES_MODE,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Train and evaluate a quality head; write the head, ``<out>.metrics.json`` and the figures.
 
@@ -95,7 +100,9 @@ def train_iqa(
     ``fitguard build`` ships; ``make report`` runs the evaluation). ``config``
     defaults to :func:`fitguard.training.quality.head.default_head_config`; ``quick`` trains a small set
     (6 views per scene, 2 splits) for tests that need some head. ``quality_features``: ``patches`` (P
-    patches per image) or ``shared`` (the classifier's centre crop, as served). Returns the metrics.
+    patches per image) or ``shared`` (the classifier's centre crop, as served). ``classifier``, a
+    :class:`fitguard.classifier_spec.ClassifierSpec`, names the backbone, its weights and preset instead
+    of ``backbone`` and ``weights``. Returns the metrics.
     """
     from fitguard.training.quality.data import SYNTHETIC_SETS, label_name, load_quality_set
     from fitguard.training.quality.report import write_outputs
@@ -111,13 +118,14 @@ def train_iqa(
     items = load_quality_set(dataset, root=root, photos=photos, views=views, seed=seed, progress=progress)
     labels = Labels.from_items(items)
     lap("data")
-    net, feats, unique = _features(items, backbone, weights, patches, cache_dir, progress, quality_features)
+    net = _backbone(backbone, weights, classifier)
+    feats, unique = _features(items, net, patches, cache_dir, progress, quality_features)
     lap("features")
     # Synthetic sets validate on views rather than scenes (see train_head).
     val_groups = labels.views if dataset in SYNTHETIC_SETS else None
     protocol = _Protocol(splits=splits, seed=seed, baseline=baseline, left_out=left_out, progress=progress)
     heads = _train_heads(feats, unique, items, labels, config, val_groups, protocol=protocol, lap=lap)
-    run = _Run(dataset=dataset, backbone=backbone, patches=patches, quality_features=quality_features)
+    run = _Run(dataset=dataset, backbone=net.name, patches=patches, quality_features=quality_features)
     metrics = _metrics(
         run, heads, net=net, labels=labels, config=config, label=label_name(dataset), args=args, lap=lap
     )
@@ -128,12 +136,16 @@ def train_iqa(
 def _recorded(params: dict[str, Any]) -> dict[str, Any]:
     """``train_iqa``'s arguments as the metrics file records them: None, numbers and text as they are, the
     rest as text, without the head config (recorded on its own) and the progress flag."""
-    names = set(inspect.signature(train_iqa).parameters) - {"config", "progress"}
-    return {
+    names = set(inspect.signature(train_iqa).parameters) - {"config", "progress", "classifier"}
+    out = {
         k: v if v is None or isinstance(v, int | float | str) else str(v)
         for k, v in params.items()
         if k in names
     }
+    spec = params.get("classifier")
+    if spec is not None and not spec.is_plain:  # metrics of a plain name keep their earlier form
+        out.update(backbone=spec.name, weights=spec.weights, classifier={**spec.to_dict(), **spec.stamp()})
+    return out
 
 
 @dataclass(frozen=True)
@@ -277,10 +289,11 @@ def _evaluate(fit: Fit, items, labels: Labels, splits, baseline: bool, left_out:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from fitguard.classifier_spec import add_classifier_arguments
     from fitguard.training.quality.data import QUALITY_SETS
 
     add = parser.add_argument
-    add("--backbone", default="efficientnet_lite0", help="backbone name (default: %(default)s)")
+    add_classifier_arguments(parser)
     add("--dataset", choices=QUALITY_SETS, default="scenes", help="(default: %(default)s)")
     add("--root", help="dataset folder in its published layout (tid2013, kadid10k)")
     add("--photos", help="synthetic: folder of reference photos (default: package-shipped photos)")
@@ -300,7 +313,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="splits by scene, repeated k-fold (%(default)s); 0 fits the head once and evaluates nothing",
     )
     add("--seed", type=int, default=0)
-    add("--weights", default="default", help="backbone weights: default, imagenet, a path, random")
     add("--cache-dir", help="feature cache (default: $FITGUARD_CACHE/features or ~/.cache/fitguard)")
     add("--views", type=int, help="scenes, synthetic: views per scene (default: about 6,240 images in all)")
     add("--epochs", type=int, default=HeadConfig.epochs, help="maximum epochs (%(default)s)")
@@ -311,13 +323,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fitguard.classifier_spec import checked_spec
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     hidden = args.hidden or default_head_config(args.dataset).hidden
+    spec = checked_spec(args, "fitguard train iqa")
+    if spec is None:
+        return 2
     m = train_iqa(
+        classifier=spec,
         backbone=args.backbone,
         dataset=args.dataset,
         out=args.out,
