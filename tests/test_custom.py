@@ -272,6 +272,22 @@ def _fine_tuned_tiny(photos_dir: Path):
     return net.eval()
 
 
+def test_a_plain_spec_stamps_a_build_as_its_name_did(tmp_path: Path) -> None:
+    """A spec adds to the build's stamps only what a name could not say: the default build's stamps (and
+    so everyone's built repository) stay as they were; classes, a preset and weights by content join."""
+    plain = classifier_spec("efficientnet_lite0")
+    assert plain.is_plain and plain.stamp() == {}
+    three = build_backbone("tiny", num_classes=3)
+    torch.save(torch.nn.Sequential(three.features, three.fc).state_dict(), tmp_path / "model.pth")
+    spec = classifier_spec(
+        "tiny", weights=str(tmp_path / "model.pth"), classes=write_classes(tmp_path / "c.txt", 3), resize=256
+    )
+    before = spec.stamp()
+    assert not spec.is_plain and set(before) == {"classes", "preset", "weights_file"}
+    torch.save(three.state_dict(), tmp_path / "model.pth")  # other bytes under the same name
+    assert spec.stamp()["weights_file"] != before["weights_file"]
+
+
 @pytest.mark.slow
 def test_a_team_classifier_is_fitted_held_out_and_exported_on_its_labelled_photos(
     tmp_path: Path, photos
