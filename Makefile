@@ -49,9 +49,13 @@ demo: build
 	$(BIN)/fitguard demo --build $(BUILD)
 
 # Tiers: fast (no server, no build), integration (the embedded server on the tiny repository), build
-# (the real build that make demo makes). make test runs them all.
+# (the real build that make demo makes). make test runs them all: most tests on two workers (they spend
+# much of their time waiting on servers; a file stays on one worker, so its fixtures are made once), then
+# the reliability tests alone, since their timings are what they assert.
+TEST_WORKERS ?= 2
 test: build
-	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest --durations=25
+	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not reliability" --durations=25
+	FITGUARD_BUILD=$(BUILD) $(BIN)/python -m pytest -m reliability --durations=10
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not server and not build and not reliability"

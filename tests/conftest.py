@@ -29,6 +29,21 @@ def infer_ensemble(url: str, batch: list[bytes]) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
+def build_dir():
+    """The offline build the build tier reads: ``FITGUARD_BUILD`` (``make test`` makes it first), else
+    ``build/``, made here when it has no repository (README, Build, says how long that takes)."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("FITGUARD_BUILD", "build"))
+    if not (path / "model_repository" / "manifest.json").exists():
+        from fitguard.build import build
+
+        build(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def photos() -> dict[str, np.ndarray]:
     """Real RGB photos shipped with scikit-image (name -> HWC uint8)."""
     from skimage import data

@@ -4,7 +4,6 @@ and served), real objects held out by stamp, and bad inputs."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -299,13 +298,8 @@ def test_pass_rate_holds_on_objects_held_out_by_stamp(
 
 
 @pytest.fixture(scope="module")
-def build_repository() -> Path:
-    path = Path(os.environ.get("FITGUARD_BUILD", "build"))
-    if not (path / "model_repository" / "manifest.json").exists():
-        from fitguard.build import build
-
-        build(path)
-    return path / "model_repository"
+def build_repository(build_dir: Path) -> Path:
+    return build_dir / "model_repository"
 
 
 @pytest.mark.slow

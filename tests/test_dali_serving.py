@@ -130,17 +130,11 @@ MEDIAN_SCORE_DELTA = 0.01
 
 
 @pytest.fixture(scope="module")
-def build_dali(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def build_dali(build_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The build's repository (Python step) and the same models exported with ``--preprocess dali``."""
-    import os
-
     from fitguard.cli import main
 
-    build = Path(os.environ.get("FITGUARD_BUILD", "build"))
-    if not (build / "model_repository" / "manifest.json").exists():
-        from fitguard.build import build as make_build
-
-        make_build(build)
+    build = build_dir
     out = tmp_path_factory.mktemp("build_dali") / "repository"
     argv = ["export", "--backbone", "efficientnet_lite0", "--iqa-head", str(build / "iqa_head.pt")]
     argv += ["--detector", str(build / "detector.joblib"), "--out", str(out), "--preprocess", "dali"]

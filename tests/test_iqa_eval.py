@@ -129,3 +129,33 @@ def test_brisque_features_match_piq(photos: dict[str, np.ndarray]) -> None:
     laplace = np.clip(128 + 21 * rng.laplace(size=(224, 224, 1)), 0, 255).repeat(3, 2).astype(np.uint8)
     shapes = brisque_features([gauss, laplace])[:, 0]
     assert shapes[0] > shapes[1] + 0.8
+
+
+def test_brisque_protocol_fits_on_training_scenes_and_tracks_blur_and_noise(photos) -> None:
+    """The baseline's protocol on a small labelled set with known answers: blur and noise ladders of four
+    photos, the score falling with the level. BRISQUE features are made for exactly this, so its held-out
+    ranking must follow the levels, and it reports the head's figures on the same images beside its own.
+    (The head against BRISQUE on the scenes set is ``make report``'s figure, docs/iqa.md.)"""
+    from fitguard.training.data.distortions import distort
+    from fitguard.training.data.iqa_folders import IQAItem
+    from fitguard.training.quality.brisque import brisque_protocol
+
+    items = []
+    for name, rgb in photos.items():
+        crop = np.ascontiguousarray(rgb[:224, :224])
+        items.append(IQAItem(f"{name}/ref", name, 1.0, "reference", 0, 1.0, lambda c=crop: c))
+        for kind in ("gaussian_blur", "white_noise"):
+            for level in LEVELS:
+                image = distort(crop, kind, level, seed=level)
+                items.append(
+                    IQAItem(
+                        f"{name}/{kind}/{level}", name, 1 - level / 6, kind, level, 0.0, lambda x=image: x
+                    )
+                )
+    labels = Labels.from_items(items)
+    splits = reference_splits(labels.references, 2, test_fraction=0.5, seed=0)
+    perfect = [(test, labels.scores[test]) for _, test in splits]
+    result = brisque_protocol(items, labels, splits, perfect)
+    assert result["images"] == len(items)  # every image belongs to a complete ladder
+    assert result["srcc_mean"] > 0.5, result
+    assert result["head_srcc_mean"] == pytest.approx(1.0)  # the "head" here is the labels themselves

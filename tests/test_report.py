@@ -7,7 +7,6 @@ Slow: the 480 distorted images go through the classifier and DTNIQ-f.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,10 @@ pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def report() -> tuple[Path, dict]:
-    from fitguard.build import build
+def report(build_dir: Path) -> tuple[Path, dict]:
     from fitguard.training.paper.evaluate import evaluate
 
-    path = Path(os.environ.get("FITGUARD_BUILD", "build"))
-    if not (path / "model_repository" / "manifest.json").exists():
-        build(path)
+    path = build_dir
     out = path / "report"
     rep = evaluate(
         "efficientnet_lite0", path / "iqa_head.pt", path / "detector.joblib", out, cache=path / "cache"
