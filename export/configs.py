@@ -37,6 +37,11 @@ from fitguard.repository import config_path, config_text, read_config
 PREPROCESS_STEPS = ("python", "dali")
 
 
+def _check_preprocess(preprocess: str) -> None:
+    if preprocess not in PREPROCESS_STEPS:
+        raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
+
+
 @dataclass(frozen=True)
 class Serving:
     """How a repository is served: what the rendered configs and the manifest say beside the models.
@@ -56,10 +61,7 @@ class Serving:
     queue: QueuePolicy = field(default_factory=QueuePolicy)
 
     def __post_init__(self) -> None:
-        if self.preprocess not in PREPROCESS_STEPS:
-            raise ValueError(
-                f"unknown preprocess step {self.preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}"
-            )
+        _check_preprocess(self.preprocess)
         if self.accelerator not in ACCELERATORS:
             raise ValueError(
                 f"unknown accelerator {self.accelerator!r}; choose from {', '.join(ACCELERATORS)}"
@@ -105,6 +107,7 @@ def check_signature(
     """Raise ValueError unless ``config``'s inputs and outputs are the contract's (P = ``patches``, quality
     features of ``feature_dim``, a classifier of ``num_classes``) for a repository with the ``preprocess``
     step (``python`` or ``dali``) and the quality mode ``mode``."""
+    _check_preprocess(preprocess)
     if preprocess == "python":
         inputs, outputs = signatures(mode, num_classes)[config.name]
     else:

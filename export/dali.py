@@ -34,7 +34,6 @@ from fitguard.dali_preprocess import DALI_IMAGE, MODEL_FILE, CpuRunner, Geometry
 from fitguard.export.verify import VERIFY_PHOTOS, ParityReport
 from fitguard.parameters import STEP
 
-PREPROCESS_STEPS: tuple[str, ...] = ("python", "dali")
 DALI_MODELS: tuple[str, ...] = (DALI_PREPROCESS, DALI_PREPROCESS_SINGLE)
 # The validating step's adapter, written as preprocess/1/model.py of a DALI repository.
 GATE_MODEL_PY = Path(__file__).with_name("dali_gate_model.py")
@@ -53,10 +52,9 @@ def signature(
     """The contract of model ``name`` in a repository with the given preprocess step and quality mode.
 
     The ensemble and ``preprocess`` keep the Python repository's contract; the DALI models take the
-    encoded file as a uint8 vector and give the preprocess step's outputs.
+    encoded file as a uint8 vector and give the preprocess step's outputs (``preprocess`` is one of
+    :data:`fitguard.export.configs.PREPROCESS_STEPS`, which its caller checks).
     """
-    if preprocess not in PREPROCESS_STEPS:
-        raise ValueError(f"unknown preprocess step {preprocess!r}; choose from {', '.join(PREPROCESS_STEPS)}")
     contract = signatures(mode, num_classes)
     if name in DALI_MODELS and preprocess == "dali":
         return (DALI_IMAGE,), contract[PREPROCESS][1]
