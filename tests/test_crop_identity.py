@@ -13,10 +13,10 @@ import pytest
 pytest.importorskip("tqdm")  # the training extra
 
 from fitguard.contract import DEFAULT_PATCHES  # noqa: E402
-from fitguard.preprocess import PreprocessSettings, center_offset, encode_image, iqa_patches  # noqa: E402
+from fitguard.preprocess import PreprocessSettings, encode_image, iqa_patches  # noqa: E402
 from fitguard.presets import Preset  # noqa: E402
 from fitguard.training.attacks.adversarial import apply_perturbation  # noqa: E402
-from fitguard.training.image_groups import classifier_batch, crop_offset  # noqa: E402
+from fitguard.training.image_groups import classifier_batch  # noqa: E402
 
 # Canvas sides and crop sizes giving even and odd margins; 259 - 224 = 35 is where a floored offset (17)
 # and the served rounding (18) part ways.
@@ -35,7 +35,6 @@ def served(canvas: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
 def test_training_crop_and_patches_are_the_served_bytes(side: int, crop: int) -> None:
     canvas = np.random.default_rng(side * 1000 + crop).integers(0, 256, (side, side, 3), dtype=np.uint8)
     served_crop, served_patches = served(canvas, crop)
-    assert crop_offset(side, crop) == center_offset(side, crop)
     train_crop = classifier_batch(canvas[None], crop)[0]  # what predict_logits feeds the classifier
     assert train_crop.shape == served_crop.shape == (3, crop, crop)
     assert train_crop.tobytes() == served_crop.tobytes()

@@ -18,7 +18,7 @@ from fitguard.detector import (  # noqa: E402
     load_detector,
     quality_logit,
 )
-from fitguard.preprocess import classifier_crop, iqa_patches  # noqa: E402
+from fitguard.preprocess import center_offset, classifier_crop, iqa_patches  # noqa: E402
 from fitguard.quality import QualityHead, save_head  # noqa: E402
 from fitguard.training import image_groups as IG  # noqa: E402
 from fitguard.training.attacks import adversarial as AA  # noqa: E402
@@ -253,7 +253,7 @@ def test_adversarial_group_is_bounded_and_on_the_crop(tiny, originals):
     diff = adv.images.astype(int) - originals.images.astype(int)
     assert np.abs(diff).max() <= 10
     crop, side = tiny.preset.crop, tiny.preset.resize
-    o = IG.crop_offset(side, crop)
+    o = center_offset(side, crop)
     outside = np.ones((side, side), bool)
     outside[o : o + crop, o : o + crop] = False
     assert not diff[:, outside].any()  # only what the classifier sees is perturbed

@@ -172,14 +172,9 @@ def canvas(rgb: np.ndarray, side: int) -> np.ndarray:
     return np.ascontiguousarray(center_crop(resize_shorter(rgb, side), side))
 
 
-def crop_offset(side: int, crop: int) -> int:
-    """Where the served centre crop starts on a side x side canvas."""
-    return center_offset(side, crop)
-
-
 def classifier_batch(images: np.ndarray, crop: int) -> np.ndarray:
     """Canvases [N, S, S, 3] -> classifier inputs [N, 3, crop, crop] (serving's centre crop)."""
-    o = crop_offset(images.shape[1], crop)
+    o = center_offset(images.shape[1], crop)
     return np.ascontiguousarray(images[:, o : o + crop, o : o + crop].transpose(0, 3, 1, 2))
 
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fitguard.preprocess import center_offset
 from fitguard.training.image_groups import (
     ADVERSARIAL,
     ImageGroup,
     cached_path,
     classifier_batch,
-    crop_offset,
     float_logits_module,
     make_group,
     predict_logits,
@@ -109,7 +109,7 @@ def universal_perturbation(
 def apply_perturbation(images: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """Add a [3, crop, crop] perturbation (in [0, 1] units) to the classifier-crop region of canvases."""
     crop = noise.shape[-1]
-    o = crop_offset(images.shape[1], crop)
+    o = center_offset(images.shape[1], crop)
     out = images.copy()
     region = out[:, o : o + crop, o : o + crop].astype(np.float32) + noise.transpose(1, 2, 0)[None] * 255.0
     out[:, o : o + crop, o : o + crop] = np.clip(np.rint(region), 0, 255).astype(np.uint8)

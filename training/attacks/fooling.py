@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from fitguard.preprocess import center_offset
 from fitguard.training.image_groups import (
     FOOL_EV,
     FOOL_GD,
@@ -17,7 +18,6 @@ from fitguard.training.image_groups import (
     ImageGroup,
     cached_path,
     classifier_batch,
-    crop_offset,
     float_logits_module,
     make_group,
     predict_logits,
@@ -105,7 +105,7 @@ def fool_gd_group(
     targets = np.random.default_rng(seed).choice(n, size=count, replace=count > n)
     base = mean_canvas(backbone)
     crop = backbone.preset.crop
-    o = crop_offset(base.shape[0], crop)
+    o = center_offset(base.shape[0], crop)
     crops = _gd_ascent(backbone, classifier_batch(base[None], crop), targets, steps=steps, lr=lr, l2=l2)
     images = np.repeat(base[None], count, axis=0)
     images[:, o : o + crop, o : o + crop] = crops
