@@ -2,7 +2,7 @@
 validating Python step.
 
 The ensemble's contract is the Python repository's (``IMAGE`` BYTES [1]), so every client serves both.
-What changes is inside: ``preprocess`` is the validating step (:mod:`fitguard.dali_gate`, written as
+What changes is inside: ``preprocess`` is the validating step (:mod:`fitguard.dali_check`, written as
 ``preprocess/1/model.py``), which refuses a bad image from its header alone and hands each good one to
 ``preprocess_dali`` (``backend: "dali"``, ``1/model.dali``, the encoded file as ``UINT8 [-1]`` with ragged
 batching), retrying an image whose DALI batch failed alone on ``preprocess_dali_single``, the same
@@ -36,7 +36,7 @@ from fitguard.parameters import STEP
 
 DALI_MODELS: tuple[str, ...] = (DALI_PREPROCESS, DALI_PREPROCESS_SINGLE)
 # The validating step's adapter, written as preprocess/1/model.py of a DALI repository.
-GATE_MODEL_PY = Path(__file__).with_name("dali_gate_model.py")
+CHECK_MODEL_PY = Path(__file__).with_name("dali_check_model.py")
 # Max |delta| of a uint8 pixel against the Python step on the verification photos: the classifier crop is
 # resampled by a different (antialiased linear) filter, the quality patches of photos at least a patch
 # wide are plain cuts and must be identical (docs/performance.md has the measured figures).
@@ -73,12 +73,12 @@ def to_dali(config: Any, accelerator: str) -> None:
         config.parameters[STEP].string_value = f"dali on the {device_for(accelerator).upper()}"
 
 
-def dali_config(gate: Any, name: str, accelerator: str) -> Any:
+def dali_config(check: Any, name: str, accelerator: str) -> Any:
     """The config of DALI model ``name`` from the rendered validating step's: same batch and outputs."""
     from tritonclient.grpc import model_config_pb2 as mc
 
     config = mc.ModelConfig()
-    config.CopyFrom(gate)
+    config.CopyFrom(check)
     config.name, config.backend = name, "dali"
     for key in ("parameters", "model_warmup", "input"):
         config.ClearField(key)
@@ -99,11 +99,13 @@ def write_step(staging: Path, settings: Any, *, max_batch_size: int, accelerator
     """The validating step's adapter as ``preprocess/1/model.py``, and the two DALI models beside it."""
     from fitguard.repository import config_path, read_config, write_config
 
-    shutil.copyfile(GATE_MODEL_PY, staging / PREPROCESS / "1" / "model.py")
-    gate = read_config(config_path(staging, PREPROCESS))
+    shutil.copyfile(CHECK_MODEL_PY, staging / PREPROCESS / "1" / "model.py")
+    check = read_config(config_path(staging, PREPROCESS))
     written = []
     for name in DALI_MODELS:
-        config = dali_config(gate, name, accelerator)  # the gate's outputs, checked when it was rendered
+        config = dali_config(
+            check, name, accelerator
+        )  # the header check's outputs, checked when it was rendered
         config_path(staging, name).parent.mkdir(parents=True, exist_ok=True)
         note = f"Written by `fitguard export --preprocess dali` from the {PREPROCESS} step's config."
         write_config(config_path(staging, name), config, [note])

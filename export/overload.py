@@ -16,12 +16,13 @@ its refusals come after a timeout. So the entry step also admits at most ``max_i
 whole ensemble (:mod:`fitguard.admission`; the monitor step releases them) and refuses the rest at once:
 the admitted images wait about ``max_in_flight / throughput`` whatever the demand. ``fitguard export
 --latency-budget-ms B --bench bench.json`` picks that limit from a bench run (:func:`policy_from_bench`).
-The gate needs the Python preprocess step and the monitor step; without either it is left off.
+Admission control needs the Python preprocess step and the monitor step; without either it is left off.
 
-The gate refuses what does not fit at once, also a burst of concurrent requests on an idle server (the
-SDK retries them with back-off; raw clients at a concurrency above the limit, such as ``fitguard bench``'s
-concurrency 8 with a limit of 4, see refusals). That is why it is off by default: waiting for a slot
-instead would let the waiting room's latency add to the admitted images' (docs/operations.md).
+Admission control refuses what does not fit at once, also a burst of concurrent requests on an idle server
+(the SDK retries them with back-off; raw clients at a concurrency above the limit, such as
+``fitguard bench``'s concurrency 8 with a limit of 4, see refusals). That is why it is off by default:
+waiting for a slot instead would let the waiting room's latency add to the admitted images'
+(docs/operations.md).
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ DEFAULT_QUEUE_TIMEOUT_MS = 1000
 # concurrent requests beyond the limit even on an idle server (see the module doc).
 DEFAULT_IN_FLIGHT_PER_INSTANCE = 4
 # Queue timeouts after which an admitted image that was never released stops counting. An image still
-# in flight then makes the gate admit one more than the limit for a while (harmless); one dropped on the
-# way (a later queue's timeout on a starved machine) would otherwise keep its slot, and normal load right
-# after an overload would be refused.
+# in flight then makes admission control admit one more than the limit for a while (harmless); one dropped
+# on the way (a later queue's timeout on a starved machine) would otherwise keep its slot, and normal load
+# right after an overload would be refused.
 LEASE_TIMEOUTS = 2
 
 
@@ -76,10 +77,10 @@ class QueuePolicy:
         return LEASE_TIMEOUTS * self.timeout_ms if self.timeout_ms else DEFAULT_ADMISSION_LEASE_MS
 
     def in_flight_limit(self, *, instances: int, gated: bool) -> int:
-        """The admission limit served: 0 where the repository cannot gate (``gated`` False).
+        """The admission limit served: 0 where the repository has no admission control (``gated`` False).
 
         Raises:
-            ValueError: an explicit limit on a repository that cannot gate.
+            ValueError: an explicit limit on a repository without admission control.
         """
         if not gated:
             if self.max_in_flight:

@@ -2,8 +2,8 @@
 
 Triton 2.51 can bound only the entry step's queue in size (a later step that refuses for a full queue
 leaves the ensemble request unanswered), so a bottleneck behind the entry (the classifier or the quality
-step) lets its queue grow until requests time out there, seconds after they arrived. The gate counts
-what the *whole* ensemble holds instead: the entry step admits an image only while fewer than ``limit``
+step) lets its queue grow until requests time out there, seconds after they arrived. Admission control
+counts what the *whole* ensemble holds instead: the entry step admits an image only while fewer than ``limit``
 are in flight and refuses the rest at once; the last step releases them. By Little's law the admitted
 images then wait about ``limit / throughput``, whatever the demand.
 
@@ -35,7 +35,7 @@ _STAMP = struct.Struct("d")
 _PREFIX = "fitguard-admission-"
 
 
-def gate_path(repository: str | os.PathLike[str], *, server_pid: int | None = None) -> Path:
+def counter_path(repository: str | os.PathLike[str], *, server_pid: int | None = None) -> Path:
     """The counter file of the server ``server_pid`` (default: this stub's parent, the tritonserver
     process) serving ``repository``: shared by that server's steps, distinct from any other server's."""
     pid = os.getppid() if server_pid is None else server_pid
@@ -60,11 +60,11 @@ def sweep_stale(folder: Path) -> None:
             continue
 
 
-class AdmissionGate:
+class AdmissionControl:
     """The shared in-flight count of one served ensemble.
 
     Args:
-        path: the counter file (see :func:`gate_path`); created if missing.
+        path: the counter file (see :func:`counter_path`); created if missing.
         limit: images allowed in flight at once (at least 1).
         lease_s: seconds after which an admitted image that was never released stops counting.
         clock: a monotonic clock shared by the processes (``time.monotonic`` is system-wide on Linux).
@@ -144,11 +144,13 @@ class AdmissionGate:
         return f"overloaded: {ADMISSION_REFUSED} ({self.limit} images in flight); retry with back-off"
 
 
-def open_gate(model_directory: str | os.PathLike[str], *, limit: int, lease_ms: int) -> AdmissionGate | None:
-    """The gate a served step opens (``model_directory``: the Python backend's ``args["model_repository"]``,
-    one model's folder); None when admission is off (``limit`` 0)."""
+def open_admission(
+    model_directory: str | os.PathLike[str], *, limit: int, lease_ms: int
+) -> AdmissionControl | None:
+    """The admission control a served step opens (``model_directory``: the Python backend's
+    ``args["model_repository"]``, one model's folder); None when admission is off (``limit`` 0)."""
     if limit <= 0:
         return None
-    path = gate_path(Path(model_directory).parent)
+    path = counter_path(Path(model_directory).parent)
     sweep_stale(path.parent)
-    return AdmissionGate(path, limit=limit, lease_s=lease_ms / 1000)
+    return AdmissionControl(path, limit=limit, lease_s=lease_ms / 1000)

@@ -161,7 +161,7 @@ QUALITY_RANGE = (0.0, 1.0)
 QUALITY_LOWER_IS_BETTER = False
 
 # The words of an overload refusal (gRPC UNAVAILABLE, HTTP 503), which clients and load generators retry or
-# count as shed load: Triton's queue policy (a full queue, a wait past the timeout) and the admission gate
+# count as shed load: Triton's queue policy (a full queue, a wait past the timeout) and admission control
 # of fitguard.admission.
 ADMISSION_REFUSED = "admission limit reached"
 OVERLOAD_MARKERS: tuple[str, ...] = (

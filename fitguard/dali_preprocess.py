@@ -14,7 +14,7 @@ not do is the alpha flattening onto white (docs/deployment.md).
 
 DALI's Triton backend takes encoded images as ``UINT8 [-1]``, not ``BYTES`` (:data:`DALI_IMAGE`): in a DALI
 repository the ensemble keeps the ``BYTES`` contract and the validating step ahead of DALI
-(:mod:`fitguard.dali_gate`) hands the file's bytes on as a uint8 vector. In shared quality mode
+(:mod:`fitguard.dali_check`) hands the file's bytes on as a uint8 vector. In shared quality mode
 (``patches`` 0) the pipeline emits the classifier crop only.
 """
 

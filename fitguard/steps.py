@@ -1,6 +1,6 @@
-"""What the served Python steps share (``model_repository/*/1/model.py``, ``export/dali_gate_model.py``):
+"""What the served Python steps share (``model_repository/*/1/model.py``, ``export/dali_check_model.py``):
 their error responses and what they set up from their config's ``parameters``: the manifest check, the
-admission gate and the bad-image counter.
+admission control and the bad-image counter.
 
 ``pb_utils`` is ``triton_python_backend_utils``, passed in so that tests can fake it. Each step keeps only
 what is its own (decoding, the DALI calls, counting verdicts).
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from fitguard.admission import AdmissionGate, open_gate
+from fitguard.admission import AdmissionControl, open_admission
 from fitguard.manifest import verify_on_load
 from fitguard.parameters import (
     ADMISSION_LEASE_MS,
@@ -48,7 +48,7 @@ def bad_image_response(pb_utils: Any, message: str) -> Any:
 
 
 def overload_response(pb_utils: Any, message: str) -> Any:
-    """The answer to a request the admission gate refused (the client retries it)."""
+    """The answer to a request admission control refused (the client retries it)."""
     return error_response(pb_utils, message, UNAVAILABLE)
 
 
@@ -62,9 +62,9 @@ def verify_manifest(args: Mapping[str, Any], params: Parameters) -> None:
     verify_on_load(args["model_repository"], enabled=params.bool(VERIFY_MANIFEST, DEFAULT_VERIFY_MANIFEST))
 
 
-def admission_gate(args: Mapping[str, Any], params: Parameters) -> AdmissionGate | None:
-    """The admission gate of the step's server (None where the config sets no limit)."""
-    return open_gate(
+def admission_control(args: Mapping[str, Any], params: Parameters) -> AdmissionControl | None:
+    """The admission control of the step's server (None where the config sets no limit)."""
+    return open_admission(
         args["model_repository"],
         limit=params.int(MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT),
         lease_ms=params.int(ADMISSION_LEASE_MS, DEFAULT_ADMISSION_LEASE_MS),

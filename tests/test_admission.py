@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fitguard import contract as c
-from fitguard.admission import AdmissionGate, gate_path, open_gate, sweep_stale
+from fitguard.admission import AdmissionControl, counter_path, open_admission, sweep_stale
 from fitguard.contract import ADMISSION_REFUSED
 from fitguard.export.configs import Serving, render_config
 from fitguard.export.overload import QueuePolicy, policy_from_bench
@@ -33,57 +33,57 @@ class Clock:
         return self.now
 
 
-def test_the_gate_admits_up_to_the_limit_and_releases(tmp_path: Path) -> None:
-    gate = AdmissionGate(tmp_path / "gate", limit=3, lease_s=5.0, clock=Clock())
-    assert [gate.admit() for _ in range(4)] == [True, True, True, False]
-    assert gate.in_flight() == 3
-    assert not gate.admit(1)  # a refusal takes nothing
-    gate.release(2)
-    assert gate.admit(2) and not gate.admit(1)
-    assert ADMISSION_REFUSED in gate.refusal()
+def test_admission_admits_up_to_the_limit_and_releases(tmp_path: Path) -> None:
+    admission = AdmissionControl(tmp_path / "counter", limit=3, lease_s=5.0, clock=Clock())
+    assert [admission.admit() for _ in range(4)] == [True, True, True, False]
+    assert admission.in_flight() == 3
+    assert not admission.admit(1)  # a refusal takes nothing
+    admission.release(2)
+    assert admission.admit(2) and not admission.admit(1)
+    assert ADMISSION_REFUSED in admission.refusal()
 
 
 def test_a_batch_larger_than_the_limit_is_admitted_alone(tmp_path: Path) -> None:
-    gate = AdmissionGate(tmp_path / "gate", limit=4, lease_s=5.0, clock=Clock())
-    assert gate.admit(16)  # nothing else in flight: never refused for ever
-    assert not gate.admit(1)
-    gate.release(16)
-    assert gate.admit(1) and not gate.admit(16)
+    admission = AdmissionControl(tmp_path / "counter", limit=4, lease_s=5.0, clock=Clock())
+    assert admission.admit(16)  # nothing else in flight: never refused for ever
+    assert not admission.admit(1)
+    admission.release(16)
+    assert admission.admit(1) and not admission.admit(16)
 
 
 def test_a_lost_request_keeps_its_slot_for_the_lease_only(tmp_path: Path) -> None:
     clock = Clock()
-    gate = AdmissionGate(tmp_path / "gate", limit=2, lease_s=5.0, clock=clock)
-    assert gate.admit(2)  # never released: dropped on the way
+    admission = AdmissionControl(tmp_path / "counter", limit=2, lease_s=5.0, clock=clock)
+    assert admission.admit(2)  # never released: dropped on the way
     clock.now += 4.9
-    assert not gate.admit()
+    assert not admission.admit()
     clock.now += 0.2
-    assert gate.in_flight() == 0 and gate.admit()
+    assert admission.in_flight() == 0 and admission.admit()
 
 
 def test_steps_in_other_processes_share_one_count(tmp_path: Path) -> None:
     """Preprocess instances and the monitor step are separate stub processes: the file is the count."""
-    path = tmp_path / "gate"
+    path = tmp_path / "counter"
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         admitted = pool.starmap(_admit_many, [(str(path), 50)] * 4)
     assert sum(admitted) == 10  # the limit, however the four processes raced
-    gate = AdmissionGate(path, limit=10, lease_s=60.0)
-    assert gate.in_flight() == 10
-    gate.release(10)
-    assert gate.in_flight() == 0
+    admission = AdmissionControl(path, limit=10, lease_s=60.0)
+    assert admission.in_flight() == 10
+    admission.release(10)
+    assert admission.in_flight() == 0
 
 
 def _admit_many(path: str, tries: int) -> int:
-    gate = AdmissionGate(path, limit=10, lease_s=60.0)
-    return sum(gate.admit() for _ in range(tries))
+    admission = AdmissionControl(path, limit=10, lease_s=60.0)
+    return sum(admission.admit() for _ in range(tries))
 
 
 def test_each_server_and_repository_gets_its_own_count(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    assert gate_path(a, server_pid=1) != gate_path(a, server_pid=2)
-    assert gate_path(a, server_pid=1) != gate_path(b, server_pid=1)
-    assert gate_path(a / "x" / "..", server_pid=1) == gate_path(a, server_pid=1)
-    assert open_gate(a / c.PREPROCESS, limit=0, lease_ms=1000) is None
+    assert counter_path(a, server_pid=1) != counter_path(a, server_pid=2)
+    assert counter_path(a, server_pid=1) != counter_path(b, server_pid=1)
+    assert counter_path(a / "x" / "..", server_pid=1) == counter_path(a, server_pid=1)
+    assert open_admission(a / c.PREPROCESS, limit=0, lease_ms=1000) is None
 
 
 def test_files_of_servers_that_no_longer_run_are_swept(tmp_path: Path) -> None:
@@ -93,10 +93,10 @@ def test_files_of_servers_that_no_longer_run_are_swept(tmp_path: Path) -> None:
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
-    dead = gate_path(tmp_path, server_pid=int(gone.stdout))
-    live = gate_path(tmp_path, server_pid=os.getpid())
+    dead = counter_path(tmp_path, server_pid=int(gone.stdout))
+    live = counter_path(tmp_path, server_pid=os.getpid())
     for path in (dead, live):
-        AdmissionGate(path.parent / path.name, limit=1, lease_s=1.0).close()
+        AdmissionControl(path.parent / path.name, limit=1, lease_s=1.0).close()
     sweep_stale(dead.parent)
     assert not dead.exists() and live.exists()
     live.unlink()
@@ -169,21 +169,21 @@ def test_the_admitting_and_the_releasing_step_get_the_same_limit() -> None:
     assert _parameters(c.PREPROCESS, off).int("max_in_flight", 0) == 0
 
 
-def test_the_served_steps_open_the_gate_the_export_wrote(tmp_path: Path) -> None:
-    from fitguard.steps import admission_gate
+def test_the_served_steps_open_the_admission_control_the_export_wrote(tmp_path: Path) -> None:
+    from fitguard.steps import admission_control
 
     args = {"model_repository": str(tmp_path / c.PREPROCESS)}
     serving = Serving(queue=QueuePolicy(timeout_ms=500, max_in_flight=8))
     for name in (c.PREPROCESS, c.MONITOR):
-        gate = admission_gate(args, _parameters(name, serving))
-        assert gate is not None and (gate.limit, gate.lease_s) == (8, 1.0), name
-        gate.close()
-    assert admission_gate(args, _parameters(c.PREPROCESS, Serving())) is None
+        admission = admission_control(args, _parameters(name, serving))
+        assert admission is not None and (admission.limit, admission.lease_s) == (8, 1.0), name
+        admission.close()
+    assert admission_control(args, _parameters(c.PREPROCESS, Serving())) is None
     # One lease where nothing sets it: a policy without a queue timeout, a config without the key.
     assert QueuePolicy(timeout_ms=0).lease_ms == QueuePolicy().lease_ms == DEFAULT_ADMISSION_LEASE_MS
-    gate = admission_gate(args, Parameters({"max_in_flight": "2"}))
-    assert gate is not None and gate.lease_s * 1000 == DEFAULT_ADMISSION_LEASE_MS
-    gate.close()
+    admission = admission_control(args, Parameters({"max_in_flight": "2"}))
+    assert admission is not None and admission.lease_s * 1000 == DEFAULT_ADMISSION_LEASE_MS
+    admission.close()
 
 
 def test_admission_needs_the_python_entry_and_the_monitor_step() -> None:

@@ -473,7 +473,7 @@ def test_error_mapping() -> None:
         (E("in ensemble 'fitguard', Exceeds maximum queue size", "StatusCode.UNAVAILABLE"), Overloaded),
         (E("in ensemble 'fitguard', Request timeout expired", "StatusCode.UNAVAILABLE"), Overloaded),
         (E("Request timeout expired", "503"), Overloaded),
-        # the admission gate at the entry step (fitguard.admission), at once
+        # admission control at the entry step (fitguard.admission), at once
         (
             E(f"in ensemble 'fitguard', overloaded: {ADMISSION_REFUSED} (4)", "StatusCode.UNAVAILABLE"),
             Overloaded,

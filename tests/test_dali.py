@@ -145,7 +145,7 @@ def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[st
     from tritonclient.grpc import model_config_pb2 as mc
 
     from fitguard.export.configs import check_signature
-    from fitguard.export.dali import DALI_MODELS, GATE_MODEL_PY
+    from fitguard.export.dali import CHECK_MODEL_PY, DALI_MODELS
     from fitguard.manifest import verify_repository
 
     for accelerator, repo in dali_repositories.items():
@@ -154,7 +154,7 @@ def test_dali_repository_passes_the_repository_checks(dali_repositories: dict[st
         report = manifest["parity"][c.PREPROCESS]
         assert report["passed"] and report["deltas"]["patches"] == 0
         # preprocess is the validating Python step; the pipeline is served twice, batching and alone.
-        assert (repo / c.PREPROCESS / "1" / "model.py").read_bytes() == GATE_MODEL_PY.read_bytes()
+        assert (repo / c.PREPROCESS / "1" / "model.py").read_bytes() == CHECK_MODEL_PY.read_bytes()
         for name in (c.ENSEMBLE, *c.MODELS):  # the Python repository's contract, the ensemble's included
             check_signature(read_config(repo / name / "config.pbtxt"), c.DEFAULT_PATCHES)
         kind = mc.ModelInstanceGroup.KIND_GPU if accelerator == "cuda" else mc.ModelInstanceGroup.KIND_CPU

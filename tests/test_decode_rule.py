@@ -21,7 +21,7 @@ SOURCES = ("fitguard", "client", "export", "training", "scripts", "model_reposit
 # The only places that may open image files or bytes themselves, each with its reason.
 OPENERS_ALLOWED = {
     "fitguard/preprocess.py": "the served decode itself",
-    "fitguard/dali_gate.py": "reads the header only, to refuse a bad image before DALI decodes it",
+    "fitguard/dali_check.py": "reads the header only, to refuse a bad image before DALI decodes it",
     "training/data/sheets.py": "contact sheets of the data sets for the docs; nothing on them is scored",
 }
 # EXIF orientation 6: the stored pixels are the upright photo turned a quarter counter-clockwise.

@@ -260,7 +260,7 @@ def test_guarded_recipe_bounds_the_veto_and_refuses_fooling() -> None:
 def test_release_gate_reads_every_shift_and_fails_on_a_loss() -> None:
     """The gate passes a detector within its margins everywhere and fails one that loses to MSP under a
     single shift, naming it."""
-    from fitguard.training.fit.gate import gate_lines, release_gate
+    from fitguard.training.fit.release_gate import release_gate, release_gate_lines
 
     def aurc(shipped: float, msp: float, lo: float, hi: float) -> dict:
         return {"msp": {"mean": msp}, "shipped": {"mean": shipped, "minus_msp": {"ci95": [lo, hi]}}}
@@ -295,8 +295,8 @@ def test_release_gate_reads_every_shift_and_fails_on_a_loss() -> None:
     rep["domain_shift"]["codec"]["paper"]["aurc"] = aurc(0.29, 0.30, -0.02, -0.001)  # a gain under 15%
     gate = release_gate(rep)
     assert gate["passed"] and not gate["paper_target_met"]
-    assert any(line.startswith("- misses the target: codec paper") for line in gate_lines(gate))
+    assert any(line.startswith("- misses the target: codec paper") for line in release_gate_lines(gate))
     rep["unseen"]["photos"]["natural"]["aurc"] = aurc(0.12, 0.1, 0.01, 0.03)
     gate = release_gate(rep)
     assert not gate["passed"] and gate["loses_anywhere"]
-    assert any("photos natural" in line for line in gate_lines(gate))
+    assert any("photos natural" in line for line in release_gate_lines(gate))

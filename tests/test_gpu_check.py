@@ -64,7 +64,7 @@ def test_dry_run_writes_the_whole_schema(tmp_path: Path) -> None:
             )
     for side in result["config"]["decode_sizes"]:  # the DALI repository's preprocessing, both modes
         entry = result["dali"][str(side)]
-        assert 0 < entry["gate"]["us_per_image_median"] <= entry["gate"]["us_per_image_max"]
+        assert 0 < entry["check"]["us_per_image_median"] <= entry["check"]["us_per_image_max"]
         for mode in ("dali_patches", "dali_shared"):
             assert entry[mode]["device"] == "cpu" and entry[mode]["images_per_s"] > 0
     assert set(result["phases_s"]) == {"setup", "classifier", "quality", "decode", "dali"}

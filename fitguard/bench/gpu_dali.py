@@ -1,7 +1,7 @@
 """The DALI repository's preprocessing figures: the validating step's cost per image and the DALI pipeline.
 
 The Python repository's preprocessing is the Python step (:func:`fitguard.bench.gpu_decode.cpu_rate`);
-the DALI repository's is the validating step (:func:`fitguard.dali_gate.check_header`, on the CPU, one
+the DALI repository's is the validating step (:func:`fitguard.dali_check.check_header`, on the CPU, one
 image at a time as the step makes it) followed by the DALI pipeline on batches, on the GPU ("mixed"
 decode) where there is one, else on the CPU. Both quality modes: P patches, and the crop only (shared).
 Where DALI is not installed (a bare GPU machine), the pipeline entries say so instead of a figure.
@@ -19,11 +19,11 @@ import numpy as np
 from fitguard.preprocess import DEFAULT_LIMITS, Limits
 
 
-def gate_cost(
+def check_cost(
     images: Sequence[bytes], *, repeats: int = 20, limits: Limits = DEFAULT_LIMITS
 ) -> dict[str, Any]:
     """Microseconds per image of the validating step's check, median over ``repeats`` passes."""
-    from fitguard.dali_gate import check_header
+    from fitguard.dali_check import check_header
 
     per_pass = []
     for _ in range(max(1, repeats)):
@@ -99,7 +99,7 @@ def dali_figures(
     out: dict[str, Any] = {}
     for side in sizes:
         images = jpeg_variants(photos, side)
-        entry: dict[str, Any] = {"gate": gate_cost(images)}
+        entry: dict[str, Any] = {"check": check_cost(images)}
         for mode, count in (("patches", patches), ("shared", 0)):
             geometry = Geometry(preset.resize, preset.crop, preset.interpolation, count)
             entry[f"dali_{mode}"] = dali_rate(images, geometry, device=device, seconds=seconds, batch=batch)

@@ -75,7 +75,7 @@ def _round(x: float | None) -> float | None:
 
 
 def classify_error(message: str) -> str:
-    """``overloaded`` for Triton's queue-policy refusals and the admission gate's, ``error`` for anything
+    """``overloaded`` for Triton's queue-policy refusals and admission control's, ``error`` for anything
     else."""
     return "overloaded" if contract.is_overload(message) else "error"
 

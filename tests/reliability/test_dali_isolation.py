@@ -1,6 +1,6 @@
 """The DALI repository under hostile input: a bad image fails only its own request.
 
-The DALI step runs behind the validating step (fitguard.dali_gate) in the embedded server, where the DALI
+The DALI step runs behind the validating step (fitguard.dali_check) in the embedded server, where the DALI
 stand-in backend runs the exported ``model.dali`` with DALI's CPU operators and keeps the real backend's
 batch semantics: one bad sample fails every request of its batch. The bad-input corpus and corrupt bodies
 behind valid headers (what only the decoder finds) go out among good requests, 8 in flight: every good
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fitguard.contract import DALI_PREPROCESS, DALI_PREPROCESS_SINGLE, ENSEMBLE, IMAGE
-from fitguard.dali_gate import check_header
+from fitguard.dali_check import check_header
 
 from .conftest import Answer, grpc_infer
 from .corpus import bad_inputs

@@ -105,7 +105,7 @@ def _served_everything(phase: dict) -> None:
 
 def test_capacity_is_served_without_refusals(figures: dict) -> None:
     capacity = figures["capacity"]
-    assert capacity["errors"] == 0, capacity["first_error"]  # the gate admits normal load untouched
+    assert capacity["errors"] == 0, capacity["first_error"]  # admission control admits normal load untouched
 
 
 def test_four_times_capacity_open_loop_keeps_the_promise(figures: dict) -> None:

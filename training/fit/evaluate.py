@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from fitguard.contract import DEFAULT_PATCHES
-from fitguard.training.fit.gate import gate_lines, release_gate
 from fitguard.training.fit.population import POPULATION_GROUPS, PopulationConfig
 from fitguard.training.fit.protocol import (
     MIXES,
@@ -30,6 +29,7 @@ from fitguard.training.fit.protocol import (
     untrained_scores,
 )
 from fitguard.training.fit.recipes import PASS_RATE
+from fitguard.training.fit.release_gate import release_gate, release_gate_lines
 from fitguard.training.fit.shifts import domain_shifts
 from fitguard.training.fit.signals import (
     COVERAGES,
@@ -234,7 +234,7 @@ def evaluate_fit(
     labelled: str | Path | None = None,
 ) -> dict[str, Any]:
     """The whole evaluation; returns what ``report.json`` holds, its release gate included
-    (:mod:`fitguard.training.fit.gate`). It writes no detector file: ``fitguard train detector`` fits
+    (:mod:`fitguard.training.fit.release_gate`). It writes no detector file: ``fitguard train detector`` fits
     the shipped recipe on every image. ``classifier`` (a spec) and ``labelled`` (the team's photos)
     evaluate a team's classifier on its photos, every repeat holding out half of their groups."""
     from fitguard.cache import cache_root
@@ -341,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
         a = res["aurc"]
         line = ", ".join(f"{m} {a[m]['mean']:.3f}" for m in ("msp", "quality", SHIPPED, "paper_uap"))
         print(f"{mix:8s} AURC: {line}")
-    print("\n".join(gate_lines(rep["gate"])))
+    print("\n".join(release_gate_lines(rep["gate"])))
     print(f"wrote {Path(args.report) / 'report.md'} ({rep['seconds']['total']:.0f} s)")
     if not rep["gate"]["passed"] and not args.no_gate:
         print("the shipped detector fails its release gate (above); --no-gate reports without failing")

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fitguard.training.fit.gate import gate_lines
 from fitguard.training.fit.protocol import learned_sets
+from fitguard.training.fit.release_gate import release_gate_lines
 from fitguard.training.paper.report import _json_default, _pyplot, _save
 
 MAIN_METHODS: tuple[str, ...] = (
@@ -149,7 +149,7 @@ def write_markdown(path: Path, rep: dict[str, Any], plot: str) -> None:
         f"held-out stamps (mean over repeats [95% interval]). Thresholds pass "
         f"{100 * setup['pass_rate_right_clean']:.2f}% of the right clean training images.",
         "",
-        *(gate_lines(rep["gate"]) if "gate" in rep else []),
+        *(release_gate_lines(rep["gate"]) if "gate" in rep else []),
         "",
         "## Groups",
         "",

@@ -16,7 +16,7 @@ from fitguard.contract import CANARY_REQUEST_ID, CLASS_ID, FIT, FIT_SCORE, QUALI
 from fitguard.labels import repository_labels
 from fitguard.monitoring import VerdictMetrics
 from fitguard.parameters import DEFAULT_MAX_CLASSES, MAX_CLASSES, Parameters
-from fitguard.steps import admission_gate
+from fitguard.steps import admission_control
 
 _NAMES = (CLASS_ID, QUALITY_SCORE, FIT, FIT_SCORE)
 
@@ -32,7 +32,7 @@ class TritonPythonModel:
             max_classes=params.int(MAX_CLASSES, DEFAULT_MAX_CLASSES),
         )
         # The last step gives back the admission slots the preprocess step took (fitguard.admission).
-        self.gate = admission_gate(args, params)
+        self.admission = admission_control(args, params)
 
     def execute(self, requests: list) -> list:
         responses, columns, rows = [], {name: [] for name in _NAMES}, 0
@@ -44,8 +44,8 @@ class TritonPythonModel:
                 for name, array in zip(_NAMES, arrays, strict=True):
                     columns[name].append(array)
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        if self.gate is not None:
-            self.gate.release(rows)
+        if self.admission is not None:
+            self.admission.release(rows)
         if not columns[CLASS_ID]:
             return responses
         try:  # counting must never cost a client its answer
@@ -58,5 +58,5 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
+        if self.admission is not None:
+            self.admission.close()

@@ -16,7 +16,7 @@ from fitguard.contract import CLASSIFIER_INPUT, IMAGE, IQA_PATCHES
 from fitguard.parameters import Parameters
 from fitguard.preprocess import BadImageError, PreprocessSettings
 from fitguard.steps import (
-    admission_gate,
+    admission_control,
     bad_image_counter,
     bad_image_response,
     failure_response,
@@ -33,7 +33,7 @@ class TritonPythonModel:
         self.settings = PreprocessSettings.from_parameters(params)
         self.refusals = bad_image_counter(pb_utils, args, params)
         # Admission control (fitguard.admission): the monitor step releases what this step admits.
-        self.gate = admission_gate(args, params)
+        self.admission = admission_control(args, params)
 
     def _answer(self, request: pb_utils.InferenceRequest) -> pb_utils.InferenceResponse:
         images = pb_utils.get_input_tensor_by_name(request, IMAGE).as_numpy().reshape(-1)
@@ -47,12 +47,12 @@ class TritonPythonModel:
         responses = []
         sizes = [0] * len(requests)
         admitted = [True] * len(requests)
-        if self.gate is not None:  # refuse before decoding, under one lock a batch: refusals stay cheap
+        if self.admission is not None:  # refuse before decoding, under one lock a batch: refusals stay cheap
             sizes = [int(pb_utils.get_input_tensor_by_name(r, IMAGE).as_numpy().size) for r in requests]
-            admitted = self.gate.admit_batch(sizes)
+            admitted = self.admission.admit_batch(sizes)
         for request, rows, admit in zip(requests, sizes, admitted, strict=True):
             if not admit:
-                responses.append(overload_response(pb_utils, self.gate.refusal()))
+                responses.append(overload_response(pb_utils, self.admission.refusal()))
                 continue
             try:
                 responses.append(self._answer(request))
@@ -64,9 +64,9 @@ class TritonPythonModel:
             except Exception as exc:  # never raise out of execute: it would fail the whole batch
                 responses.append(failure_response(pb_utils, "preprocess", exc))
             if rows:  # refused here as a bad image: it never reaches the step that releases
-                self.gate.release(rows)
+                self.admission.release(rows)
         return responses
 
     def finalize(self) -> None:
-        if self.gate is not None:
-            self.gate.close()
+        if self.admission is not None:
+            self.admission.close()

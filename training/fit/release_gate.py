@@ -117,7 +117,7 @@ def release_gate(rep: dict[str, Any], method: str = SHIPPED) -> dict[str, Any]:
     }
 
 
-def gate_lines(gate: dict[str, Any]) -> list[str]:
+def release_gate_lines(gate: dict[str, Any]) -> list[str]:
     """The gate as markdown: verdict, worst ratios, then every failing row."""
     verdict = "PASSED" if gate["passed"] else "FAILED"
     lines = [f"Release gate for `{gate['method']}`: **{verdict}**", ""]

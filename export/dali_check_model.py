@@ -1,5 +1,5 @@
 """Triton Python backend adapter of a DALI repository's ``preprocess`` step (``fitguard export --preprocess
-dali`` writes this file as ``preprocess/1/model.py``; the logic is :mod:`fitguard.dali_gate`).
+dali`` writes this file as ``preprocess/1/model.py``; the logic is :mod:`fitguard.dali_check`).
 
 IMAGE (encoded bytes, the ensemble's contract) -> the outputs of the DALI pipeline (CLASSIFIER_INPUT, and
 IQA_PATCHES in patch quality mode). Each image is checked from its header; a bad one answers its own
@@ -18,7 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from fitguard.contract import DALI_PREPROCESS, DALI_PREPROCESS_SINGLE, IMAGE
-from fitguard.dali_gate import check_header, refusal
+from fitguard.dali_check import check_header, refusal
 from fitguard.parameters import Parameters
 from fitguard.preprocess import BadImageError, PreprocessSettings
 from fitguard.steps import INVALID_ARG, bad_image_counter, error_response, failure_response, verify_manifest

@@ -7,7 +7,7 @@ allow-list of the formats DALI decodes, the header parsed by Pillow, the dimensi
 bad image with its own per-request error. What passes goes to the batching DALI model; a failure there
 (a corrupt body behind a valid header fails every sample of its batch) is retried alone on the
 non-batching twin, so that only the request at fault fails (:func:`refusal`). The Triton adapter is
-``fitguard/export/dali_gate_model.py``; this module needs only Pillow and is tested without Triton.
+``fitguard/export/dali_check_model.py``; this module needs only Pillow and is tested without Triton.
 """
 
 from __future__ import annotations

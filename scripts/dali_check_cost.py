@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""The validating step's cost per image on this CPU: ``python scripts/dali_gate_cost.py [--json OUT]``.
+"""The validating step's cost per image on this CPU: ``python scripts/dali_check_cost.py [--json OUT]``.
 
-The step ahead of DALI (fitguard.dali_gate.check_header) reads headers only; beside it, for scale, the
+The step ahead of DALI (fitguard.dali_check.check_header) reads headers only; beside it, for scale, the
 Python step's whole preprocessing of the same files (decode, crop) on one core. Package photos as JPEG
 at several sizes and as PNG. The work is in :mod:`fitguard.bench.gpu_dali`.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fitguard.bench.gpu_dali import gate_cost  # noqa: E402
+from fitguard.bench.gpu_dali import check_cost  # noqa: E402
 from fitguard.bench.gpu_decode import jpeg_variants  # noqa: E402
 from fitguard.photos import package_photos  # noqa: E402
 from fitguard.preprocess import PreprocessSettings, encode_image  # noqa: E402
@@ -46,12 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = {f"JPEG {side}": jpeg_variants(photos, int(side)) for side in args.sizes.split(",")}
     cases["PNG (as shipped)"] = [encode_image(rgb) for rgb in photos]
     rows = {}
-    print(f"{'images':<18} {'bytes':>9} {'gate us/image':>14} {'Python step us/image':>21}")
+    print(f"{'images':<18} {'bytes':>9} {'check us/image':>14} {'Python step us/image':>21}")
     for name, images in cases.items():
-        gate = gate_cost(images, repeats=args.repeats)
+        check = check_cost(images, repeats=args.repeats)
         rows[name] = {
             "mean_bytes": int(sum(map(len, images)) / len(images)),
-            **gate,
+            **check,
             "python_step_us_per_image": python_step_us(images, shared),
         }
         row = rows[name]

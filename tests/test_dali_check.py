@@ -1,4 +1,4 @@
-"""The validating step ahead of DALI (fitguard.dali_gate), without Triton: what it refuses from the header
+"""The validating step ahead of DALI (fitguard.dali_check), without Triton: what it refuses from the header
 alone, in the Python step's words, and what it leaves to the decoder."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from reliability.corpus import bad_inputs, png_header_bomb
 
-from fitguard.dali_gate import check_header, refusal, sniff
+from fitguard.dali_check import check_header, refusal, sniff
 from fitguard.dali_preprocess import CpuRunner, Geometry
 from fitguard.photos import package_photos
 from fitguard.preprocess import BadImageError, Limits, PreprocessSettings, decode_image, encode_image
@@ -106,14 +106,14 @@ def test_the_cost_script_prints_and_writes_its_figures(tmp_path, capsys: pytest.
     import runpy
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "dali_gate_cost.py"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "dali_check_cost.py"
     main = runpy.run_path(str(script))["main"]
     assert main(["--sizes", "300", "--repeats", "2", "--json", str(tmp_path / "cost.json")]) == 0
     rows = json.loads((tmp_path / "cost.json").read_text())
     assert set(rows) == {"JPEG 300", "PNG (as shipped)"}
     for row in rows.values():  # headers only: far cheaper than decoding the same files
         assert 0 < row["us_per_image_median"] < row["python_step_us_per_image"]
-    assert "gate us/image" in capsys.readouterr().out
+    assert "check us/image" in capsys.readouterr().out
 
 
 def test_the_sdk_names_a_dali_repository_of_an_earlier_export() -> None:
