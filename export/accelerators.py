@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fitguard.contract import CLASSIFIER, DETECTOR, ENSEMBLE, MONITOR, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, ENSEMBLE, MONITOR, QUALITY_MODEL
 
 ACCELERATORS: tuple[str, ...] = ("none", "cuda", "tensorrt-fp16")
-GPU_MODELS = (CLASSIFIER, QUALITY)
+GPU_MODELS = (CLASSIFIER, QUALITY_MODEL)
 
 
 def apply_accelerator(config: Any, accelerator: str = "none", instances: int = 1) -> None:

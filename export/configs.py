@@ -19,7 +19,7 @@ from fitguard.contract import (
     PATCHES_MODE,
     PREPROCESS,
     PROBS,
-    QUALITY,
+    QUALITY_MODEL,
     TOP5_IDS,
     TOP5_PROBS,
     signatures,
@@ -172,7 +172,7 @@ def render_config(
         raise ValueError(f"{config_path(source, name)} names model {config.name!r}, expected {name!r}")
     if name == PREPROCESS:
         _set_parameters(config, {**settings.to_parameters(), **extra, MONITORING: flag(serving.monitoring)})
-    elif name == QUALITY:
+    elif name == QUALITY_MODEL:
         _set_parameters(config, {PATCHES: str(settings.patches), **extra})
     elif name == CLASSIFIER:
         _set_parameters(config, extra)

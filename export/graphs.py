@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fitguard.contract import CLASSIFIER, DETECTOR, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, QUALITY_MODEL
 from fitguard.preprocess import PreprocessSettings
 from fitguard.reference import TorchModels, load_torch_models
 
@@ -72,7 +72,7 @@ def _verified_graphs(
 
     graphs = {
         CLASSIFIER: apply_precision(export_classifier(classifier), precision),
-        QUALITY: apply_precision(export_quality(quality_model), precision),
+        QUALITY_MODEL: apply_precision(export_quality(quality_model), precision),
         DETECTOR: export_detector(det, classifier.backbone.num_classes),
     }
     for name, graph in graphs.items():
@@ -80,7 +80,7 @@ def _verified_graphs(
     tol = TOLERANCES[precision]
     inputs, patch_batch = verification_inputs(settings)
     clf_report, probs, energy = check_classifier(graphs[CLASSIFIER], classifier, inputs, tol)
-    q_report, quality = check_quality(graphs[QUALITY], quality_model, patch_batch, tol)
+    q_report, quality = check_quality(graphs[QUALITY_MODEL], quality_model, patch_batch, tol)
     return graphs, [clf_report, q_report, check_detector(graphs[DETECTOR], det, probs, quality, energy, tol)]
 
 
@@ -97,7 +97,7 @@ def _verified_shared_graphs(
     net = classifier.backbone
     graphs = {
         CLASSIFIER: apply_precision(export_shared_classifier(SharedClassifier(net).eval()), precision),
-        QUALITY: apply_precision(
+        QUALITY_MODEL: apply_precision(
             export_feature_quality(FeatureQuality(quality_model.head).eval(), net.quality_dim, net), precision
         ),
         DETECTOR: export_detector(det, classifier.backbone.num_classes),

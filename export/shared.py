@@ -24,7 +24,7 @@ from fitguard.contract import (
     IQA_PATCHES,
     PREPROCESS,
     PROBS,
-    QUALITY,
+    QUALITY_MODEL,
     QUALITY_SCORE,
     SHARED_MODE,
 )
@@ -83,7 +83,7 @@ def check_shared_graphs(
         want_probs, want_energy = (t.numpy() for t in originals["classifier"](x))
         want_features = net.quality_features(UInt8Normalize(net.preset)(x)).numpy()
         want_quality = originals["quality_model"](x[:, None]).numpy()
-    (quality,) = session(graphs[QUALITY]).run([QUALITY_SCORE], {IQA_FEATURES: features})
+    (quality,) = session(graphs[QUALITY_MODEL]).run([QUALITY_SCORE], {IQA_FEATURES: features})
     top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
     top_want = np.argsort(-want_probs, axis=1, kind="stable")[:, :5]
     reports = [
@@ -99,7 +99,7 @@ def check_shared_graphs(
             {"top5": int(np.sum(np.any(top != top_want, axis=1)))},
         ),
         ParityReport(
-            QUALITY,
+            QUALITY_MODEL,
             len(inputs),
             {"quality": float(np.max(np.abs(quality - want_quality)))},
             {"quality": tol.quality},
@@ -123,7 +123,7 @@ def to_shared(config: Any, feature_dim: int) -> None:
         config.output.extend(kept)
     elif config.name == CLASSIFIER:
         config.output.add(name=IQA_FEATURES, data_type=mc.TYPE_FP32, dims=[feature_dim])
-    elif config.name == QUALITY:
+    elif config.name == QUALITY_MODEL:
         del config.input[:]
         config.input.add(name=IQA_FEATURES, data_type=mc.TYPE_FP32, dims=[feature_dim])
         for warmup in config.model_warmup:
@@ -139,6 +139,6 @@ def to_shared(config: Any, feature_dim: int) -> None:
                 _drop_output_map(step, IQA_PATCHES)
             elif step.model_name == CLASSIFIER:
                 step.output_map[IQA_FEATURES] = FEATURES_VALUE
-            elif step.model_name == QUALITY:
+            elif step.model_name == QUALITY_MODEL:
                 del step.input_map[IQA_PATCHES]
                 step.input_map[IQA_FEATURES] = FEATURES_VALUE

@@ -23,7 +23,7 @@ from fitguard.contract import (
     FIT_SCORE,
     IQA_PATCHES,
     PROBS,
-    QUALITY,
+    QUALITY_MODEL,
     QUALITY_SCORE,
     TOP5_IDS,
     TOP5_PROBS,
@@ -147,7 +147,7 @@ def check_quality(
     if quality.shape != expected.shape:
         raise ParityError(f"quality: graph gives shape {quality.shape}, original {expected.shape}")
     report = ParityReport(
-        QUALITY,
+        QUALITY_MODEL,
         len(patches),
         {"quality": float(np.max(np.abs(quality - expected)))},
         {"quality": tol.quality},

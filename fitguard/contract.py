@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Model names. The quality model is QUALITY_MODEL: the tensor it answers is named QUALITY (QUALITY_SCORE).
 ENSEMBLE = "fitguard"
 PREPROCESS = "preprocess"
 CLASSIFIER = "classifier"
-QUALITY = "quality"
+QUALITY_MODEL = "quality"
 DETECTOR = "detector"
-MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY, DETECTOR)
+MODELS: tuple[str, ...] = (PREPROCESS, CLASSIFIER, QUALITY_MODEL, DETECTOR)
 # Optional step after the detector that counts verdicts for Prometheus (`fitguard export --monitoring`).
 MONITOR = "monitor"
 # A DALI repository (`fitguard export --preprocess dali`): `preprocess` is the validating Python step, which
@@ -120,7 +121,7 @@ SIGNATURES: dict[str, tuple[tuple[Tensor, ...], tuple[Tensor, ...]]] = {
     ENSEMBLE: (ENSEMBLE_INPUTS, (*ENSEMBLE_OUTPUTS, ENSEMBLE_PROBS)),
     PREPROCESS: (PREPROCESS_INPUTS, PREPROCESS_OUTPUTS),
     CLASSIFIER: (CLASSIFIER_INPUTS, CLASSIFIER_OUTPUTS),
-    QUALITY: (QUALITY_INPUTS, QUALITY_OUTPUTS),
+    QUALITY_MODEL: (QUALITY_INPUTS, QUALITY_OUTPUTS),
     DETECTOR: (DETECTOR_INPUTS, DETECTOR_OUTPUTS),
     MONITOR: (MONITOR_INPUTS, MONITOR_OUTPUTS),
 }
@@ -150,7 +151,7 @@ def signatures(
             {
                 PREPROCESS: (PREPROCESS_INPUTS, (classifier_input_tensor(),)),
                 CLASSIFIER: (CLASSIFIER_INPUTS, (*CLASSIFIER_OUTPUTS, iqa_features_tensor())),
-                QUALITY: ((iqa_features_tensor(),), QUALITY_OUTPUTS),
+                QUALITY_MODEL: ((iqa_features_tensor(),), QUALITY_OUTPUTS),
             }
         )
     return {name: (sized(i, num_classes), sized(o, num_classes)) for name, (i, o) in found.items()}

@@ -33,7 +33,7 @@ from fitguard.contract import (
     IQA_PATCHES,
     PATCHES_MODE,
     PROBS,
-    QUALITY,
+    QUALITY_MODEL,
     QUALITY_SCORE,
     SHARED_MODE,
     TOP5_IDS,
@@ -206,7 +206,7 @@ class OnnxPipeline(_Pipeline):
         options.intra_op_num_threads = threads  # 0: ONNX Runtime's default
         sessions = {
             name: ort.InferenceSession(str(model_path(repository, name)), options, providers=list(providers))
-            for name in (CLASSIFIER, QUALITY, DETECTOR)
+            for name in (CLASSIFIER, QUALITY_MODEL, DETECTOR)
         }
         return cls(repository_settings(repository), sessions=sessions)
 
@@ -215,12 +215,12 @@ class OnnxPipeline(_Pipeline):
             probs, energy, features = self.sessions[CLASSIFIER].run(
                 [PROBS, ENERGY, IQA_FEATURES], {CLASSIFIER_INPUT: classifier_input}
             )
-            (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_FEATURES: features})
+            (quality,) = self.sessions[QUALITY_MODEL].run([QUALITY_SCORE], {IQA_FEATURES: features})
         else:
             probs, energy = self.sessions[CLASSIFIER].run(
                 [PROBS, ENERGY], {CLASSIFIER_INPUT: classifier_input}
             )
-            (quality,) = self.sessions[QUALITY].run([QUALITY_SCORE], {IQA_PATCHES: patches})
+            (quality,) = self.sessions[QUALITY_MODEL].run([QUALITY_SCORE], {IQA_PATCHES: patches})
         names = [CLASS_ID, TOP5_IDS, TOP5_PROBS, FIT, FIT_SCORE]
         detected = self.sessions[DETECTOR].run(names, {PROBS: probs, ENERGY: energy, QUALITY_SCORE: quality})
         return {**dict(zip(names, detected, strict=True)), QUALITY_SCORE: quality}

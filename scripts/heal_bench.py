@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fitguard.client import FitClient
-from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY_MODEL
 from fitguard.photos import sample_photos
 from fitguard.preprocess import encode_image
 from fitguard.serve import EmbeddedServer
@@ -33,7 +33,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, required=True)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--steps", nargs="+", default=[PREPROCESS, CLASSIFIER, QUALITY, DETECTOR, MONITOR])
+    parser.add_argument(
+        "--steps", nargs="+", default=[PREPROCESS, CLASSIFIER, QUALITY_MODEL, DETECTOR, MONITOR]
+    )
     parser.add_argument("--stop", action="store_true", help="also SIGSTOP the quality step (a hang)")
     parser.add_argument(
         "--restart", action="store_true", help="then kill the last step again at once (a full restart)"
@@ -123,7 +125,7 @@ def main(args: argparse.Namespace) -> None:
     with SupervisedServer(server) as supervised:
         print(f"server ready in {server.startup_seconds:.1f} s", flush=True)
         plan = [(step, signal.SIGKILL) for step in args.steps]
-        plan += [(QUALITY, signal.SIGSTOP)] if args.stop else []
+        plan += [(QUALITY_MODEL, signal.SIGSTOP)] if args.stop else []
         last: dict[str, float] = {}
         for step, sig in plan:
             # A step broken again within the cooldown gets the server restarted: wait, each row a reload.

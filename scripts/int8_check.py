@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
     args = parser.parse_args(argv)
 
-    from fitguard.contract import CLASS_ID, CLASSIFIER, CLASSIFIER_INPUT, FIT, IQA_PATCHES, QUALITY
+    from fitguard.contract import CLASS_ID, CLASSIFIER, CLASSIFIER_INPUT, FIT, IQA_PATCHES, QUALITY_MODEL
     from fitguard.manifest import checksums
     from fitguard.reference import OnnxPipeline
     from fitguard.repository import MANIFEST_NAME, model_path, repository_settings
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     patch_sets = crops[: len(crops) // patches * patches].reshape(-1, patches, *crops.shape[1:])
     for name, input_name, samples in (
         (CLASSIFIER, CLASSIFIER_INPUT, crops),
-        (QUALITY, IQA_PATCHES, patch_sets),
+        (QUALITY_MODEL, IQA_PATCHES, patch_sets),
     ):
         quantize(
             model_path(args.repository, name),

@@ -38,7 +38,7 @@ def test_onnx_flops_match_torch_flop_counter(tiny_repository: Path) -> None:
     expected_q = torch_flops(QualityModel(net, head).eval(), crop[:, None].expand(1, patches, -1, -1, -1))
 
     cls_onnx = tiny_repository / contract.CLASSIFIER / "1" / "model.onnx"
-    q_onnx = tiny_repository / contract.QUALITY / "1" / "model.onnx"
+    q_onnx = tiny_repository / contract.QUALITY_MODEL / "1" / "model.onnx"
     assert onnx_flops(cls_onnx)["flops"] == expected_cls
     assert onnx_flops(cls_onnx, batch=5)["flops"] == 5 * expected_cls
     counted = pipeline_flops(cls_onnx, q_onnx, patches)

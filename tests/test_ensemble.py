@@ -153,7 +153,7 @@ def test_changed_model_file_fails_the_load(tiny_repository: Path, tmp_path: Path
     from fitguard.serve import EmbeddedServer, ModelLoadError
 
     repo = Path(shutil.copytree(tiny_repository, tmp_path / "repo"))
-    with (repo / c.QUALITY / "1" / "model.onnx").open("ab") as f:
+    with (repo / c.QUALITY_MODEL / "1" / "model.onnx").open("ab") as f:
         f.write(b"\0")
     with (
         pytest.raises(ModelLoadError) as info,

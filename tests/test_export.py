@@ -69,7 +69,7 @@ def test_source_configs_follow_the_contract() -> None:
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == [
         c.PREPROCESS,
         c.CLASSIFIER,
-        c.QUALITY,
+        c.QUALITY_MODEL,
         c.DETECTOR,
         c.MONITOR,
     ]
@@ -93,7 +93,7 @@ def test_accelerators_set_instance_groups_and_tensorrt() -> None:
                 assert not config.instance_group
                 continue
             (group,) = config.instance_group
-            on_gpu = gpu and name in (c.CLASSIFIER, c.QUALITY)
+            on_gpu = gpu and name in (c.CLASSIFIER, c.QUALITY_MODEL)
             assert group.kind == (
                 mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
             )
@@ -107,7 +107,7 @@ def test_accelerators_set_instance_groups_and_tensorrt() -> None:
                 assert not accelerators
         text = render_config(
             SOURCE,
-            c.QUALITY,
+            c.QUALITY_MODEL,
             settings,
             threshold=0.0,
             serving=Serving(accelerator=accelerator, instances=3),
@@ -130,7 +130,7 @@ def test_preprocess_settings_round_trip_through_parameters() -> None:
 
 def test_tiny_repository_files_configs_and_manifest(tiny_repository: Path) -> None:
     manifest = json.loads((tiny_repository / "manifest.json").read_text())
-    for name in (c.CLASSIFIER, c.QUALITY, c.DETECTOR):
+    for name in (c.CLASSIFIER, c.QUALITY_MODEL, c.DETECTOR):
         assert (tiny_repository / name / "1" / "model.onnx").is_file()
     for name in MODELS:
         config = read_config(tiny_repository / name / "config.pbtxt")
@@ -183,7 +183,7 @@ def test_changed_or_missing_model_file_is_caught(tiny_repository: Path, tmp_path
 def test_graphs_have_named_tensors_and_dynamic_batch_and_patches(tiny_repository: Path) -> None:
     sessions = {
         n: ort.InferenceSession(str(tiny_repository / n / "1" / "model.onnx"))
-        for n in (c.CLASSIFIER, c.QUALITY, c.DETECTOR)
+        for n in (c.CLASSIFIER, c.QUALITY_MODEL, c.DETECTOR)
     }
     for name, session in sessions.items():
         inputs, outputs = c.SIGNATURES[name]
@@ -196,7 +196,7 @@ def test_graphs_have_named_tensors_and_dynamic_batch_and_patches(tiny_repository
         assert probs.shape == (batch, 1000) and np.allclose(probs.sum(1), 1, atol=1e-5)
         assert energy.shape == (batch, 1) and np.all(np.log(probs.max(1, keepdims=True)) <= 1e-5)
         for patches in (1, 3):
-            (q,) = sessions[c.QUALITY].run(
+            (q,) = sessions[c.QUALITY_MODEL].run(
                 None, {c.IQA_PATCHES: rng.integers(0, 256, (batch, patches, 3, 224, 224), dtype=np.uint8)}
             )
             assert q.shape == (batch, 1)
@@ -343,7 +343,7 @@ def test_cli_exports_efficientnet_lite0_with_real_weights(
     assert manifest["parity"]["classifier"]["deltas"]["prob"] <= 1e-4
     settings = repository_settings(out)
     assert settings.patches == 3 and settings.preset == preset_for("efficientnet_lite0")
-    assert read_config(out / c.QUALITY / "config.pbtxt").input[0].dims[0] == 3
+    assert read_config(out / c.QUALITY_MODEL / "config.pbtxt").input[0].dims[0] == 3
 
 
 def _calibrated_resnet152(path: Path, photos: dict[str, np.ndarray]) -> Path:

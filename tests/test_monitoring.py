@@ -24,7 +24,7 @@ from fitguard.preprocess import PreprocessSettings, encode_image
 from fitguard.presets import preset_for
 from fitguard.repository import read_config
 
-QUEUED = (c.PREPROCESS, c.CLASSIFIER, c.QUALITY, c.DETECTOR, c.MONITOR)
+QUEUED = (c.PREPROCESS, c.CLASSIFIER, c.QUALITY_MODEL, c.DETECTOR, c.MONITOR)
 
 
 # ------------------------------------------------------------------------------------------- configs
@@ -76,7 +76,7 @@ def test_monitoring_off_drops_the_step_and_keeps_the_contract() -> None:
     written = {v for s in steps.values() for v in s.output_map.values()}
     assert {t.name for t in c.ENSEMBLE_OUTPUTS} <= written
     assert steps[c.DETECTOR].input_map[c.QUALITY_SCORE] == c.QUALITY_SCORE
-    assert dict(steps[c.QUALITY].output_map) == {c.QUALITY_SCORE: c.QUALITY_SCORE}
+    assert dict(steps[c.QUALITY_MODEL].output_map) == {c.QUALITY_SCORE: c.QUALITY_SCORE}
     assert _render(c.PREPROCESS, monitoring=False).parameters["monitoring"].string_value == "false"
     assert _render(c.PREPROCESS).parameters["monitoring"].string_value == "true"
     drop_monitor_step(off)  # idempotent

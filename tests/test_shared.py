@@ -69,20 +69,20 @@ def test_shared_repository_records_its_mode_and_follows_its_contract(tiny_shared
     manifest = verify_repository(tiny_shared_repository)
     assert manifest["arguments"]["quality_features"] == c.SHARED_MODE
     assert manifest["arguments"]["patches"] == 0
-    assert manifest["parity"][c.CLASSIFIER]["passed"] and manifest["parity"][c.QUALITY]["passed"]
+    assert manifest["parity"][c.CLASSIFIER]["passed"] and manifest["parity"][c.QUALITY_MODEL]["passed"]
     settings = repository_settings(tiny_shared_repository)
     assert settings.shared and settings.patches == 0
     dim = build_backbone("tiny").quality_dim
     for name in (c.ENSEMBLE, *c.MODELS):
         config = read_config(tiny_shared_repository / name / "config.pbtxt")
         check_signature(config, 0, mode=c.SHARED_MODE, feature_dim=dim)
-        if name in (c.PREPROCESS, c.CLASSIFIER, c.QUALITY):
+        if name in (c.PREPROCESS, c.CLASSIFIER, c.QUALITY_MODEL):
             assert config.parameters["quality_features"].string_value == c.SHARED_MODE
     # No step of the shared ensemble carries patches; the classifier feeds the quality step.
     ensemble = (tiny_shared_repository / c.ENSEMBLE / "config.pbtxt").read_text()
     assert c.IQA_PATCHES not in ensemble and c.IQA_FEATURES in ensemble
     with pytest.raises(ValueError, match="do not match the tensor contract"):
-        check_signature(read_config(tiny_shared_repository / c.QUALITY / "config.pbtxt"), 4)
+        check_signature(read_config(tiny_shared_repository / c.QUALITY_MODEL / "config.pbtxt"), 4)
 
 
 def test_ensemble_contract_is_the_same_in_both_modes(
@@ -165,7 +165,7 @@ def test_shared_ensemble_answers_with_the_same_contract_as_the_reference(
     assert [i["name"] for i in meta["inputs"]] == [c.IMAGE]
     assert [o["name"] for o in steps[c.PREPROCESS]["outputs"]] == [c.CLASSIFIER_INPUT]
     assert sorted(o["name"] for o in steps[c.CLASSIFIER]["outputs"]) == [c.ENERGY, c.IQA_FEATURES, c.PROBS]
-    assert [i["name"] for i in steps[c.QUALITY]["inputs"]] == [c.IQA_FEATURES]
+    assert [i["name"] for i in steps[c.QUALITY_MODEL]["inputs"]] == [c.IQA_FEATURES]
 
     images = _images(photos)
     names = list(images)

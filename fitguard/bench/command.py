@@ -135,7 +135,7 @@ def _served_and_flops(
 
         result["flops"] = pipeline_flops(
             model_path(repo, contract.CLASSIFIER),
-            model_path(repo, contract.QUALITY),
+            model_path(repo, contract.QUALITY_MODEL),
             patches,
         )
     elif not repo:

@@ -115,11 +115,11 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
         IQA_FEATURES,
         IQA_PATCHES,
         PROBS,
-        QUALITY,
+        QUALITY_MODEL,
         QUALITY_SCORE,
     )
 
-    totals = {"preprocess": 0.0, CLASSIFIER: 0.0, QUALITY: 0.0, DETECTOR: 0.0}
+    totals = {"preprocess": 0.0, CLASSIFIER: 0.0, QUALITY_MODEL: 0.0, DETECTOR: 0.0}
     for i in range(count):
         t0 = time.perf_counter()
         crop, patches = pipe.settings.prepare_batch([images[i % len(images)]])
@@ -133,7 +133,7 @@ def _split(pipe: Any, images: Sequence[bytes], count: int) -> dict[str, float]:
             probs, energy = pipe.sessions[CLASSIFIER].run([PROBS, ENERGY], {CLASSIFIER_INPUT: crop})
             quality_input = {IQA_PATCHES: patches}
         t2 = time.perf_counter()
-        (quality,) = pipe.sessions[QUALITY].run([QUALITY_SCORE], quality_input)
+        (quality,) = pipe.sessions[QUALITY_MODEL].run([QUALITY_SCORE], quality_input)
         t3 = time.perf_counter()
         pipe.sessions[DETECTOR].run(None, {PROBS: probs, ENERGY: energy, QUALITY_SCORE: quality})
         t4 = time.perf_counter()

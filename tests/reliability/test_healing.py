@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY
+from fitguard.contract import CLASSIFIER, DETECTOR, MONITOR, PREPROCESS, QUALITY_MODEL
 
 from .conftest import Answer
 
@@ -168,9 +168,11 @@ def test_killed_step_heals(supervised, good_payloads, step):
 
 
 def test_stopped_step_heals(supervised, good_payloads):
-    run = run_fault(supervised, good_payloads, _signal_stub(supervised, f"{QUALITY}_0_0", signal.SIGSTOP))
-    check(run, f"SIGSTOP {QUALITY}")
-    assert supervised.heals[-1] == f"reload {QUALITY}", "the step alone was not reloaded"
+    run = run_fault(
+        supervised, good_payloads, _signal_stub(supervised, f"{QUALITY_MODEL}_0_0", signal.SIGSTOP)
+    )
+    check(run, f"SIGSTOP {QUALITY_MODEL}")
+    assert supervised.heals[-1] == f"reload {QUALITY_MODEL}", "the step alone was not reloaded"
 
 
 def test_step_broken_again_at_once_restarts_the_server(supervised, good_payloads):
