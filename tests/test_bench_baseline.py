@@ -32,12 +32,12 @@ def test_baseline_needs_a_served_repository() -> None:
 @pytest.mark.server
 def test_baseline_rounds_and_ratios(tiny_repository: Path) -> None:
     from fitguard.bench import report
-    from fitguard.bench.baseline import compare
+    from fitguard.bench.baseline import compare_two_servers
     from fitguard.bench.inputs import load_images
 
     images, _ = load_images(None, 4)
     # The same repository on both sides: the mechanism, not a timing claim (ratios near 1 on a quiet machine).
-    result = compare(
+    result = compare_two_servers(
         tiny_repository, tiny_repository, images, concurrency=(1, 2), requests=6, duration=None, rounds=2
     )
     for side in ("repository", "baseline"):

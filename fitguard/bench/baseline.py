@@ -34,7 +34,7 @@ def _median_levels(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return levels
 
 
-def compare(
+def compare_two_servers(
     repository: str | Path,
     baseline: str | Path,
     images: list[bytes],

@@ -86,7 +86,7 @@ def _baseline(cfg: BenchConfig, repo: Path, images: list[bytes]) -> dict[str, An
     from fitguard.bench import baseline
 
     print(f"[bench] {repo} against baseline {cfg.baseline_repository}", file=sys.stderr, flush=True)
-    return baseline.compare(
+    return baseline.compare_two_servers(
         repo,
         cfg.baseline_repository,
         images,

@@ -1,6 +1,6 @@
 """Run the real ``tritonserver`` binary that the ``nvidia-pytriton`` wheel ships, on a model repository.
 
-With the backend directory of :mod:`fitguard.serve.wheel`, a repository written for the NGC container
+With the backend directory of :mod:`fitguard.serve.backend_folder`, a repository written for the NGC container
 (``platform: "onnxruntime_onnx"``) is served unchanged.
 """
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal
 
+from fitguard.serve.backend_folder import backend_directory, find_tritonserver, has_gpu, server_environment
 from fitguard.serve.errors import (
     EmbeddedServerError,
     InvalidRepositoryError,
@@ -38,7 +39,6 @@ from fitguard.serve.process import (
     wait_for_port,
 )
 from fitguard.serve.repository import RepositoryApi, http_status, index_failures, restriction_args
-from fitguard.serve.wheel import backend_directory, find_tritonserver, has_gpu, server_environment
 
 __all__ = [
     "EmbeddedServer",
