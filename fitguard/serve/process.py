@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -52,16 +52,21 @@ def die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def shm_regions(pgid: int) -> set[str]:
-    """Shared-memory region names the group's Python backend stubs were started with."""
-    regions: set[str] = set()
+def _group_commands(pgid: int) -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, command-line arguments) of every process of the group that can still be read."""
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             if os.getpgid(int(proc.name)) != pgid:
                 continue
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            yield int(proc.name), (proc / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
+
+
+def shm_regions(pgid: int) -> set[str]:
+    """Shared-memory region names the group's Python backend stubs were started with."""
+    regions: set[str] = set()
+    for _, args in _group_commands(pgid):
         regions |= {a.decode() for a in args if b"_shm_region_" in a and b"/" not in a}
     return regions
 
@@ -77,15 +82,9 @@ STUB = b"triton_python_backend_stub"
 def stub_processes(pgid: int) -> dict[str, int]:
     """The group's Python backend stubs: model instance name (``preprocess_0_0``) -> pid."""
     stubs: dict[str, int] = {}
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if os.getpgid(int(proc.name)) != pgid:
-                continue
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            continue
+    for pid, args in _group_commands(pgid):
         if args and args[0].endswith(STUB) and len(args) > 8:
-            stubs[args[8].decode()] = int(proc.name)
+            stubs[args[8].decode()] = pid
     return stubs
 
 
