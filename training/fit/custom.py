@@ -69,27 +69,14 @@ def load_custom_fit_data(
     cache: Path | None = None,
 ) -> FitData:
     """:class:`FitData` of the spec's classifier on its labelled set (groups stand where stamps do)."""
-    import torch
-
-    from fitguard.cache import cache_root
-    from fitguard.training.fit.population import build_population
-    from fitguard.training.fit.protocol import right_flags
-    from fitguard.training.fit.train import _population_features
+    from fitguard.training.fit.train import population_fit_data
     from fitguard.training.paper.features import load_feature_models
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    cache = cache or cache_root()
-    t0 = time.perf_counter()
-    dataset = load_labelled_set(classifier, labelled)
-    models = load_feature_models(classifier.name, head, classifier.weights, classifier=classifier)
-    pop = build_population(models.backbone, dataset, config, cache)
-    t1 = time.perf_counter()
-    feats = _population_features(models, pop, patches=patches, cache=cache)
-    seconds = {"population": t1 - t0, "features": time.perf_counter() - t1}
-    right = right_flags(pop, feats.logits.argmax(axis=1), [it.labels for it in dataset])
-    groups = np.asarray([dataset[i].group if i >= 0 else "" for i in pop.item])
-    scenes = np.asarray([dataset[i].meta.get("scene", "") if i >= 0 else "" for i in pop.item])
-    return FitData(models, dataset, pop, feats, right, groups, scenes, seconds)
+    def load() -> tuple[Any, Any]:
+        dataset = load_labelled_set(classifier, labelled)  # a bad set fails before the models load
+        return load_feature_models(classifier.name, head, classifier.weights, classifier=classifier), dataset
+
+    return population_fit_data(load, config=config, patches=patches, cache=cache)
 
 
 def fit_part(data: FitData, seed: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,32 @@ def load_fit_data(
     weights: str | None = "default",
 ) -> FitData:
     """Build (or read from ``cache``) the population and its served-path features."""
+    from fitguard.training.data import load_dataset
+    from fitguard.training.paper.features import load_feature_models
+
+    return population_fit_data(
+        lambda: (load_feature_models(backbone, head, weights), load_dataset("objects")),
+        config=config,
+        patches=patches,
+        cache=cache,
+    )
+
+
+def population_fit_data(
+    load: Callable[[], tuple[Any, Any]], *, config: PopulationConfig, patches: int, cache: Path | None
+) -> FitData:
+    """The population of the labelled set ``load`` gives with its models, what the served graphs say about
+    it and whether each answer is right; an item's group stands for its stamp."""
     import torch
 
     from fitguard.cache import cache_root
-    from fitguard.training.data import load_dataset
     from fitguard.training.fit.population import build_population
     from fitguard.training.fit.protocol import right_flags
-    from fitguard.training.paper.features import load_feature_models
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cache = cache or cache_root()
     t0 = time.perf_counter()
-    models = load_feature_models(backbone, head, weights)
-    dataset = load_dataset("objects")
+    models, dataset = load()
     pop = build_population(models.backbone, dataset, config, cache)
     t1 = time.perf_counter()
     feats = _population_features(models, pop, patches=patches, cache=cache)
