@@ -193,6 +193,7 @@ class SupervisedServer:
         self.failed: BaseException | None = None
         self.heal_seconds: list[float] = []
         self.heals: list[str] = []  # what each heal did: "reload <step>" or "restart"
+        self.unready_since: list[float] = []  # when each heal took readiness away (monotonic clock)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._closing = threading.Event()
         self._heal_lock = threading.Lock()
@@ -239,6 +240,7 @@ class SupervisedServer:
                 return
             self.healing.set()
             started = time.monotonic()
+            self.unready_since.append(started)
             self._log(f"fitguard serve: canary failed ({probe.kind}: {probe.detail}); healing")
             try:
                 step = self._reloadable_step(probe)

@@ -88,6 +88,11 @@ def run_fault(supervised, payloads: list[bytes], fault: Callable[[], None], **sd
             now = time.monotonic()
             if run.unready_at is None and not _ready(supervised):
                 run.unready_at = now
+            # A heal can open and close between two polls on a busy machine; the supervisor's own record
+            # of when readiness went false (what /health serves) counts as well, the earlier of the two.
+            healing = [t for t in supervised.unready_since if t >= run.killed_at]
+            if healing and (run.unready_at is None or healing[0] < run.unready_at):
+                run.unready_at = healing[0]
             drain(time.monotonic() + 0.1)
             if run.unready_at is not None:
                 with run.lock:
