@@ -162,11 +162,6 @@ class FeatureGraph:
         )
         return FeatureOutputs(logits, features, summary)
 
-    def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Logits [N, C] of uint8 [N, 3, S, S] inputs, in batches."""
-        out = [self(images[i : i + batch_size]).logits for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
-
     @property
     def num_classes(self) -> int:
         return int(self.session.get_outputs()[0].shape[1])
