@@ -69,24 +69,28 @@ def shipped_labels() -> dict[str, np.ndarray]:
         return {key: z[key] for key in z.files}
 
 
-def _cache_path(crop: np.ndarray, specs: list[Spec]) -> Path:
+def _cache_path(key: str) -> Path:
     from fitguard.cache import cache_root
 
-    return cache_root() / "data" / "vsi" / f"{label_key(crop, specs)}.npy"
+    return cache_root() / "data" / "vsi" / f"{key}.npy"
 
 
 def _known(crop: np.ndarray, specs: list[Spec]) -> bool:
-    return not specs or label_key(crop, specs) in shipped_labels() or _cache_path(crop, specs).exists()
+    if not specs:
+        return True
+    key = label_key(crop, specs)
+    return key in shipped_labels() or _cache_path(key).exists()
 
 
 def view_vsi(crop: np.ndarray, specs: list[Spec]) -> np.ndarray:
     """VSI of each (kind, level, seed) distortion of ``crop`` against it, from the cache where present."""
     if not specs:
         return np.zeros(0)
-    shipped = shipped_labels().get(label_key(crop, specs))
+    key = label_key(crop, specs)
+    shipped = shipped_labels().get(key)
     if shipped is not None:
         return shipped
-    path = _cache_path(crop, specs)
+    path = _cache_path(key)
     if path.exists():
         return np.load(path)
     raw = _vsi([distort(crop, k, lvl, s) for k, lvl, s in specs], crop)
