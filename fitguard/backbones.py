@@ -165,6 +165,8 @@ def build_backbone(
     Raises:
         WeightsMismatchError: a weights file that is not this architecture's state dict, in one line.
     """
+    if weights is not None and _names_a_file(weights) and not os.path.isfile(weights):
+        raise FileNotFoundError(f"weights file {weights} not found")
     if is_torchvision(name):
         return _build_torchvision(name, weights, num_classes, preset)
     spec = backbone_spec(name)
@@ -189,6 +191,11 @@ def build_classifier(spec: Any) -> Backbone:
     """The backbone of a :class:`fitguard.classifier_spec.ClassifierSpec`."""
     num_classes = spec.num_classes if spec.classes is not None else None
     return build_backbone(spec.name, spec.weights, num_classes=num_classes, preset=spec.preset)
+
+
+def _names_a_file(weights: str) -> bool:
+    """A weights argument written as a file (a folder in it, or a checkpoint's suffix), not a name."""
+    return os.sep in weights or "/" in weights or weights.endswith((".pth", ".pt", ".bin", ".ckpt"))
 
 
 def _build_torchvision(
@@ -322,6 +329,8 @@ def build_tiny(weights: str | None, num_classes: int = NUM_CLASSES) -> tuple[nn.
     weights_id = "seed0"
     if weights is not None and os.path.exists(weights):
         weights_id = load_checked(nn.Sequential(features, fc), weights, "tiny", head="1.weight")
+    elif weights not in (None, "random"):
+        raise ValueError(f"unknown tiny weights {weights!r}: use random (seeded) or a path")
     return features, fc, weights_id
 
 

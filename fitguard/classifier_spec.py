@@ -204,7 +204,7 @@ def checked_spec(args: argparse.Namespace, prog: str) -> ClassifierSpec | None:
     try:
         spec = spec_from_args(args)
         build_classifier(spec)
-    except (ValueError, WeightsUnavailableError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, WeightsUnavailableError, ImportError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return None
     return spec

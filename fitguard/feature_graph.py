@@ -103,14 +103,29 @@ def _factory(backbone: Backbone) -> Any:
     return _linear_input_module if backbone.features_id == LINEAR_INPUT_FEATURES else _module
 
 
-def graph_stamp(backbone: Backbone) -> str:
-    """Names the cached graph: anything that changes its outputs changes this."""
+def trunk_id(backbone: Backbone) -> str:
+    """Names the weights of ``backbone.features`` by content, the head left out: a classifier fine-tuned
+    in its head alone computes the quality features of the network it came from."""
+    digest = getattr(backbone, "_trunk_id", None)
+    if digest is None:
+        h = hashlib.sha256()
+        for name, tensor in sorted(backbone.features.state_dict().items()):
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest = f"trunk:{h.hexdigest()[:16]}"
+        backbone._trunk_id = digest  # type: ignore[attr-defined]
+    return digest
+
+
+def graph_stamp(backbone: Backbone, *, trunk_only: bool = False) -> str:
+    """Names the cached graph: anything that changes its outputs changes this. ``trunk_only``: what
+    changes its quality features (the head's weights left out)."""
     import torch
 
     ident = {
         "version": GRAPH_VERSION,
         "backbone": backbone.name,
-        "weights_id": backbone.weights_id,
+        "weights_id": trunk_id(backbone) if trunk_only else backbone.weights_id,
         "preset": backbone.preset.to_dict(),
         "features": backbone.features_id,
         "torch": torch.__version__,

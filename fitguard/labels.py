@@ -1,5 +1,6 @@
 """Class labels: ImageNet-1k's (class index -> WordNet id -> readable name, shipped with the package), the
-default repository's labels file; and a repository's own labels file, which the served steps read."""
+default repository's labels file; a repository's own labels file, which the served steps read; and the
+:class:`ClassTable` that reads a class a person wrote (a name, an index, an ImageNet WordNet id)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,54 @@ def repository_labels(repository: str | Path) -> list[str]:
     if not path.is_file():
         return [c.name for c in imagenet_classes()]
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """The classes of one repository, for reading the classes people write in labels files and folder
+    names: a 0-based index, a class name (where no other class has it), and for ImageNet's classes a
+    WordNet id (``n02123045``), the way the default repository's users name them."""
+
+    names: tuple[str, ...]
+
+    @classmethod
+    def of_repository(cls, repository: str | Path) -> ClassTable:
+        return cls(tuple(repository_labels(repository)))
+
+    @classmethod
+    def imagenet(cls) -> ClassTable:
+        return cls(tuple(c.name for c in imagenet_classes()))
+
+    @property
+    def is_imagenet(self) -> bool:
+        return self.names == tuple(c.name for c in imagenet_classes())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def index(self, token: str) -> int | None:
+        """The class ``token`` names, or None."""
+        if token.isdigit():
+            return int(token) if int(token) < len(self.names) else None
+        if self.is_imagenet and token in wnid_to_index():
+            return wnid_to_index()[token]
+        found = _unique_names(self.names).get(token)
+        return found
+
+    def describe(self) -> str:
+        """How to name a class of this table, for error messages."""
+        if self.is_imagenet:
+            return f"an ImageNet class (an index 0-{len(self) - 1}, a WordNet id such as n02123045"
+        shown = ", ".join(repr(n) for n in self.names[:3]) + (", ..." if len(self.names) > 3 else "")
+        return f"a class of the repository's labels file ({shown}; or an index 0-{len(self) - 1}"
+
+
+@lru_cache(maxsize=4)
+def _unique_names(names: tuple[str, ...]) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    repeated = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            repeated.add(name)
+        seen.setdefault(name, i)
+    return {n: i for n, i in seen.items() if n not in repeated}

@@ -131,6 +131,29 @@ def test_labels_file_and_class_folders(tmp_path: Path) -> None:
     assert len(read_sample(tmp_path / "b", labelled=False)) == 3
 
 
+def test_a_team_repository_reads_its_own_class_names(tmp_path: Path) -> None:
+    from fitguard.calibration.sample import CalibrationError
+    from fitguard.labels import ClassTable
+
+    classes = ClassTable(("dent", "scratch, deep", "rust", "rust"))  # a repeated name names nothing
+    _images(tmp_path / "a", ["1.png", "2.png", "3.png"])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("1.png dent\n2.png\tscratch, deep\n3.png 0,3\n", encoding="utf-8")
+    sample = {im.path.name: im.labels for im in read_sample(tmp_path / "a", labels, classes=classes)}
+    assert sample == {"1.png": {0}, "2.png": {1}, "3.png": {0, 3}}
+    _images(tmp_path / "b", ["dent/a.png", "none/b.png"])
+    assert {im.path.name: im.labels for im in read_sample(tmp_path / "b", classes=classes)} == {
+        "a.png": {0},
+        "b.png": frozenset(),
+    }
+    for text in ("rust", "n01440764", "4"):
+        labels.write_text(f"1.png {text}\n", encoding="utf-8")
+        with pytest.raises(
+            CalibrationError, match=f"labels.txt:1: '{text}' is not a class of the repository"
+        ):
+            read_sample(tmp_path / "a", labels, classes=classes)
+
+
 def test_undecodable_images_are_reported_and_left_out(tmp_path: Path, tiny_repository: Path) -> None:
     _images(tmp_path, [f"{i}.png" for i in range(5)])
     (tmp_path / "2.png").write_bytes((tmp_path / "2.png").read_bytes()[:60])  # truncated

@@ -119,13 +119,21 @@ def test_fewer_than_five_classes_pad_the_detector_features() -> None:
 # --------------------------------------------------------------------------------------- export and serving
 
 
-@pytest.fixture(scope="module", params=[3, 12], ids=["3-classes", "12-classes"])
+SERVED_CLASSIFIERS = {
+    "tiny-3-classes": ("tiny", 3, "default"),
+    # A second architecture through the whole spec path: torchvision's, split at its final Linear.
+    "mobilenet_v3_small-12-classes": ("torchvision:mobilenet_v3_small", 12, "random"),
+}
+
+
+@pytest.fixture(scope="module", params=list(SERVED_CLASSIFIERS))
 def custom(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """(repository, classes, server) of the tiny classifier with a classes file of 3 and of 12."""
+    """(repository, classes, server): the tiny classifier with 3 classes, a torchvision one with 12."""
     from fitguard.serve import EmbeddedServer
 
-    root = tmp_path_factory.mktemp(f"custom{request.param}")
-    repository = export_custom(root, "tiny", request.param)
+    name, n, weights = SERVED_CLASSIFIERS[request.param]
+    root = tmp_path_factory.mktemp("custom")
+    repository = export_custom(root, name, n, weights=weights)
     classes = (root / "classes.txt").read_text(encoding="utf-8").splitlines()
     with EmbeddedServer(repository, http_port=0, grpc_port=0, metrics_port=0) as server:
         yield repository, classes, server
@@ -186,20 +194,20 @@ def test_sdk_and_cli_print_the_team_labels(custom, photos, tmp_path: Path, capsy
     assert line["label"] == classes[line["class_id"]] == verdict.label
 
 
-@pytest.mark.slow
-def test_a_torchvision_architecture_exports_with_parity(tmp_path: Path) -> None:
-    repository = export_custom(tmp_path, "torchvision:mobilenet_v3_small", 7, weights="random")
-    manifest = json.loads((repository / "manifest.json").read_text(encoding="utf-8"))
-    assert all(report["passed"] for report in manifest["parity"].values())
-    assert manifest["arguments"]["classifier"] == "torchvision:mobilenet_v3_small"
+@pytest.mark.server
+def test_each_served_classifier_matches_its_torch_reference(custom) -> None:
+    """The export's parity record, and the graphs against the torch reference on real photos."""
     from fitguard.photos import sample_photos
     from fitguard.preprocess import encode_image
     from fitguard.reference import OnnxPipeline, ReferencePipeline
 
+    repository, classes, _ = custom
+    manifest = json.loads((repository / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["parity"] and all(report["passed"] for report in manifest["parity"].values())
     images = [encode_image(p) for p in sample_photos(limit=3)[0][:3]]
     onnx_out = OnnxPipeline.from_repository(repository).predict(images)
     torch_out = ReferencePipeline.from_repository(repository).predict(images)
-    assert onnx_out[c.TOP5_IDS].shape == (3, 5)
+    assert onnx_out[c.TOP5_IDS].shape == (3, min(5, len(classes)))
     np.testing.assert_array_equal(onnx_out[c.TOP5_IDS], torch_out[c.TOP5_IDS])
 
 
@@ -224,6 +232,7 @@ def _export_args(tmp_path: Path, *extra: str) -> list[str]:
         ("torchvision", "unknown torchvision classification architecture 'nope'"),
         ("head", "its head has 3 outputs, the classifier 12 classes"),
         ("keys", "missing keys"),
+        ("missing", "not found"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -240,6 +249,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "torchvision": ["--classifier", "torchvision:nope", "--weights", "random"],
         "head": ["--classifier", "tiny", "--weights", str(tmp_path / "three.pth"), "--classes", classes],
         "keys": ["--backbone", "tiny", "--weights", str(tmp_path / "junk.pth")],
+        "missing": ["--backbone", "tiny", "--weights", str(tmp_path / "gone.pth")],
     }[case]
     assert main(_export_args(tmp_path, *spec)) == 2
     err = capsys.readouterr().err.strip()
@@ -365,3 +375,15 @@ def test_build_refuses_a_labelled_set_in_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_train_detector_without_its_quality_head_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fitguard.cli import main
+
+    args = ["train", "detector", "--classifier", "tiny", "--iqa-head", str(tmp_path / "head.pt")]
+    assert main([*args, "--out", str(tmp_path / "detector.joblib")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fitguard train detector: error: quality head {tmp_path / 'head.pt'} not found"
+    assert not list(tmp_path.iterdir())

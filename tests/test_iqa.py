@@ -188,9 +188,16 @@ def test_feature_cache(tmp_path: Path, photos: dict[str, np.ndarray]) -> None:
         x = UInt8Normalize(net.preset)(torch.from_numpy(iqa_patches(imgs[0], 4)))
         ref = net.quality_features(x).numpy()
     np.testing.assert_allclose(feats[0], ref, rtol=1e-4, atol=1e-5)
-    # Other weights, other namespace.
+    # The namespace is the trunk's: a new head shares it, other trunk weights do not.
     ckpt = tmp_path / "tiny.pt"
-    torch.save(torch.nn.Sequential(net.features, net.fc).state_dict(), ckpt)
+    state = torch.nn.Sequential(net.features, net.fc).state_dict()
+    state["1.weight"] = state["1.weight"] + 1.0
+    torch.save(state, ckpt)
+    new_head = build_backbone("tiny", weights=str(ckpt))
+    assert new_head.weights_id != net.weights_id and backbone_key(new_head) == backbone_key(net)
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, ckpt)
     assert backbone_key(build_backbone("tiny", weights=str(ckpt))) != backbone_key(net)
 
 

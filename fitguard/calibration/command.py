@@ -215,7 +215,10 @@ def _sample(
     """Read, score and split the sample: (its description, the images the bounds use, the check part)."""
     if not 0.0 <= options.holdout < 1.0:
         raise CalibrationError(f"holdout must lie in [0, 1), got {options.holdout}")
-    listed = read_sample(images, options.labels, labelled=target.risk is not None)
+    from fitguard.labels import ClassTable
+
+    classes = ClassTable.of_repository(repository)
+    listed = read_sample(images, options.labels, labelled=target.risk is not None, classes=classes)
     scored = _score(repository, listed, options.url, options.protocol, log)
     cal, check = scored.split(options.holdout, options.seed)
     used = cal if options.all_images else cal.one_per_group(options.seed)
@@ -309,8 +312,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--labels",
         metavar="FILE",
-        help="lines '<image file> <ImageNet index or WordNet id>[,<more>] [<group>]' (paths relative to "
-        "--images; 'none' for no acceptable class); without it a labelled sample is a folder per class",
+        help="lines '<image file> <class>[,<more>] [<group>]', a class being a name of the repository's "
+        "labels file, an index, or for ImageNet's classes a WordNet id (paths relative to --images; 'none' "
+        "for no acceptable class); without it a labelled sample is a folder per class",
     )
     goal = parser.add_mutually_exclusive_group(required=True)
     goal.add_argument(

@@ -6,8 +6,11 @@ Labels come from a file, one image a line (``#`` starts a comment)::
     photos/cat.jpg      n02123045,281       # WordNet ids or ImageNet indices, comma-separated
     photos/sky.jpg      none                # no acceptable class: every answer is wrong
     photos/dog 2.jpg<TAB>207<TAB>walk-3     # tabs when a name has spaces; an optional group
+    photos/gull.jpg     bird                # a name of the repository's labels file (a team's classes)
 
-or from a folder per class (``<images>/<wnid or index or none>/<file>``). Images of one group stay on
+or from a folder per class (``<images>/<class>/<file>``). Classes are the repository's
+(:class:`fitguard.labels.ClassTable`): a name of its labels file, an index, and for ImageNet's classes a
+WordNet id. Images of one group stay on
 one side of the calibration / check split (by default each image is its own group).
 """
 
@@ -20,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fitguard.contract import CLASS_ID, DETECTOR, FIT_SCORE, NUM_CLASSES
+from fitguard.contract import CLASS_ID, DETECTOR, FIT_SCORE
 from fitguard.guarantee import CalibrationError
+from fitguard.labels import ClassTable
 from fitguard.parameters import THRESHOLD
 
 NO_CLASS = "none"
@@ -41,32 +45,29 @@ class SampleImage:
 # ------------------------------------------------------------------------------------------------ labels
 
 
-def parse_classes(text: str, where: str) -> frozenset[int]:
-    """``n02123045,281`` -> the ImageNet indices; ``none`` -> no acceptable class.
+def parse_classes(text: str, where: str, classes: ClassTable) -> frozenset[int]:
+    """``n02123045,281`` or ``mammal`` -> the class indices (:meth:`ClassTable.index`: a class name, an
+    index, an ImageNet WordNet id); ``none`` -> no acceptable class. A class name with a comma is read
+    whole before the text is split at its commas.
 
     Raises:
-        CalibrationError: naming ``where`` and the token that is no ImageNet class.
+        CalibrationError: naming ``where`` and the token that is no class of ``classes``.
     """
-    from fitguard.labels import wnid_to_index
-
     if text.strip().lower() == NO_CLASS:
         return frozenset()
-    wnids = wnid_to_index()
+    whole = classes.index(text.strip())
+    if whole is not None:
+        return frozenset({whole})
     found = set()
     for token in (t.strip() for t in text.split(",")):
-        if token.isdigit() and int(token) < NUM_CLASSES:
-            found.add(int(token))
-        elif token in wnids:
-            found.add(wnids[token])
-        else:
-            raise CalibrationError(
-                f"{where}: {token!r} is not an ImageNet class (an index 0-{NUM_CLASSES - 1}, a WordNet id "
-                f"such as n02123045, or {NO_CLASS!r})"
-            )
+        index = classes.index(token)
+        if index is None:
+            raise CalibrationError(f"{where}: {token!r} is not {classes.describe()}, or {NO_CLASS!r})")
+        found.add(index)
     return frozenset(found)
 
 
-def read_labels_file(labels: Path, root: Path) -> list[SampleImage]:
+def read_labels_file(labels: Path, root: Path, classes: ClassTable) -> list[SampleImage]:
     """The images a labels file names, with paths relative to ``root`` (the images folder)."""
     try:
         lines = labels.read_text(encoding="utf-8").splitlines()
@@ -86,7 +87,7 @@ def read_labels_file(labels: Path, root: Path) -> list[SampleImage]:
         if not path.is_file():
             missing.append(fields[0])
         group = fields[2] if len(fields) == 3 else fields[0]
-        out.append(SampleImage(path, parse_classes(fields[1], f"{labels}:{number}"), group))
+        out.append(SampleImage(path, parse_classes(fields[1], f"{labels}:{number}", classes), group))
     if missing:
         raise CalibrationError(
             f"{labels}: {len(missing)} image(s) not found under {root}: {', '.join(missing[:5])}"
@@ -95,25 +96,30 @@ def read_labels_file(labels: Path, root: Path) -> list[SampleImage]:
     return out
 
 
-def read_class_folders(root: Path, files: Sequence[Path]) -> list[SampleImage]:
-    """Images in a folder per class: ``<root>/<wnid, index or none>/...``."""
+def read_class_folders(root: Path, files: Sequence[Path], classes: ClassTable) -> list[SampleImage]:
+    """Images in a folder per class: ``<root>/<class name, index, wnid or none>/...``."""
     out = []
     for path in files:
         parts = path.relative_to(root).parts
         if len(parts) < 2:
             raise CalibrationError(
                 f"{path}: not in a class folder; put each image in a folder named by its class "
-                f"(<images>/<wnid or index>/...) or pass --labels FILE"
+                f"(<images>/<class>/...) or pass --labels FILE"
             )
-        out.append(SampleImage(path, parse_classes(parts[0], f"folder {root / parts[0]}"), str(path)))
+        out.append(
+            SampleImage(path, parse_classes(parts[0], f"folder {root / parts[0]}", classes), str(path))
+        )
     return out
 
 
 def read_sample(
-    images: str | Path, labels: str | Path | None = None, labelled: bool = True
+    images: str | Path,
+    labels: str | Path | None = None,
+    labelled: bool = True,
+    classes: ClassTable | None = None,
 ) -> list[SampleImage]:
     """The sample's images: every image file under ``images`` (unlabelled), the ones ``labels`` names,
-    or a folder per class.
+    or a folder per class; classes are read as ``classes`` names them (ImageNet's by default).
 
     Raises:
         CalibrationError: no folder, no image, an unknown class, a labelled image missing.
@@ -123,12 +129,15 @@ def read_sample(
     root = Path(images)
     if not root.is_dir():
         raise CalibrationError(f"{root}: no such folder")
+    table = classes or ClassTable.imagenet()
     if labelled and labels is not None:
-        sample = read_labels_file(Path(labels), root)
+        sample = read_labels_file(Path(labels), root, table)
     else:
         files = expand_paths([root])
         sample = (
-            read_class_folders(root, files) if labelled else [SampleImage(f, None, str(f)) for f in files]
+            read_class_folders(root, files, table)
+            if labelled
+            else [SampleImage(f, None, str(f)) for f in files]
         )
     if not sample:
         raise CalibrationError(f"{root}: no image files (or an empty labels file)")

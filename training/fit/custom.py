@@ -179,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
     from fitguard.training.fit.train import run as train_run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not Path(args.iqa_head).is_file():
+        print(f"fitguard train detector: error: quality head {args.iqa_head} not found", file=sys.stderr)
+        return 2
     spec = checked_spec(args, "fitguard train detector")
     if spec is None:
         return 2

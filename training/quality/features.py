@@ -4,11 +4,13 @@ The frozen backbone is by far the most expensive part of training the quality he
 patches come back for every split, seed and rerun. Each patch's feature vector
 (:meth:`fitguard.backbones.Backbone.quality_features`) is stored under
 
-    <cache_dir>/<backbone>-<sha(backbone, weights_id, preset, features)>/<sha256(patch)[:2]>/<sha256>.npy
+    <cache_dir>/<backbone>-<sha(backbone, trunk weights, preset, features)>/<sha256(patch)[:2]>/<sha256>.npy
 
 The patch hash fixes the image content and the patch position in it, so a changed image, patch count or
-weights file never reads stale features, and identical patches (a view exactly one patch large) are
-computed once. Patches are normalised exactly as the exported graph does (``UInt8Normalize``).
+trunk never reads stale features, and identical patches (a view exactly one patch large) are computed
+once. The namespace names the trunk's weights by content (:func:`fitguard.feature_graph.trunk_id`): a
+classifier fine-tuned in its head alone reads the features the network it came from already computed.
+Patches are normalised exactly as the exported graph does (``UInt8Normalize``).
 """
 
 from __future__ import annotations
@@ -41,9 +43,8 @@ def _identity(backbone: Backbone) -> dict[str, object]:
     from fitguard.feature_graph import graph_stamp
 
     return {
-        "graph": graph_stamp(backbone),
+        "graph": graph_stamp(backbone, trunk_only=True),  # a fine-tuned head shares its trunk's features
         "backbone": backbone.name,
-        "weights_id": backbone.weights_id,
         "preset": backbone.preset.to_dict(),
         "features": QUALITY_FEATURES,
     }
