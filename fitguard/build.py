@@ -310,13 +310,15 @@ def build(
             photos=photos,
             out=head,
             splits=0,
-            cache_dir=out / "cache",
+            cache_dir=None,  # the shared feature cache: keyed by the trunk, so builds of one trunk share it
             quality_features=quality_features,
         ),
     )
     det_args = _detector_args(record, models, iqa_args)
     if labelled is not None:
         det_args["labelled"] = _labelled_version(spec, labelled)
+        # A team's detector is fitted (and its held-out photos written) by the custom module.
+        det_args["custom_code"] = _code_version("fitguard.training.fit.custom")
     models = {**models, "classifier": spec, "labelled": labelled}
     _detector_and_export(record, out, models=models, det_args=det_args, quality_features=quality_features)
     record.data["repository"] = str(repository)

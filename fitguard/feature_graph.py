@@ -109,7 +109,10 @@ def trunk_id(backbone: Backbone) -> str:
     digest = getattr(backbone, "_trunk_id", None)
     if digest is None:
         h = hashlib.sha256()
+        head = {t.data_ptr() for t in backbone.fc.state_dict().values()}  # ``features`` may hold it too
         for name, tensor in sorted(backbone.features.state_dict().items()):
+            if tensor.data_ptr() in head:
+                continue
             h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         digest = f"trunk:{h.hexdigest()[:16]}"

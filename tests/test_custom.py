@@ -331,6 +331,13 @@ def test_a_team_classifier_is_fitted_held_out_and_exported_on_its_labelled_photo
     held_out = set(meta["held_out_groups"])
     assert 0 < len(held_out) < 12 and held_out <= {f"{n}/{i}.jpg" for n in CLASSES for i in range(4)}
     assert load_detector(tmp_path / "detector.joblib").meta["held_out_rows"] == meta["held_out_rows"] > 0
+    # The photos it never saw, as calibrate reads them with the repository's class names.
+    from fitguard.calibration.sample import read_sample
+    from fitguard.labels import ClassTable
+
+    unseen = read_sample(photos_dir, meta["held_out_labels"], classes=ClassTable(CLASSES))
+    assert {im.group for im in unseen} == held_out
+    assert all(CLASSES[next(iter(im.labels))] == im.path.parent.name for im in unseen)
     rep = evaluate_fit(
         **common, backbone="tiny", report=tmp_path / "report", repeats=2, draws=20, cache=tmp_path / "cache"
     )

@@ -77,3 +77,25 @@ def test_the_graph_is_exported_once_per_stamp(tmp_path):
     assert graph_stamp(build_backbone("efficientnet_lite0", weights="random")) != graph_stamp(
         build_backbone("efficientnet_lite0")
     )
+
+
+def test_the_trunk_is_named_without_the_head(tmp_path) -> None:
+    """A head fine-tuned alone keeps the trunk's name (its quality features are cached once), even where
+    ``features`` holds the head as EfficientNet-Lite0's does; another trunk tensor changes it."""
+    import torch
+
+    from fitguard.backbones import build_backbone
+    from fitguard.feature_graph import trunk_id
+
+    net = build_backbone("efficientnet_lite0")
+    state = {k: v.clone() for k, v in torch.nn.Sequential(net.features).state_dict().items()}
+    state = {k.removeprefix("0.model."): v for k, v in state.items()}
+    state["_fc.weight"] = torch.zeros(3, state["_fc.weight"].shape[1])
+    state["_fc.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "head.pth")
+    tuned = build_backbone("efficientnet_lite0", weights=str(tmp_path / "head.pth"), num_classes=3)
+    assert tuned.weights_id != net.weights_id and trunk_id(tuned) == trunk_id(net)
+    state["_bn1.bias"] = state["_bn1.bias"] + 1.0
+    torch.save(state, tmp_path / "trunk.pth")
+    other = build_backbone("efficientnet_lite0", weights=str(tmp_path / "trunk.pth"), num_classes=3)
+    assert trunk_id(other) != trunk_id(net)

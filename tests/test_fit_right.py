@@ -300,3 +300,45 @@ def test_release_gate_reads_every_shift_and_fails_on_a_loss() -> None:
     gate = release_gate(rep)
     assert not gate["passed"] and gate["loses_anywhere"]
     assert any("photos natural" in line for line in release_gate_lines(gate))
+
+
+def test_the_gate_says_what_a_small_set_cannot_show() -> None:
+    """Eight fooling images all refused cannot show 95% (the Wilson interval reaches below it), 200 can;
+    an AURC row within its margin on average but with a wide interval fails and says why."""
+    from fitguard.training.fit.release_gate import images_to_show, release_gate, release_gate_lines, wilson
+
+    assert wilson(1.0, 8)[0] < 0.95 <= wilson(1.0, 200)[0] and wilson(0.5, 0) == (0.0, 1.0)
+    n = images_to_show(0.95)
+    assert wilson(1.0, n)[0] >= 0.95 > wilson(1.0, n - 1)[0]
+    assert (
+        wilson(0.97, images_to_show(0.95, 0.97))[0] >= 0.95 > wilson(0.97, images_to_show(0.95, 0.97) - 1)[0]
+    )
+    assert images_to_show(0.95, 0.95) is None and images_to_show(0.95, 0.9) is None
+
+    def aurc(shipped: float, lo: float, hi: float) -> dict:
+        return {"msp": {"mean": 0.2}, "shipped": {"mean": shipped, "minus_msp": {"ci95": [lo, hi]}}}
+
+    def clean(right_passed: float, n_right: float) -> dict:
+        return {"shipped": {"clean": {"right_passed": right_passed, "passed": 0.8, "n_right": n_right}}}
+
+    def rep(fooling: float) -> dict:
+        fooled = {"shipped": {"fool_gd": {"passed": 0.0, "n": fooling}}}
+        return {
+            "results": {
+                "natural": {"aurc": aurc(0.201, -0.010, 0.012)},
+                "paper": {"aurc": aurc(0.15, -0.06, -0.04), "table_v": fooled},
+                "clean": {"aurc": aurc(0.2, -0.001, 0.001), "table_v": clean(0.93, 40)},
+            }
+        }
+
+    small = release_gate(rep(8))
+    assert not small["passed"]  # the natural row's upper bound is past the margin of 0.004
+    assert [line.split(":")[0] for line in small["not_shown"]] == [
+        "in-domain natural",
+        "fool_gd refused 1.000 on 8 images per repeat",
+        "right clean passed, in-domain 0.930 on 40 images per repeat",  # [0.80, 0.98] holds 0.90
+    ]
+    assert f"about {n} at this rate would show it" in small["not_shown"][1]
+    assert "Too few held-out images to show either way:" in release_gate_lines(small)
+    rates = {r["what"]: r for r in release_gate(rep(200))["rates"]}
+    assert not rates["fool_gd refused"]["not_shown"] and rates["right clean passed, in-domain"]["not_shown"]

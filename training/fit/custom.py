@@ -151,8 +151,27 @@ def _fit_and_save(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     save_detector(out, det)
+    if data.dataset.provenance.get("labelled"):
+        det.meta["held_out_labels"] = str(write_held_out_labels(out, data.dataset, set(held_out)))
     seconds = {**data.seconds, "fit": time.perf_counter() - t}
     return {**det.meta, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def held_out_labels_path(detector: Path) -> Path:
+    """Beside the detector file: the labelled photos it never saw (``detector.held_out.txt``)."""
+    return detector.with_name(f"{detector.stem}.held_out.txt")
+
+
+def write_held_out_labels(detector: Path, dataset: Any, groups: set[str]) -> Path:
+    """The held-out groups' photos as a labels file that ``fitguard calibrate --labels`` reads, paths
+    relative to the labelled folder (``--images``): the photos the detector never fitted on, so a
+    calibration on them is checked on what nothing was tuned on."""
+    path = held_out_labels_path(detector)
+    lines = [f"{it.name}\t{it.meta['class']}\t{it.group}" for it in dataset if it.group in groups]
+    root = dataset.provenance["labelled"]
+    header = f"# the photos of {root} that {detector.name} held out: <file> <class> <group>\n"
+    path.write_text(header + "".join(f"{line}\n" for line in lines), encoding="utf-8")
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -253,7 +253,8 @@ def restrict(repeats: list[dict[str, Any]], groups: tuple[str, ...]) -> list[dic
 
 
 def table_v(repeats: list[dict[str, Any]], methods: list[str], groups: tuple[str, ...]) -> dict[str, Any]:
-    """Per method and group at its threshold: share passed, accuracy of passed, baseline-1 accuracy."""
+    """Per method and group at its threshold: share passed, accuracy of passed, baseline-1 accuracy, and
+    the held-out images behind them per repeat (``n``, ``n_right``: means over the repeats)."""
     out: dict[str, Any] = {}
     for m in methods:
         rows: dict[str, dict[str, list[float]]] = {}
@@ -265,8 +266,18 @@ def table_v(repeats: list[dict[str, Any]], methods: list[str], groups: tuple[str
                     continue
                 ok, p = r["right"][sel], passed[sel]
                 d = rows.setdefault(
-                    g, {"passed": [], "fit_accuracy": [], "baseline1": [], "right_passed": []}
+                    g,
+                    {
+                        "passed": [],
+                        "fit_accuracy": [],
+                        "baseline1": [],
+                        "right_passed": [],
+                        "n": [],
+                        "n_right": [],
+                    },
                 )
+                d["n"].append(float(sel.sum()))
+                d["n_right"].append(float(ok.sum()))
                 d["passed"].append(float(p.mean()))
                 d["baseline1"].append(float(ok.mean()))
                 if p.any():

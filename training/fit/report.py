@@ -141,12 +141,16 @@ def risk_coverage_plot(out_dir: Path, results: dict[str, Any]) -> str:
 
 def write_markdown(path: Path, rep: dict[str, Any], plot: str) -> None:
     setup = rep["setup"]
+    # A team's photos are split by their groups (the labels file's, else each photo), the objects by stamp.
+    data, unit = (
+        (f"`{setup['labelled']}`", "group") if setup.get("labelled") else ("the labelled objects", "stamp")
+    )
     lines = [
-        "# Fit = right: held-out selective classification on the labelled objects",
+        f"# Fit = right: held-out selective classification on {data}",
         "",
         f"Backbone {setup['backbone']}, quality head `{setup['iqa_head']}`, {setup['patches']} patches, "
-        f"{setup['repeats']} repeats of a 50% stamp split, {setup['bootstrap_draws']} bootstrap draws over "
-        f"held-out stamps (mean over repeats [95% interval]). Thresholds pass "
+        f"{setup['repeats']} repeats of a 50% {unit} split, {setup['bootstrap_draws']} bootstrap draws over "
+        f"held-out {unit}s (mean over repeats [95% interval]). Thresholds pass "
         f"{100 * setup['pass_rate_right_clean']:.2f}% of the right clean training images.",
         "",
         *(release_gate_lines(rep["gate"]) if "gate" in rep else []),
