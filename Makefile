@@ -10,7 +10,7 @@ BUILD ?= build
 # torch is pinned for reproducible builds; pip takes these from the local wheel cache where there is one.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup system-deps data build demo test test-fast test-integration report bench lint clean
+.PHONY: setup system-deps data build demo custom test test-fast test-integration report bench lint clean
 
 setup: $(VENV)/.installed system-deps $(BIN)/promtool
 
@@ -47,6 +47,18 @@ build: setup data
 
 demo: build
 	$(BIN)/fitguard demo --build $(BUILD)
+
+# A team's classifier, offline (README "Guard your own classifier", docs/custom.md): the example fine-tuned
+# EfficientNet-Lite0 with 14 classes of its own, built, then judged on its held-out photos. Its scene
+# features are the default build's (the head alone was fine-tuned).
+CUSTOM ?= custom
+custom: setup data
+	$(BIN)/python scripts/custom_classifier.py --out $(CUSTOM)
+	$(BIN)/fitguard build --classifier efficientnet_lite0 --weights $(CUSTOM)/model.pth \
+	  --classes $(CUSTOM)/classes.txt --labelled $(CUSTOM)/photos/labels.txt --out build-$(CUSTOM)
+	$(BIN)/fitguard evaluate-fit --classifier efficientnet_lite0 --weights $(CUSTOM)/model.pth \
+	  --classes $(CUSTOM)/classes.txt --labelled $(CUSTOM)/photos/labels.txt \
+	  --iqa-head build-$(CUSTOM)/iqa_head.pt --cache build-$(CUSTOM)/cache --report build-$(CUSTOM)/fit_report --no-gate
 
 # Tiers: fast (no server, no build), integration (the embedded server on the tiny repository), build
 # (the real build that make demo makes). make test runs them all: most tests on two workers (they spend
