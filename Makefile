@@ -79,7 +79,7 @@ test-integration: setup data
 # kinds), the fit = right evaluation with its shifts and release gate, the paper's protocol.
 report: build
 	$(BIN)/fitguard train iqa --backbone $(BACKBONE) --quality-features shared \
-	  --out $(BUILD)/report/iqa/iqa_head.pt --cache-dir $(BUILD)/cache
+	  --out $(BUILD)/report/iqa/iqa_head.pt
 	$(BIN)/fitguard evaluate-fit --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \
 	  --report $(BUILD)/fit_report --cache $(BUILD)/cache
 	$(BIN)/fitguard evaluate --backbone $(BACKBONE) --iqa-head $(BUILD)/iqa_head.pt \

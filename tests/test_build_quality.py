@@ -36,7 +36,7 @@ def test_quality_evaluation_on_held_out_scenes(build_dir: Path) -> None:
         [it.load for it in items],
         build_backbone("efficientnet_lite0"),
         patches=1,
-        cache_dir=build_dir / "cache",
+        cache_dir=None,  # the shared feature cache, where the build put them
         progress=False,
         mode=SHARED_MODE,
     )
