@@ -4,8 +4,9 @@ default repository's labels file; a repository's own labels file, which the serv
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -66,9 +67,18 @@ class ClassTable:
     def imagenet(cls) -> ClassTable:
         return cls(tuple(c.name for c in imagenet_classes()))
 
-    @property
+    @cached_property
     def is_imagenet(self) -> bool:
         return self.names == tuple(c.name for c in imagenet_classes())
+
+    @cached_property
+    def _lookup(self) -> dict[str, int]:
+        """Every name no other class has, and ImageNet's WordNet ids where the classes are ImageNet's."""
+        counts = Counter(self.names)
+        found = {name: i for i, name in enumerate(self.names) if counts[name] == 1}
+        if self.is_imagenet:
+            found |= {c.wnid: c.index for c in imagenet_classes()}
+        return found
 
     def __len__(self) -> int:
         return len(self.names)
@@ -77,25 +87,15 @@ class ClassTable:
         """The class ``token`` names, or None."""
         if token.isdigit():
             return int(token) if int(token) < len(self.names) else None
-        if self.is_imagenet and token in wnid_to_index():
-            return wnid_to_index()[token]
-        found = _unique_names(self.names).get(token)
-        return found
+        return self._lookup.get(token)
 
-    def describe(self) -> str:
-        """How to name a class of this table, for error messages."""
+    def describe(self, *more: str) -> str:
+        """How to name a class of this table, for error messages; ``more`` adds other accepted words."""
+        ways = [f"an index 0-{len(self) - 1}"]
         if self.is_imagenet:
-            return f"an ImageNet class (an index 0-{len(self) - 1}, a WordNet id such as n02123045"
-        shown = ", ".join(repr(n) for n in self.names[:3]) + (", ..." if len(self.names) > 3 else "")
-        return f"a class of the repository's labels file ({shown}; or an index 0-{len(self) - 1}"
-
-
-@lru_cache(maxsize=4)
-def _unique_names(names: tuple[str, ...]) -> dict[str, int]:
-    seen: dict[str, int] = {}
-    repeated = set()
-    for i, name in enumerate(names):
-        if name in seen:
-            repeated.add(name)
-        seen.setdefault(name, i)
-    return {n: i for n, i in seen.items() if n not in repeated}
+            what, ways = "an ImageNet class", [*ways, "a WordNet id such as n02123045"]
+        else:
+            shown = ", ".join(repr(n) for n in self.names[:3]) + (", ..." if len(self.names) > 3 else "")
+            what, ways = "a class of the repository's labels file", [f"a name such as {shown}", *ways]
+        ways += more
+        return f"{what} ({', '.join(ways[:-1])}, or {ways[-1]})"

@@ -62,7 +62,7 @@ def parse_classes(text: str, where: str, classes: ClassTable) -> frozenset[int]:
     for token in (t.strip() for t in text.split(",")):
         index = classes.index(token)
         if index is None:
-            raise CalibrationError(f"{where}: {token!r} is not {classes.describe()}, or {NO_CLASS!r})")
+            raise CalibrationError(f"{where}: {token!r} is not {classes.describe(repr(NO_CLASS))}")
         found.add(index)
     return frozenset(found)
 
