@@ -330,7 +330,9 @@ def test_a_team_classifier_is_fitted_held_out_and_exported_on_its_labelled_photo
     assert meta["classifier"]["num_classes"] == 3 and meta["labelled"] == str(photos_dir)
     held_out = set(meta["held_out_groups"])
     assert 0 < len(held_out) < 12 and held_out <= {f"{n}/{i}.jpg" for n in CLASSES for i in range(4)}
-    assert load_detector(tmp_path / "detector.joblib").meta["held_out_rows"] == meta["held_out_rows"] > 0
+    saved = load_detector(tmp_path / "detector.joblib").meta
+    assert saved["held_out_rows"] == meta["held_out_rows"] > 0
+    assert saved["held_out_labels"] == meta["held_out_labels"]  # the file names its list of held-out photos
     # The photos it never saw, as calibrate reads them with the repository's class names.
     from fitguard.calibration.sample import read_sample
     from fitguard.labels import ClassTable

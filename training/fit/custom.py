@@ -150,9 +150,9 @@ def _fit_and_save(
         }
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_detector(out, det)
-    if data.dataset.provenance.get("labelled"):
+    if data.dataset.provenance.get("labelled"):  # the file records where its held-out photos are listed
         det.meta["held_out_labels"] = str(write_held_out_labels(out, data.dataset, set(held_out)))
+    save_detector(out, det)
     seconds = {**data.seconds, "fit": time.perf_counter() - t}
     return {**det.meta, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
